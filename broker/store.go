@@ -1,0 +1,109 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Record is one message of a topic log.
+type Record struct {
+	Offset uint64 // position in the topic log, starting at 1, no gaps
+	Time   int64  // milliseconds since the Unix epoch, set by the broker at append
+	Key    string // idempotency key, "" when the publisher gave none
+	Data   []byte // the published JSON value, byte for byte
+}
+
+// TopicInfo describes one topic log.
+type TopicInfo struct {
+	Topic    string
+	Epoch    string // changes whenever the log's history is reset
+	Earliest uint64 // first retained offset; Head+1 when nothing is retained
+	Head     uint64 // last stored offset; 0 when nothing was ever appended
+	Count    int64  // retained records
+	Bytes    int64  // retained record bytes
+}
+
+// Appended is the outcome of a durable append.
+type Appended struct {
+	Topic  string
+	Epoch  string
+	Offset uint64 // the record's offset; for a duplicate, the first record's offset
+	Time   int64  // the record's timestamp (ms)
+	Dup    bool   // the key was seen within the dedup window: nothing was stored
+}
+
+// Committed is a run of records of one topic that has just become durable,
+// in ascending offset order with no gaps.
+type Committed struct {
+	Topic   string
+	Epoch   string
+	Records []Record
+}
+
+// ConsumerOffset is a durable consumer's acknowledged position in one topic.
+type ConsumerOffset struct {
+	Consumer string
+	Topic    string
+	Epoch    string // the topic epoch the offset belongs to
+	Offset   uint64 // everything up to and including Offset is acknowledged
+	Updated  time.Time
+}
+
+// Errors a Store returns; implementations wrap them with %w.
+var (
+	// ErrClosed is returned by every method after Close.
+	ErrClosed = errors.New("store: closed")
+	// ErrTopicNotFound is returned for a topic that has no log.
+	ErrTopicNotFound = errors.New("store: topic not found")
+	// ErrTooLarge is returned for a record over the store's size limit.
+	ErrTooLarge = errors.New("store: record too large")
+)
+
+// Store is the durable log the broker stands on.
+//
+// Contract:
+//   - Offsets of a topic are assigned at append, start at 1 and have no gaps.
+//   - Every method is safe for concurrent use.
+//   - AppendAsync and CommitAsync never block for I/O: they queue the work and
+//     return. done is called exactly once, from the store's notifier goroutine,
+//     after the work is durable (fsync'd) or has failed. done must not block.
+//   - The commit hook set with SetCommitHook sees every record that becomes
+//     durable, whatever appended it, exactly once, in offset order per topic,
+//     from the notifier goroutine, after the transaction is on disk and before
+//     the done callbacks of that transaction. A record reported to the hook is
+//     visible to Read. The hook must not block.
+//   - Read returns copies; the caller may keep them.
+type Store interface {
+	// AppendAsync appends data to topic's log, creating the log with a new
+	// epoch when it does not exist. A non-empty key that was already stored
+	// for the topic within the dedup window stores nothing: done gets the
+	// first record's offset and Dup set.
+	AppendAsync(topic string, data []byte, key string, done func(Appended, error))
+	// Append is AppendAsync waiting for done or ctx.
+	Append(ctx context.Context, topic string, data []byte, key string) (Appended, error)
+
+	// Read returns records of topic with offsets >= from in ascending order,
+	// at most max records and about maxBytes of data (always at least one
+	// record when one exists). It reads in one short read transaction.
+	Read(topic string, from uint64, max, maxBytes int) ([]Record, error)
+	// Topic returns a topic's metadata; ok is false when it has no log.
+	Topic(topic string) (info TopicInfo, ok bool, err error)
+	// Topics lists topics in name order, starting after the name after
+	// ("" for the first page), at most max of them.
+	Topics(after string, max int) ([]TopicInfo, error)
+
+	// CommitAsync stores consumer's acknowledged offset in topic for the
+	// given epoch. A commit never moves an offset backwards within an epoch:
+	// a lower offset is accepted and ignored. done gets the stored offset.
+	CommitAsync(consumer, topic, epoch string, offset uint64, done func(ConsumerOffset, error))
+	// Consumer returns consumer's stored position in topic; ok is false
+	// when it has none.
+	Consumer(consumer, topic string) (co ConsumerOffset, ok bool, err error)
+	// Consumers lists consumer's stored positions, in topic order.
+	Consumers(consumer string) ([]ConsumerOffset, error)
+
+	// SetCommitHook installs fn as the commit hook (see the contract above).
+	// It must be called before the first append.
+	SetCommitHook(fn func(batch []Committed))
+}
