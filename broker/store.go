@@ -83,6 +83,10 @@ type Store interface {
 	// Append is AppendAsync waiting for done or ctx.
 	Append(ctx context.Context, topic string, data []byte, key string) (Appended, error)
 
+	// Ensure creates topic's log with a new epoch when it does not exist
+	// (durably, like an append) and returns its metadata.
+	Ensure(ctx context.Context, topic string) (TopicInfo, error)
+
 	// Read returns records of topic with offsets >= from in ascending order,
 	// at most max records and about maxBytes of data (always at least one
 	// record when one exists). It reads in one short read transaction.

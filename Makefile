@@ -1,0 +1,41 @@
+# brokerd — common tasks. `make test` is what CI runs.
+GO ?= go
+PKGS := ./...
+
+.PHONY: run test vet unit race bench fuzz lint build crash
+
+run:
+	$(GO) run ./cmd/brokerd
+
+build:
+	$(GO) build -o bin/brokerd ./cmd/brokerd
+
+# Every test: vet, then the race-enabled test suite.
+test: vet race
+
+vet:
+	$(GO) vet $(PKGS)
+
+race:
+	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+
+unit:
+	$(GO) test -count=1 $(PKGS)
+
+bench:
+	$(GO) test -run='^$$' -bench=. -benchmem ./store/ ./broker/ ./subproto/
+
+# Fuzz each decoder for FUZZTIME (default 1m); new crashers land in testdata.
+FUZZTIME ?= 1m
+fuzz:
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeFrame$$' -fuzztime=$(FUZZTIME) ./subproto/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./subproto/
+
+# A longer crash soak of the store: CYCLES kill -9 cycles.
+CYCLES ?= 200
+crash:
+	$(GO) test -count=1 -run='^TestCrash' ./store/ -crash.cycles=$(CYCLES)
+
+lint:
+	gofmt -l . | tee /dev/stderr | (! read)
+	$(GO) vet $(PKGS)

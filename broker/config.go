@@ -1,0 +1,116 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Config configures a Server. The zero value works: withDefaults fills
+// every unset field.
+type Config struct {
+	// Node is this node's name, reported in welcome.
+	Node string
+	// Version is the broker version reported in welcome.
+	Version string
+	// Heartbeat is the interval between WebSocket pings (default 25s).
+	Heartbeat time.Duration
+	// MaxSubscriptions bounds subscriptions per connection (default 512).
+	MaxSubscriptions int
+	// MaxCommandsPerFrame bounds the objects one frame may carry (default 1,000).
+	MaxCommandsPerFrame int
+	// MaxMessageBytes bounds the data of one published message (default 1 MiB).
+	MaxMessageBytes int
+	// QueueMessages bounds the messages queued for one connection (default 1,024).
+	QueueMessages int
+	// QueueBytes bounds the bytes queued for one connection (default 4 MiB).
+	QueueBytes int
+	// MinShare is the fewest queued messages a subscription may always have
+	// before it falls back to reading the log (default 32).
+	MinShare int
+	// MaxFrameBytes is the target size of one coalesced outbound frame (default 64 KiB).
+	MaxFrameBytes int
+	// ReplayPage bounds the records one log read fetches (default 256).
+	ReplayPage int
+	// MaxPendingPublishes bounds publishes of one connection waiting to be
+	// durable; past it the connection's reader waits (default 1,024).
+	MaxPendingPublishes int
+	// DefaultMaxInflight is a durable consumer's max_inflight when the
+	// subscription names none (default 1,000); MaxInflight caps it (default 10,000).
+	DefaultMaxInflight int
+	MaxInflight        int
+	// ShutdownRetryAfter is the range of retry_after_ms handed out in 1001
+	// and 1013 close reasons; each client gets a random value in
+	// [ShutdownRetryAfter/10, ShutdownRetryAfter] (default 5s).
+	ShutdownRetryAfter time.Duration
+	// Logger receives the broker's structured logs (default slog.Default()).
+	Logger *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+func (c Config) withDefaults() Config {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&c.MaxSubscriptions, 512)
+	def(&c.MaxCommandsPerFrame, 1000)
+	def(&c.MaxMessageBytes, 1<<20)
+	def(&c.QueueMessages, 1024)
+	def(&c.QueueBytes, 4<<20)
+	def(&c.MinShare, 32)
+	def(&c.MaxFrameBytes, 64<<10)
+	def(&c.ReplayPage, 256)
+	def(&c.MaxPendingPublishes, 1024)
+	def(&c.DefaultMaxInflight, 1000)
+	def(&c.MaxInflight, 10000)
+	if c.Heartbeat == 0 {
+		c.Heartbeat = 25 * time.Second
+	}
+	if c.ShutdownRetryAfter == 0 {
+		c.ShutdownRetryAfter = 5 * time.Second
+	}
+	if c.Version == "" {
+		c.Version = "dev"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	var errs []error
+	pos := func(name string, v int) {
+		if v < 0 {
+			errs = append(errs, fmt.Errorf("broker: %s must be positive, got %d", name, v))
+		}
+	}
+	pos("MaxSubscriptions", c.MaxSubscriptions)
+	pos("MaxCommandsPerFrame", c.MaxCommandsPerFrame)
+	pos("MaxMessageBytes", c.MaxMessageBytes)
+	pos("QueueMessages", c.QueueMessages)
+	pos("QueueBytes", c.QueueBytes)
+	pos("MinShare", c.MinShare)
+	pos("MaxFrameBytes", c.MaxFrameBytes)
+	pos("ReplayPage", c.ReplayPage)
+	pos("MaxPendingPublishes", c.MaxPendingPublishes)
+	pos("DefaultMaxInflight", c.DefaultMaxInflight)
+	pos("MaxInflight", c.MaxInflight)
+	if c.Heartbeat < time.Second {
+		errs = append(errs, fmt.Errorf("broker: Heartbeat must be at least 1s, got %v", c.Heartbeat))
+	}
+	if c.DefaultMaxInflight > c.MaxInflight {
+		errs = append(errs, fmt.Errorf("broker: DefaultMaxInflight %d exceeds MaxInflight %d", c.DefaultMaxInflight, c.MaxInflight))
+	}
+	if c.MinShare > c.QueueMessages {
+		errs = append(errs, fmt.Errorf("broker: MinShare %d exceeds QueueMessages %d", c.MinShare, c.QueueMessages))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,24 @@
+package broker
+
+// Conn is the broker's view of one client connection. The transport (the
+// WebSocket layer) implements it; the broker never sees framing.
+type Conn interface {
+	// WriteFrame writes parts, concatenated, as one text message. The
+	// broker calls it from one goroutine at a time. It returns an error
+	// wrapping os.ErrDeadlineExceeded when the peer did not drain the write
+	// within the transport's write timeout, or another error when the
+	// connection failed.
+	WriteFrame(parts [][]byte) error
+	// WritePing sends a transport-level ping. Called from the same
+	// goroutine as WriteFrame.
+	WritePing() error
+	// Close closes the connection with a close code and reason. It is safe
+	// to call concurrently and more than once, and must not block for long
+	// even when the peer has stopped reading.
+	Close(code uint16, reason []byte)
+}
+
+// ConnInfo describes a connection to the broker.
+type ConnInfo struct {
+	Remote string // the peer's address, for logs
+}

@@ -1,0 +1,367 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/brokerd/brokerd/subproto"
+)
+
+// HandleFrame decodes one text frame from the client and runs its
+// commands in order. The transport calls it from the connection's reader;
+// it may block while the session has too many publishes pending, which
+// pushes back on the client through TCP. frame may be reused by the
+// caller once HandleFrame returns.
+func (s *Session) HandleFrame(frame []byte) {
+	select {
+	case <-s.done:
+		return
+	default:
+	}
+	st := &s.srv.stats
+	st.FramesIn.Add(1)
+	st.BytesIn.Add(int64(len(frame)))
+	// Publishes outlive the frame buffer: copy it once for all of them.
+	if bytes.Contains(frame, []byte(`"pub"`)) {
+		frame = bytes.Clone(frame)
+	}
+	if ferr := subproto.DecodeFrame(frame, s.srv.cfg.MaxCommandsPerFrame, s.handle); ferr != nil {
+		s.srv.stats.countErr(ferr.Code)
+		s.log.Debug("closing connection on bad frame", "code", ferr.Code, "reason", ferr.Message)
+		s.Close(uint16(ferr.Close), reason(ferr.Message))
+	}
+}
+
+// HandleBinary answers a binary frame, which the JSON subprotocol does not
+// allow.
+func (s *Session) HandleBinary() {
+	s.Close(uint16(subproto.CloseUnsupported), reason("binary frames are not part of "+subproto.Subprotocol))
+}
+
+func (s *Session) handle(cmd *subproto.Command, perr *subproto.Error) {
+	if perr != nil {
+		s.replyErr(perr, nil)
+		return
+	}
+	select {
+	case <-s.done:
+		return
+	default:
+	}
+	switch cmd.Op {
+	case subproto.OpPing:
+		s.reply(subproto.AppendPong(nil, cmd.ID))
+	case subproto.OpAuth:
+		// Auth is off: every token is accepted and changes nothing.
+		s.ok(cmd.ID)
+	case subproto.OpPub:
+		s.handlePub(cmd)
+	case subproto.OpSub:
+		s.handleSub(cmd)
+	case subproto.OpUnsub:
+		s.handleUnsub(cmd)
+	case subproto.OpAck:
+		s.handleAck(cmd)
+	default:
+		s.replyErr(&subproto.Error{Code: subproto.CodeUnknownOp, Message: fmt.Sprintf("unknown op %q", cmd.Op), ID: cmd.ID}, nil)
+	}
+}
+
+func (s *Session) ok(id uint64) {
+	if id != 0 {
+		s.reply(subproto.AppendOK(nil, &subproto.OK{ID: id}))
+	}
+}
+
+func (s *Session) handlePub(cmd *subproto.Command) {
+	if len(cmd.Data) > s.srv.cfg.MaxMessageBytes {
+		s.replyErr(&subproto.Error{Code: subproto.CodeMessageTooLarge, ID: cmd.ID,
+			Message: fmt.Sprintf("data is %d bytes, the limit is %d", len(cmd.Data), s.srv.cfg.MaxMessageBytes)}, nil)
+		return
+	}
+	select {
+	case s.pending <- struct{}{}:
+	case <-s.done:
+		return
+	}
+	id, topic := cmd.ID, cmd.Topic
+	s.srv.store.AppendAsync(topic, cmd.Data, cmd.Key, func(a Appended, err error) {
+		<-s.pending
+		if err != nil {
+			s.replyErr(storeError(id, err), nil)
+			return
+		}
+		if a.Dup {
+			s.srv.stats.PublishedDup.Add(1)
+		} else {
+			s.srv.stats.Published.Add(1)
+		}
+		if id != 0 {
+			s.reply(subproto.AppendOK(nil, &subproto.OK{ID: id, Topic: topic, Offset: a.Offset, Dup: a.Dup, Pub: true}))
+		}
+	})
+}
+
+// Publish appends data to topic and returns once it is durable. It is the
+// entry point for publishers that are not sessions (the HTTP API).
+func (srv *Server) Publish(ctx context.Context, topic string, data []byte, key string) (Appended, error) {
+	if len(data) > srv.cfg.MaxMessageBytes {
+		return Appended{}, ErrTooLarge
+	}
+	a, err := srv.store.Append(ctx, topic, data, key)
+	if err == nil {
+		if a.Dup {
+			srv.stats.PublishedDup.Add(1)
+		} else {
+			srv.stats.Published.Add(1)
+		}
+	}
+	return a, err
+}
+
+func storeError(id uint64, err error) *subproto.Error {
+	switch {
+	case errors.Is(err, ErrTooLarge):
+		return &subproto.Error{Code: subproto.CodeMessageTooLarge, ID: id, Message: err.Error()}
+	case errors.Is(err, ErrClosed):
+		return &subproto.Error{Code: subproto.CodeUnavailable, ID: id, Message: "the broker is shutting down"}
+	default:
+		return &subproto.Error{Code: subproto.CodeInternal, ID: id, Message: "storage error"}
+	}
+}
+
+func (s *Session) consumerKey(name string) string {
+	if s.user == "" {
+		return name
+	}
+	return s.user + "\x1f" + name
+}
+
+func (s *Session) handleSub(cmd *subproto.Command) {
+	id, topic := cmd.ID, cmd.Topic
+	s.mu.Lock()
+	_, dup := s.subs[topic]
+	n := len(s.subs)
+	s.mu.Unlock()
+	if dup {
+		s.replyErr(&subproto.Error{Code: subproto.CodeAlreadySubscribed, ID: id, Message: "already subscribed to " + topic + " on this connection"}, nil)
+		return
+	}
+	if n >= s.srv.cfg.MaxSubscriptions {
+		s.replyErr(&subproto.Error{Code: subproto.CodeTooManySubscriptions, ID: id,
+			Message: fmt.Sprintf("a connection may hold %d subscriptions", s.srv.cfg.MaxSubscriptions)}, nil)
+		return
+	}
+	if cmd.Pattern {
+		s.subscribePattern(cmd)
+		return
+	}
+
+	info, exists, err := s.srv.store.Topic(topic)
+	if err == nil && !exists {
+		// Create the log now, so the client learns the epoch its
+		// offsets belong to before the first message.
+		info, err = s.srv.store.Ensure(context.Background(), topic)
+	}
+	if err != nil {
+		s.replyErr(storeError(id, err), nil)
+		return
+	}
+	rangeCtx := &subproto.ErrContext{Epoch: info.Epoch, Earliest: info.Earliest, Latest: info.Head, HasRange: true}
+	if cmd.Epoch != "" && cmd.Epoch != info.Epoch {
+		s.replyErr(&subproto.Error{Code: subproto.CodeEpochMismatch, ID: id,
+			Message: "the topic's history was reset: offsets of epoch " + cmd.Epoch + " no longer apply"}, rangeCtx)
+		return
+	}
+
+	sub := &subscription{sess: s, topic: topic, epoch: info.Epoch}
+	var start uint64
+	switch cmd.From.Kind {
+	case subproto.FromEarliest:
+		start = info.Earliest
+	case subproto.FromOffset:
+		start = cmd.From.Offset
+	default:
+		start = info.Head + 1
+	}
+	if cmd.Consumer != "" {
+		sub.consumer = cmd.Consumer
+		sub.consumerKey = s.consumerKey(cmd.Consumer)
+		sub.maxInflight = cmd.MaxInflight
+		if sub.maxInflight == 0 {
+			sub.maxInflight = s.srv.cfg.DefaultMaxInflight
+		}
+		if sub.maxInflight > s.srv.cfg.MaxInflight {
+			sub.maxInflight = s.srv.cfg.MaxInflight
+		}
+		co, ok, err := s.srv.store.Consumer(sub.consumerKey, topic)
+		if err != nil {
+			s.replyErr(storeError(id, err), nil)
+			return
+		}
+		switch {
+		case ok && co.Epoch == info.Epoch:
+			start = co.Offset + 1
+			sub.acked = co.Offset
+		case ok && cmd.Epoch != info.Epoch:
+			// The consumer's position belongs to an older history and
+			// the client has not acknowledged the new one.
+			s.replyErr(&subproto.Error{Code: subproto.CodeEpochMismatch, ID: id,
+				Message: "consumer " + cmd.Consumer + " acknowledged offsets of epoch " + co.Epoch + ", which no longer applies; subscribe with the current epoch to start over"},
+				rangeCtx)
+			return
+		}
+		if !ok || co.Epoch != info.Epoch {
+			sub.acked = start - 1
+		}
+	}
+	var missed *[2]uint64
+	if start < info.Earliest {
+		if cmd.IfGone != "earliest" {
+			s.replyErr(&subproto.Error{Code: subproto.CodeOffsetOutOfRange, ID: id,
+				Message: fmt.Sprintf("offset %d is no longer retained; the earliest is %d", start, info.Earliest)}, rangeCtx)
+			return
+		}
+		missed = &[2]uint64{start, info.Earliest - 1}
+		start = info.Earliest
+		if sub.consumerKey != "" && sub.acked < start-1 {
+			sub.acked = start - 1
+		}
+	}
+	if start > info.Head+1 {
+		s.replyErr(&subproto.Error{Code: subproto.CodeOffsetOutOfRange, ID: id,
+			Message: fmt.Sprintf("offset %d is beyond the head %d", start, info.Head)}, rangeCtx)
+		return
+	}
+	sub.next = start
+
+	t, err := s.srv.acquireTopic(topic)
+	if err != nil {
+		s.replyErr(storeError(id, err), nil)
+		return
+	}
+	sub.t = t
+
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		s.srv.releaseTopic(t)
+		return
+	}
+	if _, dup := s.subs[topic]; dup {
+		s.mu.Unlock()
+		s.srv.releaseTopic(t)
+		s.replyErr(&subproto.Error{Code: subproto.CodeAlreadySubscribed, ID: id, Message: "already subscribed to " + topic + " on this connection"}, nil)
+		return
+	}
+	if id != 0 {
+		s.replyLocked(subproto.AppendOK(nil, &subproto.OK{ID: id, Topic: topic, Sub: true, Epoch: info.Epoch, Head: info.Head, From: start, Missed: missed}))
+	}
+	// Registered but neither live nor fed from the log yet: nothing can
+	// reach the client before the ok.
+	s.subs[topic] = sub
+	s.mu.Unlock()
+	s.srv.stats.Subscriptions.Add(1)
+
+	// Join the topic before the first log read, so that no record
+	// dispatched after that read can miss the subscription; every
+	// subscription starts by reading the log and rejoins live from there.
+	t.mu.Lock()
+	s.mu.Lock()
+	if !sub.ended {
+		t.subs = append(t.subs, sub)
+		sub.lagging = true
+		s.lagging = append(s.lagging, sub)
+		s.kickLocked()
+	}
+	s.mu.Unlock()
+	t.mu.Unlock()
+
+	if sub.consumerKey != "" {
+		if old := s.srv.takeOver(sub); old != nil && old != sub {
+			old.sess.endSub(old, subproto.CodeTakenOver)
+		}
+	}
+}
+
+func (s *Session) subscribePattern(cmd *subproto.Command) {
+	sub := &subscription{sess: s, topic: cmd.Topic, pattern: true, live: true}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	if _, dup := s.subs[cmd.Topic]; dup {
+		s.mu.Unlock()
+		s.replyErr(&subproto.Error{Code: subproto.CodeAlreadySubscribed, ID: cmd.ID, Message: "already subscribed to " + cmd.Topic + " on this connection"}, nil)
+		return
+	}
+	if cmd.ID != 0 {
+		s.replyLocked(subproto.AppendOK(nil, &subproto.OK{ID: cmd.ID, Topic: cmd.Topic}))
+	}
+	s.subs[cmd.Topic] = sub
+	s.mu.Unlock()
+	s.srv.stats.Subscriptions.Add(1)
+	s.srv.pmu.Lock()
+	s.srv.patterns.insert(cmd.Topic, sub)
+	s.srv.npatterns.Store(int64(s.srv.patterns.n))
+	s.srv.pmu.Unlock()
+}
+
+func (s *Session) handleUnsub(cmd *subproto.Command) {
+	s.mu.Lock()
+	sub := s.subs[cmd.Topic]
+	s.mu.Unlock()
+	if sub == nil {
+		s.replyErr(&subproto.Error{Code: subproto.CodeNotSubscribed, ID: cmd.ID, Message: "no subscription to " + cmd.Topic + " on this connection"}, nil)
+		return
+	}
+	s.endSub(sub, "")
+	s.ok(cmd.ID)
+}
+
+func (s *Session) handleAck(cmd *subproto.Command) {
+	id, topic := cmd.ID, cmd.Topic
+	info, exists, err := s.srv.store.Topic(topic)
+	if err != nil {
+		s.replyErr(storeError(id, err), nil)
+		return
+	}
+	if !exists || cmd.Offset > info.Head {
+		var rc *subproto.ErrContext
+		if exists {
+			rc = &subproto.ErrContext{Epoch: info.Epoch, Earliest: info.Earliest, Latest: info.Head, HasRange: true}
+		}
+		s.replyErr(&subproto.Error{Code: subproto.CodeOffsetOutOfRange, ID: id,
+			Message: fmt.Sprintf("cannot acknowledge offset %d beyond the head %d", cmd.Offset, info.Head)}, rc)
+		return
+	}
+	key := s.consumerKey(cmd.Consumer)
+	s.srv.store.CommitAsync(key, topic, info.Epoch, cmd.Offset, func(co ConsumerOffset, err error) {
+		if err != nil {
+			s.replyErr(storeError(id, err), nil)
+			return
+		}
+		s.srv.acked(key, topic, co)
+		s.ok(id)
+	})
+}
+
+// acked opens the in-flight window of the consumer's live subscription.
+func (srv *Server) acked(consumerKey, topic string, co ConsumerOffset) {
+	sub := srv.liveConsumer(consumerKey, topic)
+	if sub == nil {
+		return
+	}
+	s := sub.sess
+	s.mu.Lock()
+	if !sub.ended && co.Epoch == sub.epoch && co.Offset > sub.acked {
+		sub.acked = co.Offset
+		if sub.lagging {
+			s.kickLocked()
+		}
+	}
+	s.mu.Unlock()
+}

@@ -1,0 +1,395 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"hash/maphash"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/brokerd/brokerd/subproto"
+)
+
+// ErrDraining is returned by Connect once Shutdown has begun.
+var ErrDraining = errors.New("broker: draining")
+
+const topicShards = 64
+
+// Server is the hub: it owns topics, subscriptions and sessions, and
+// routes every durable record from the Store to the subscriptions that
+// want it.
+//
+// Lock order (outer first):
+//
+//	topicState.mu → Session.mu
+//	Server.pmu (pattern tree) and Server.cmu (consumers) are leaves: never
+//	held while taking another lock of this package.
+type Server struct {
+	cfg   Config
+	store Store
+	log   *slog.Logger
+	seed  maphash.Seed
+
+	shards [topicShards]topicShard
+
+	pmu       sync.RWMutex
+	patterns  *patternTree // guarded by pmu
+	npatterns atomic.Int64
+
+	cmu       sync.Mutex
+	consumers map[consumerTopic]*subscription // guarded by cmu
+
+	smu      sync.Mutex
+	sessions map[*Session]struct{} // guarded by smu
+
+	draining atomic.Bool
+	stop     chan struct{}
+	wg       sync.WaitGroup
+
+	stats Stats
+}
+
+type topicShard struct {
+	mu     sync.RWMutex
+	topics map[string]*topicState
+}
+
+// topicState tracks the live subscribers of one exact topic.
+type topicState struct {
+	name string
+	mu   sync.Mutex
+	// guarded by mu:
+	subs []*subscription
+	refs int    // subscriptions holding this state (guarded by the shard lock)
+	last uint64 // highest offset dispatched or known durable when created
+}
+
+type consumerTopic struct{ consumer, topic string }
+
+// New returns a Server routing records of st. It installs its commit hook
+// on st, so st must not have seen an append yet.
+func New(cfg Config, st Store) (*Server, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if st == nil {
+		return nil, errors.New("broker: nil Store")
+	}
+	srv := &Server{
+		cfg:       cfg,
+		store:     st,
+		log:       cfg.Logger,
+		seed:      maphash.MakeSeed(),
+		patterns:  newPatternTree(),
+		consumers: make(map[consumerTopic]*subscription),
+		sessions:  make(map[*Session]struct{}),
+		stop:      make(chan struct{}),
+	}
+	for i := range srv.shards {
+		srv.shards[i].topics = make(map[string]*topicState)
+	}
+	st.SetCommitHook(srv.onCommit)
+	srv.wg.Add(1)
+	go srv.heartbeatLoop()
+	return srv, nil
+}
+
+// Config returns the server's configuration with defaults filled in.
+func (srv *Server) Config() Config { return srv.cfg }
+
+// Store returns the store the server routes.
+func (srv *Server) Store() Store { return srv.store }
+
+// Stats returns the server's counters.
+func (srv *Server) Stats() *Stats { return &srv.stats }
+
+// Draining reports whether Shutdown has begun.
+func (srv *Server) Draining() bool { return srv.draining.Load() }
+
+func (srv *Server) shard(topic string) *topicShard {
+	return &srv.shards[maphash.String(srv.seed, topic)%topicShards]
+}
+
+// acquireTopic returns the state of topic, creating it when absent, and
+// takes a reference on it. A new state's last offset is initialised from
+// the store while its lock is held, so it is never below an offset that
+// has already been dispatched.
+func (srv *Server) acquireTopic(topic string) (*topicState, error) {
+	sh := srv.shard(topic)
+	sh.mu.Lock()
+	t := sh.topics[topic]
+	if t != nil {
+		t.refs++
+		sh.mu.Unlock()
+		return t, nil
+	}
+	t = &topicState{name: topic, refs: 1}
+	t.mu.Lock()
+	sh.topics[topic] = t
+	sh.mu.Unlock()
+	info, ok, err := srv.store.Topic(topic)
+	if err == nil && ok && info.Head > t.last {
+		t.last = info.Head
+	}
+	t.mu.Unlock()
+	if err != nil {
+		srv.releaseTopic(t)
+		return nil, err
+	}
+	return t, nil
+}
+
+func (srv *Server) releaseTopic(t *topicState) {
+	sh := srv.shard(t.name)
+	sh.mu.Lock()
+	t.refs--
+	if t.refs == 0 && sh.topics[t.name] == t {
+		delete(sh.topics, t.name)
+	}
+	sh.mu.Unlock()
+}
+
+func (srv *Server) lookupTopic(topic string) *topicState {
+	sh := srv.shard(topic)
+	sh.mu.RLock()
+	t := sh.topics[topic]
+	sh.mu.RUnlock()
+	return t
+}
+
+// onCommit is the store's commit hook: it runs on the store's notifier
+// goroutine, in commit order, and hands each record to every matching
+// subscription without blocking. The msg bytes of a record are encoded
+// once and shared by every exact subscription.
+func (srv *Server) onCommit(batch []Committed) {
+	var matches []*subscription
+	var arena []byte
+	for i := range batch {
+		c := &batch[i]
+		if t := srv.lookupTopic(c.Topic); t != nil {
+			t.mu.Lock()
+			if len(t.subs) > 0 {
+				arena = arena[:0]
+				ends := make([]int, len(c.Records))
+				for j := range c.Records {
+					r := &c.Records[j]
+					arena = subproto.AppendMsg(arena, c.Topic, r.Offset, r.Time, r.Data, "")
+					ends[j] = len(arena)
+				}
+				// The subscribers keep slices of the arena: give up ownership.
+				shared := arena
+				arena = nil
+				start := 0
+				for j := range c.Records {
+					enc := shared[start:ends[j]:ends[j]]
+					start = ends[j]
+					off := c.Records[j].Offset
+					for _, sub := range t.subs {
+						sub.sess.offer(sub, off, enc)
+					}
+				}
+			}
+			if n := len(c.Records); n > 0 && c.Records[n-1].Offset > t.last {
+				t.last = c.Records[n-1].Offset
+			}
+			t.mu.Unlock()
+		}
+		if srv.npatterns.Load() == 0 {
+			continue
+		}
+		srv.pmu.RLock()
+		matches = srv.patterns.match(c.Topic, matches[:0])
+		srv.pmu.RUnlock()
+		if len(matches) == 0 {
+			continue
+		}
+		srv.dispatchPatterns(c, matches)
+	}
+}
+
+// dispatchPatterns delivers a run of records to pattern subscriptions.
+// Each record is encoded once per distinct pattern.
+func (srv *Server) dispatchPatterns(c *Committed, matches []*subscription) {
+	type encoded struct {
+		pattern string
+		b       []byte
+	}
+	var cache []encoded
+	var slow []*subscription
+	for j := range c.Records {
+		r := &c.Records[j]
+		cache = cache[:0]
+		for _, sub := range matches {
+			var enc []byte
+			for _, e := range cache {
+				if e.pattern == sub.topic {
+					enc = e.b
+					break
+				}
+			}
+			if enc == nil {
+				enc = subproto.AppendMsg(nil, c.Topic, r.Offset, r.Time, r.Data, sub.topic)
+				cache = append(cache, encoded{sub.topic, enc})
+			}
+			if !sub.sess.offerPattern(sub, enc) {
+				slow = append(slow, sub)
+			}
+		}
+	}
+	for _, sub := range slow {
+		sub.sess.endSub(sub, "slow")
+	}
+}
+
+// Connect registers a new client connection and sends it welcome. The
+// transport then feeds the connection's frames to Session.HandleFrame and
+// calls Session.Closed when the connection ends.
+func (srv *Server) Connect(c Conn, info ConnInfo) (*Session, error) {
+	if srv.draining.Load() {
+		return nil, ErrDraining
+	}
+	s := newSession(srv, c, info)
+	srv.smu.Lock()
+	srv.sessions[s] = struct{}{}
+	srv.smu.Unlock()
+	srv.stats.Connections.Add(1)
+	srv.stats.ConnectionsTotal.Add(1)
+	s.welcome()
+	return s, nil
+}
+
+func (srv *Server) forget(s *Session) {
+	srv.smu.Lock()
+	_, ok := srv.sessions[s]
+	delete(srv.sessions, s)
+	srv.smu.Unlock()
+	if ok {
+		srv.stats.Connections.Add(-1)
+	}
+}
+
+// RetryAfter returns a random retry_after_ms for a 1001 or 1013 close, so
+// that clients closed together do not all come back in the same second.
+func (srv *Server) RetryAfter() int {
+	max := int(srv.cfg.ShutdownRetryAfter / time.Millisecond)
+	min := max / 10
+	if max <= min {
+		return max
+	}
+	return min + rand.IntN(max-min+1)
+}
+
+// Shutdown stops accepting sessions and closes every session with 1001
+// and a spread retry_after_ms. Publishes already handed to the store still
+// complete there; closing the store afterwards waits for them.
+func (srv *Server) Shutdown(ctx context.Context) error {
+	if srv.draining.Swap(true) {
+		return nil
+	}
+	close(srv.stop)
+	srv.smu.Lock()
+	list := make([]*Session, 0, len(srv.sessions))
+	for s := range srv.sessions {
+		list = append(list, s)
+	}
+	srv.smu.Unlock()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
+	for _, s := range list {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			s.Close(uint16(subproto.CloseGoingAway), subproto.CloseReason(subproto.CloseGoingAway, srv.RetryAfter()))
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); srv.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (srv *Server) heartbeatLoop() {
+	defer srv.wg.Done()
+	tick := time.NewTicker(srv.cfg.Heartbeat)
+	defer tick.Stop()
+	var list []*Session
+	for {
+		select {
+		case <-srv.stop:
+			return
+		case <-tick.C:
+		}
+		list = list[:0]
+		srv.smu.Lock()
+		for s := range srv.sessions {
+			list = append(list, s)
+		}
+		srv.smu.Unlock()
+		for _, s := range list {
+			s.ping()
+		}
+		clear(list)
+	}
+}
+
+// takeOver records sub as the live subscription of its consumer and topic
+// and returns the subscription it replaces, if any.
+func (srv *Server) takeOver(sub *subscription) *subscription {
+	k := consumerTopic{sub.consumerKey, sub.topic}
+	srv.cmu.Lock()
+	old := srv.consumers[k]
+	srv.consumers[k] = sub
+	srv.cmu.Unlock()
+	return old
+}
+
+func (srv *Server) dropConsumer(sub *subscription) {
+	k := consumerTopic{sub.consumerKey, sub.topic}
+	srv.cmu.Lock()
+	if srv.consumers[k] == sub {
+		delete(srv.consumers, k)
+	}
+	srv.cmu.Unlock()
+}
+
+func (srv *Server) liveConsumer(consumerKey, topic string) *subscription {
+	srv.cmu.Lock()
+	sub := srv.consumers[consumerTopic{consumerKey, topic}]
+	srv.cmu.Unlock()
+	return sub
+}
+
+// Stats are the server's counters, read by the metrics endpoint.
+type Stats struct {
+	Connections      atomic.Int64
+	ConnectionsTotal atomic.Int64
+	Subscriptions    atomic.Int64
+	Published        atomic.Int64
+	PublishedDup     atomic.Int64
+	Delivered        atomic.Int64
+	FramesOut        atomic.Int64
+	BytesOut         atomic.Int64
+	FramesIn         atomic.Int64
+	BytesIn          atomic.Int64
+	CatchUps         atomic.Int64 // subscriptions that fell back to reading the log
+	SlowCloses       atomic.Int64 // connections closed with 4008
+	SlowPatternEnds  atomic.Int64 // pattern subscriptions ended as slow
+	Errors           sync.Map     // subproto.Code → *atomic.Int64
+}
+
+func (st *Stats) countErr(code subproto.Code) {
+	v, ok := st.Errors.Load(code)
+	if !ok {
+		v, _ = st.Errors.LoadOrStore(code, new(atomic.Int64))
+	}
+	v.(*atomic.Int64).Add(1)
+}

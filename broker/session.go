@@ -1,0 +1,509 @@
+package broker
+
+import (
+	"errors"
+	"log/slog"
+	"os"
+	"sync"
+
+	"github.com/brokerd/brokerd/subproto"
+	"github.com/google/uuid"
+)
+
+// Session is one client connection as the broker sees it: its
+// subscriptions, its bounded outbound queue and the writer that drains it.
+//
+// The transport's reader calls HandleFrame; the writer goroutine runs only
+// while there is something to write or a subscription to feed from the
+// log, so an idle session costs no goroutine of its own.
+type Session struct {
+	srv  *Server
+	conn Conn
+	id   string
+	log  *slog.Logger
+
+	// pending bounds publishes waiting to be durable.
+	pending chan struct{}
+	done    chan struct{} // closed when the session closes
+
+	user string // authenticated subject, "" without auth
+
+	mu sync.Mutex
+	// guarded by mu:
+	closed   bool
+	out      []outItem // FIFO of frames to write
+	outBytes int       // bytes of msg items in out
+	outMsgs  int       // msg items in out
+	outCtrl  int       // control items in out
+	writing  bool      // the writer goroutine runs
+	pingDue  bool
+	subs     map[string]*subscription // by topic or pattern
+	lagging  []*subscription          // subscriptions fed from the log
+	closeErr error
+}
+
+type outItem struct {
+	b   []byte
+	sub *subscription // nil for replies and other control frames
+}
+
+// subscription is one sub of a session. Fields after sess are guarded by
+// sess.mu unless noted.
+type subscription struct {
+	sess        *Session
+	topic       string // topic or pattern
+	pattern     bool
+	t           *topicState // exact subscriptions
+	consumer    string      // consumer name as the client gave it
+	consumerKey string      // owner-qualified consumer name, "" if none
+	maxInflight int
+	epoch       string
+
+	ended   bool
+	live    bool   // receives records from dispatch; else fed from the log
+	next    uint64 // next offset to queue
+	acked   uint64 // consumer's acknowledged offset
+	queued  int    // msg items of this subscription in the queue
+	lagging bool   // listed in sess.lagging
+}
+
+var newline = []byte{'\n'}
+
+func newSession(srv *Server, c Conn, info ConnInfo) *Session {
+	id := uuid.NewString()
+	return &Session{
+		srv:     srv,
+		conn:    c,
+		id:      id,
+		log:     srv.log.With("conn", id, "remote", info.Remote),
+		pending: make(chan struct{}, srv.cfg.MaxPendingPublishes),
+		done:    make(chan struct{}),
+		subs:    make(map[string]*subscription),
+	}
+}
+
+// ID returns the session's id, also sent to the client in welcome.
+func (s *Session) ID() string { return s.id }
+
+// Logger returns the session's logger, tagged with its id.
+func (s *Session) Logger() *slog.Logger { return s.log }
+
+func (s *Session) welcome() {
+	hb := int(s.srv.cfg.Heartbeat.Seconds())
+	s.reply(subproto.AppendWelcome(nil, s.id, s.srv.cfg.Node, s.srv.cfg.Version, hb))
+}
+
+// reply queues a control frame (ok, err, pong, welcome, unsubbed). Control
+// frames are never dropped, but a client that keeps sending commands
+// while it reads nothing is closed when too many replies pile up.
+func (s *Session) reply(b []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.replyLocked(b)
+}
+
+func (s *Session) replyLocked(b []byte) {
+	if s.closed {
+		return
+	}
+	if s.outCtrl >= s.srv.cfg.QueueMessages+s.srv.cfg.MaxPendingPublishes {
+		s.closeLocked(uint16(subproto.CloseSlowConsumer), reason("outbound queue full"), nil)
+		return
+	}
+	s.out = append(s.out, outItem{b: b})
+	s.outCtrl++
+	s.kickLocked()
+}
+
+func (s *Session) replyErr(e *subproto.Error, ctx *subproto.ErrContext) {
+	s.srv.stats.countErr(e.Code)
+	s.reply(subproto.AppendErr(nil, e, ctx))
+}
+
+func (s *Session) ping() {
+	s.mu.Lock()
+	if !s.closed {
+		s.pingDue = true
+		s.kickLocked()
+	}
+	s.mu.Unlock()
+}
+
+// kickLocked starts the writer if it is not running.
+func (s *Session) kickLocked() {
+	if !s.writing && !s.closed {
+		s.writing = true
+		go s.writeLoop()
+	}
+}
+
+// share is how many queued messages one subscription may have before it
+// falls back to the log.
+func (s *Session) shareLocked() int {
+	n := len(s.subs)
+	if n == 0 {
+		n = 1
+	}
+	sh := s.srv.cfg.QueueMessages / n
+	if sh < s.srv.cfg.MinShare {
+		sh = s.srv.cfg.MinShare
+	}
+	return sh
+}
+
+func (s *Session) roomLocked(sub *subscription, size int) bool {
+	cfg := &s.srv.cfg
+	return s.outMsgs < cfg.QueueMessages && s.outBytes+size <= cfg.QueueBytes && sub.queued < s.shareLocked()
+}
+
+// windowLocked is how many more messages a consumer subscription may have
+// in flight (unacknowledged); effectively unbounded for others.
+func (sub *subscription) windowLocked() int {
+	if sub.consumerKey == "" {
+		return 1 << 30
+	}
+	inflight := 0
+	if sub.next > sub.acked+1 {
+		inflight = int(sub.next - sub.acked - 1)
+	}
+	return sub.maxInflight - inflight
+}
+
+func (s *Session) pushMsgLocked(sub *subscription, b []byte) {
+	s.out = append(s.out, outItem{b: b, sub: sub})
+	s.outMsgs++
+	s.outBytes += len(b)
+	sub.queued++
+	sub.next++
+	s.kickLocked()
+}
+
+func (s *Session) setLaggingLocked(sub *subscription) {
+	sub.live = false
+	if !sub.lagging {
+		sub.lagging = true
+		s.lagging = append(s.lagging, sub)
+		s.srv.stats.CatchUps.Add(1)
+	}
+	s.kickLocked()
+}
+
+// offer hands a live record to an exact subscription. Called from
+// dispatch with sub.t.mu held. A subscription without room switches to
+// reading the log; nothing is dropped.
+func (s *Session) offer(sub *subscription, off uint64, enc []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || sub.ended || !sub.live || off < sub.next {
+		return
+	}
+	if off > sub.next || sub.windowLocked() <= 0 || !s.roomLocked(sub, len(enc)) {
+		s.setLaggingLocked(sub)
+		return
+	}
+	s.pushMsgLocked(sub, enc)
+}
+
+// offerPattern hands a live record to a pattern subscription. It reports
+// false when the subscription has no room: pattern subscriptions are
+// live-only, so the caller ends it as slow.
+func (s *Session) offerPattern(sub *subscription, enc []byte) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || sub.ended {
+		return true
+	}
+	if !s.roomLocked(sub, len(enc)) {
+		return false
+	}
+	s.out = append(s.out, outItem{b: enc, sub: sub})
+	s.outMsgs++
+	s.outBytes += len(enc)
+	sub.queued++
+	s.kickLocked()
+	return true
+}
+
+// nextLaggingLocked picks, round robin, a subscription that is fed from
+// the log and has room for more.
+func (s *Session) nextLaggingLocked() *subscription {
+	for i := 0; i < len(s.lagging); i++ {
+		sub := s.lagging[0]
+		copy(s.lagging, s.lagging[1:])
+		s.lagging[len(s.lagging)-1] = sub
+		if sub.windowLocked() > 0 && s.roomLocked(sub, 0) {
+			return sub
+		}
+	}
+	return nil
+}
+
+func (s *Session) unlagLocked(sub *subscription) {
+	if !sub.lagging {
+		return
+	}
+	sub.lagging = false
+	for i, x := range s.lagging {
+		if x == sub {
+			s.lagging = append(s.lagging[:i], s.lagging[i+1:]...)
+			break
+		}
+	}
+}
+
+// writeLoop drains the queue, coalescing what is waiting into one frame,
+// and feeds lagging subscriptions from the log while the queue has room.
+// It exits when there is nothing left to do.
+func (s *Session) writeLoop() {
+	var (
+		items []outItem
+		parts [][]byte
+	)
+	maxFrame := s.srv.cfg.MaxFrameBytes
+	for {
+		s.mu.Lock()
+		if s.closed {
+			s.writing = false
+			s.mu.Unlock()
+			return
+		}
+		if s.pingDue {
+			s.pingDue = false
+			s.mu.Unlock()
+			if err := s.conn.WritePing(); err != nil {
+				s.writeFailed(err)
+				return
+			}
+			continue
+		}
+		if s.outMsgs < s.srv.cfg.QueueMessages/2 {
+			if sub := s.nextLaggingLocked(); sub != nil {
+				s.mu.Unlock()
+				s.pump(sub)
+				continue
+			}
+		}
+		if len(s.out) == 0 {
+			s.writing = false
+			s.mu.Unlock()
+			return
+		}
+		size, n := 0, 0
+		for n < len(s.out) && (n == 0 || size+len(s.out[n].b) <= maxFrame) {
+			size += len(s.out[n].b) + 1
+			n++
+		}
+		items = append(items[:0], s.out[:n]...)
+		rest := copy(s.out, s.out[n:])
+		clear(s.out[rest:])
+		s.out = s.out[:rest]
+		parts = parts[:0]
+		delivered := 0
+		for _, it := range items {
+			if it.sub == nil {
+				s.outCtrl--
+			} else {
+				s.outMsgs--
+				s.outBytes -= len(it.b)
+				it.sub.queued--
+				if it.sub.ended {
+					continue // unsubscribed or taken over: drop its queued messages
+				}
+				delivered++
+			}
+			if len(parts) > 0 {
+				parts = append(parts, newline)
+			}
+			parts = append(parts, it.b)
+		}
+		s.mu.Unlock()
+		clear(items)
+		if len(parts) == 0 {
+			continue
+		}
+		if err := s.conn.WriteFrame(parts); err != nil {
+			s.writeFailed(err)
+			return
+		}
+		st := &s.srv.stats
+		st.FramesOut.Add(1)
+		st.BytesOut.Add(int64(size))
+		st.Delivered.Add(int64(delivered))
+		clear(parts)
+	}
+}
+
+func (s *Session) writeFailed(err error) {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		s.srv.stats.SlowCloses.Add(1)
+		s.log.Info("closing slow consumer: no write progress", "timeout", true)
+		s.Close(uint16(subproto.CloseSlowConsumer), reason("slow consumer: write timeout"))
+	} else {
+		s.Close(uint16(subproto.CloseGoingAway), nil)
+	}
+	s.mu.Lock()
+	s.writing = false
+	s.mu.Unlock()
+}
+
+// pump feeds one lagging subscription a page from the log. When the page
+// reaches the end of the log it tries to rejoin the live stream.
+func (s *Session) pump(sub *subscription) {
+	s.mu.Lock()
+	if s.closed || sub.ended || sub.live {
+		s.mu.Unlock()
+		return
+	}
+	from := sub.next
+	n := min(s.srv.cfg.ReplayPage, sub.windowLocked(), s.shareLocked()-sub.queued, s.srv.cfg.QueueMessages-s.outMsgs)
+	maxBytes := s.srv.cfg.QueueBytes - s.outBytes
+	s.mu.Unlock()
+	if n <= 0 || maxBytes <= 0 {
+		return
+	}
+	recs, err := s.srv.store.Read(sub.topic, from, n, maxBytes)
+	if err != nil && !errors.Is(err, ErrTopicNotFound) {
+		s.log.Error("reading topic log", "topic", sub.topic, "err", err)
+		s.endSub(sub, subproto.CodeInternal)
+		return
+	}
+	full := len(recs) >= n
+	s.mu.Lock()
+	if s.closed || sub.ended || sub.live || sub.next != from {
+		s.mu.Unlock()
+		return
+	}
+	if len(recs) > 0 && recs[0].Offset > from {
+		// Retention removed records this subscription had not received
+		// yet: end it rather than skip them silently.
+		s.mu.Unlock()
+		s.endSub(sub, subproto.CodeOffsetOutOfRange)
+		return
+	}
+	// One arena per page; each message is a slice of it.
+	size := 0
+	for i := range recs {
+		size += len(recs[i].Data) + len(sub.topic) + 64
+	}
+	arena := make([]byte, 0, size)
+	for i := range recs {
+		r := &recs[i]
+		if r.Offset != sub.next {
+			continue
+		}
+		start := len(arena)
+		arena = subproto.AppendMsg(arena, sub.topic, r.Offset, r.Time, r.Data, "")
+		s.pushMsgLocked(sub, arena[start:len(arena):len(arena)])
+	}
+	s.mu.Unlock()
+	if !full {
+		s.tryRejoin(sub)
+	}
+}
+
+// tryRejoin switches a lagging subscription back to the live stream when
+// it has queued everything dispatch has already passed.
+func (s *Session) tryRejoin(sub *subscription) {
+	t := sub.t
+	t.mu.Lock()
+	s.mu.Lock()
+	if !s.closed && !sub.ended && !sub.live && sub.next > t.last && sub.windowLocked() > 0 {
+		sub.live = true
+		s.unlagLocked(sub)
+	}
+	s.mu.Unlock()
+	t.mu.Unlock()
+}
+
+// endSub ends a subscription; a non-empty code tells the client with
+// unsubbed.
+func (s *Session) endSub(sub *subscription, code subproto.Code) {
+	s.mu.Lock()
+	if sub.ended {
+		s.mu.Unlock()
+		return
+	}
+	sub.ended = true
+	if s.subs[sub.topic] == sub {
+		delete(s.subs, sub.topic)
+	}
+	s.unlagLocked(sub)
+	if code != "" {
+		s.replyLocked(subproto.AppendUnsubbed(nil, sub.topic, code))
+		if code == "slow" {
+			s.srv.stats.SlowPatternEnds.Add(1)
+		}
+	}
+	s.mu.Unlock()
+	s.srv.detach(sub)
+}
+
+// detach removes an ended subscription from the server's indexes.
+func (srv *Server) detach(sub *subscription) {
+	srv.stats.Subscriptions.Add(-1)
+	if sub.pattern {
+		srv.pmu.Lock()
+		srv.patterns.remove(sub.topic, sub)
+		srv.npatterns.Store(int64(srv.patterns.n))
+		srv.pmu.Unlock()
+		return
+	}
+	t := sub.t
+	t.mu.Lock()
+	t.subs, _ = without(t.subs, sub)
+	t.mu.Unlock()
+	srv.releaseTopic(t)
+	if sub.consumerKey != "" {
+		srv.dropConsumer(sub)
+	}
+}
+
+// Close closes the session and its connection with code and reason.
+func (s *Session) Close(code uint16, reason []byte) {
+	s.mu.Lock()
+	s.closeLocked(code, reason, nil)
+	s.mu.Unlock()
+}
+
+// Closed tells the broker the transport's connection has ended.
+func (s *Session) Closed(err error) {
+	s.mu.Lock()
+	s.closeLocked(0, nil, err)
+	s.mu.Unlock()
+}
+
+// Done is closed when the session has closed.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+func (s *Session) closeLocked(code uint16, reason []byte, err error) {
+	if s.closed {
+		return
+	}
+	s.closed = true
+	s.closeErr = err
+	close(s.done)
+	subs := make([]*subscription, 0, len(s.subs))
+	for _, sub := range s.subs {
+		sub.ended = true
+		subs = append(subs, sub)
+	}
+	clear(s.subs)
+	clear(s.out)
+	s.out = nil
+	s.lagging = nil
+	// Cleanup takes other locks (lock order) and may block on the
+	// transport: do it off this lock.
+	go func() {
+		if code != 0 {
+			s.conn.Close(code, reason)
+		}
+		for _, sub := range subs {
+			s.srv.detach(sub)
+		}
+		s.srv.forget(s)
+	}()
+}
+
+func reason(msg string) []byte {
+	return []byte(msg)
+}

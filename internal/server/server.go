@@ -1,0 +1,157 @@
+// Package server is brokerd's network edge: the HTTP mux, the WebSocket
+// upgrade (gws) with subprotocol and Origin checks, and the health
+// endpoints. It turns connections into broker sessions and knows nothing
+// of topics itself.
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/brokerd/brokerd/broker"
+	"github.com/brokerd/brokerd/subproto"
+	"github.com/lxzan/gws"
+)
+
+// Config configures the edge. The zero value works.
+type Config struct {
+	// AllowedOrigins lists the browser origins (scheme://host[:port]) that
+	// may connect; empty means the request's own host only; "*" allows any.
+	// Clients that send no Origin header (backends) are always allowed.
+	AllowedOrigins []string
+	// MaxFrameBytes bounds one incoming WebSocket message (default 1 MiB).
+	MaxFrameBytes int
+	// WriteTimeout is how long a write may make no progress before the
+	// connection is closed as a slow consumer (default 10s).
+	WriteTimeout time.Duration
+	// PongTimeout is how long past a heartbeat a silent connection is
+	// kept (default 10s).
+	PongTimeout time.Duration
+	// HandshakeTimeout bounds the WebSocket handshake (default 5s).
+	HandshakeTimeout time.Duration
+	// Logger receives the edge's logs (default slog.Default()).
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.MaxFrameBytes == 0 {
+		c.MaxFrameBytes = 1 << 20
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.PongTimeout == 0 {
+		c.PongTimeout = 10 * time.Second
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Server serves the broker over HTTP and WebSocket.
+type Server struct {
+	cfg         Config
+	broker      *broker.Server
+	log         *slog.Logger
+	upgrader    *gws.Upgrader
+	wsHandler   *wsHandler
+	mux         *http.ServeMux
+	anyOrigin   bool
+	origins     map[string]struct{}
+	readTimeout time.Duration
+	readPanics  atomic.Int64
+}
+
+// New returns the edge for b.
+func New(cfg Config, b *broker.Server) (*Server, error) {
+	cfg = cfg.withDefaults()
+	if cfg.MaxFrameBytes < 0 || cfg.WriteTimeout < 0 || cfg.PongTimeout < 0 {
+		return nil, errors.New("server: negative limit")
+	}
+	s := &Server{
+		cfg:         cfg,
+		broker:      b,
+		log:         cfg.Logger,
+		mux:         http.NewServeMux(),
+		origins:     make(map[string]struct{}),
+		readTimeout: b.Config().Heartbeat + cfg.PongTimeout,
+	}
+	for _, o := range cfg.AllowedOrigins {
+		o = strings.TrimSpace(o)
+		if o == "" {
+			continue
+		}
+		if o == "*" {
+			s.anyOrigin = true
+			continue
+		}
+		u, err := url.Parse(o)
+		if err != nil || u.Scheme == "" || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			return nil, fmt.Errorf("server: allowed origin %q is not scheme://host[:port]", o)
+		}
+		s.origins[strings.ToLower(u.Scheme+"://"+u.Host)] = struct{}{}
+	}
+	s.wsHandler = &wsHandler{srv: s}
+	s.upgrader = gws.NewUpgrader(s.wsHandler, &gws.ServerOption{
+		ReadMaxPayloadSize: cfg.MaxFrameBytes,
+		CheckUtf8Enabled:   true,
+		HandshakeTimeout:   cfg.HandshakeTimeout,
+		SubProtocols:       []string{subproto.Subprotocol},
+		// The Origin check and everything else about admission is ours;
+		// serveWS has done it before the upgrade.
+		Authorize:  func(*http.Request, gws.SessionStorage) bool { return true },
+		NewSession: func() gws.SessionStorage { return &connState{} },
+		Recovery: func(l gws.Logger) {
+			if p := recover(); p != nil {
+				s.readPanics.Add(1)
+				s.log.Error("recovered from a panic handling a message", "panic", fmt.Sprint(p))
+			}
+		},
+		Logger: gwsLogger{s.log},
+	})
+	s.mux.HandleFunc("/ws", s.serveWS)
+	s.mux.HandleFunc("GET /healthz", s.serveHealth)
+	s.mux.HandleFunc("GET /readyz", s.serveReady)
+	return s, nil
+}
+
+// Handler returns the HTTP handler serving every endpoint.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Mux returns the mux, for wiring further endpoints.
+func (s *Server) Mux() *http.ServeMux { return s.mux }
+
+// ReadPanics counts panics recovered in WebSocket readers.
+func (s *Server) ReadPanics() int64 { return s.readPanics.Load() }
+
+func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = w.Write([]byte("ok\n"))
+}
+
+func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if s.broker.Draining() {
+		http.Error(w, "draining", http.StatusServiceUnavailable)
+		return
+	}
+	if _, _, err := s.broker.Store().Topic("_readyz"); err != nil {
+		http.Error(w, "store unusable: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = w.Write([]byte("ready\n"))
+}
+
+type gwsLogger struct{ l *slog.Logger }
+
+func (g gwsLogger) Error(v ...any) { g.l.Error("websocket", "detail", fmt.Sprint(v...)) }

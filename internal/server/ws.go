@@ -1,0 +1,199 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/brokerd/brokerd/broker"
+	"github.com/brokerd/brokerd/subproto"
+	"github.com/lxzan/gws"
+)
+
+// wsHandler adapts gws connections to broker sessions.
+type wsHandler struct {
+	srv *Server
+}
+
+// connState is the gws session storage of one connection; it holds the
+// broker session instead of a map, so every event finds it without a lock.
+type connState struct {
+	sess *broker.Session
+	conn *wsConn
+}
+
+func (*connState) Len() int                     { return 0 }
+func (*connState) Load(string) (any, bool)      { return nil, false }
+func (*connState) Delete(string)                {}
+func (*connState) Store(string, any)            {}
+func (*connState) Range(func(string, any) bool) {}
+
+func stateOf(c *gws.Conn) *connState { return c.Session().(*connState) }
+
+// wsConn implements broker.Conn over a gws connection.
+type wsConn struct {
+	c            *gws.Conn
+	writeTimeout time.Duration
+	closeOnce    sync.Once
+}
+
+func (w *wsConn) WriteFrame(parts [][]byte) error {
+	if err := w.c.SetWriteDeadline(time.Now().Add(w.writeTimeout)); err != nil {
+		return err
+	}
+	return w.c.Writev(gws.OpcodeText, parts...)
+}
+
+func (w *wsConn) WritePing() error {
+	if err := w.c.SetWriteDeadline(time.Now().Add(w.writeTimeout)); err != nil {
+		return err
+	}
+	return w.c.WritePing(nil)
+}
+
+// Close sends a close frame best-effort. A write stuck on a peer that does
+// not read is cut short first, so Close returns within about a second.
+func (w *wsConn) Close(code uint16, reason []byte) {
+	w.closeOnce.Do(func() {
+		_ = w.c.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = w.c.WriteClose(code, reason)
+		_ = w.c.NetConn().Close()
+	})
+}
+
+func (h *wsHandler) touch(c *gws.Conn) {
+	_ = c.SetReadDeadline(time.Now().Add(h.srv.readTimeout))
+}
+
+func (h *wsHandler) OnOpen(c *gws.Conn) {}
+
+func (h *wsHandler) OnClose(c *gws.Conn, err error) {
+	if st := stateOf(c); st.sess != nil {
+		st.sess.Closed(err)
+	}
+}
+
+func (h *wsHandler) OnPing(c *gws.Conn, payload []byte) {
+	h.touch(c)
+	_ = c.WritePong(payload)
+}
+
+func (h *wsHandler) OnPong(c *gws.Conn, payload []byte) { h.touch(c) }
+
+func (h *wsHandler) OnMessage(c *gws.Conn, m *gws.Message) {
+	defer m.Close()
+	h.touch(c)
+	st := stateOf(c)
+	if m.Opcode != gws.OpcodeText {
+		st.sess.HandleBinary()
+		return
+	}
+	st.sess.HandleFrame(m.Bytes())
+}
+
+// offersSubprotocol reports whether the request offers our subprotocol.
+func offersSubprotocol(r *http.Request) bool {
+	for _, h := range r.Header.Values("Sec-WebSocket-Protocol") {
+		for _, p := range strings.Split(h, ",") {
+			if strings.TrimSpace(p) == subproto.Subprotocol {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// checkOrigin applies the allowed origins: no Origin header (a backend
+// client) always passes; otherwise the origin must be listed, be the
+// request's own host when nothing is listed, or the list must hold "*".
+func (s *Server) checkOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	if s.anyOrigin {
+		return true
+	}
+	o := strings.ToLower(strings.TrimSuffix(origin, "/"))
+	if len(s.origins) == 0 {
+		_, host, ok := strings.Cut(o, "://")
+		return ok && host == strings.ToLower(r.Host)
+	}
+	_, ok := s.origins[o]
+	return ok
+}
+
+func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		http.Error(w, "the WebSocket endpoint takes GET with an Upgrade header", http.StatusMethodNotAllowed)
+		return
+	}
+	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		w.Header().Set("Upgrade", "websocket")
+		http.Error(w, "this endpoint speaks WebSocket only (subprotocol "+subproto.Subprotocol+")", http.StatusUpgradeRequired)
+		return
+	}
+	if !offersSubprotocol(r) {
+		http.Error(w, "unsupported or missing WebSocket subprotocol; this server speaks: "+subproto.Subprotocol, http.StatusBadRequest)
+		return
+	}
+	if !s.checkOrigin(r) {
+		s.log.Info("refused origin", "origin", r.Header.Get("Origin"), "remote", r.RemoteAddr)
+		http.Error(w, "origin not allowed: "+r.Header.Get("Origin"), http.StatusForbidden)
+		return
+	}
+	if s.broker.Draining() {
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "server is shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	c, err := s.upgrader.Upgrade(w, r)
+	if err != nil {
+		s.log.Debug("websocket upgrade failed", "remote", r.RemoteAddr, "err", err)
+		return
+	}
+	wc := &wsConn{c: c, writeTimeout: s.cfg.WriteTimeout}
+	st := stateOf(c)
+	st.conn = wc
+	sess, err := s.broker.Connect(wc, broker.ConnInfo{Remote: r.RemoteAddr})
+	if err != nil {
+		code := subproto.CloseInternal
+		if errors.Is(err, broker.ErrDraining) {
+			code = subproto.CloseGoingAway
+		}
+		wc.Close(uint16(code), subproto.CloseReason(code, s.broker.RetryAfter()))
+		return
+	}
+	st.sess = sess
+	h := s.wsHandler
+	h.touch(c)
+	go s.readLoop(c, sess)
+}
+
+// readLoop runs gws's read loop and turns a panic inside it (a malformed
+// frame that gws does not reject cleanly) into a 1002 close of that one
+// connection instead of a crash of the process.
+func (s *Server) readLoop(c *gws.Conn, sess *broker.Session) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.readPanics.Add(1)
+			sess.Logger().Warn("recovered from a panic in the websocket reader", "panic", fmt.Sprint(p))
+			sess.Close(uint16(subproto.CloseProtocolError), []byte("protocol error"))
+			_ = c.NetConn().Close()
+			sess.Closed(errors.New("reader panic"))
+		}
+	}()
+	c.ReadLoop()
+}
+
+// isTimeout reports whether err is a deadline error.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
