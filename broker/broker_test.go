@@ -289,3 +289,35 @@ func TestPatternTree(t *testing.T) {
 		t.Fatalf("tree not empty after removing everything: n=%d", tree.n)
 	}
 }
+
+func TestCovers(t *testing.T) {
+	cases := []struct {
+		p, s string
+		want bool
+	}{
+		{"a.b", "a.b", true},
+		{"a.b", "a.c", false},
+		{"a.*", "a.b", true},
+		{"a.*", "a.*", true},
+		{"a.*", "a.>", false},
+		{"a.*", "a.b.c", false},
+		{"a.>", "a.b.c", true},
+		{"a.>", "a.*", true},
+		{"a.>", "a.>", true},
+		{"a.>", "a", false},
+		{">", "x", true},
+		{">", ">", true},
+		{"*.b", "a.b", true},
+		{"*.b", "*.b", true},
+		{"*.b", "*.*", false},
+		{"a.b", "a.*", false},
+		{"a.*.c", "a.*.c", true},
+		{"a.*.c", "a.>", false},
+		{"a", "a.b", false},
+	}
+	for _, c := range cases {
+		if got := Covers(c.p, c.s); got != c.want {
+			t.Errorf("Covers(%q, %q) = %v, want %v", c.p, c.s, got, c.want)
+		}
+	}
+}

@@ -44,6 +44,21 @@ type Config struct {
 	// and 1013 close reasons; each client gets a random value in
 	// [ShutdownRetryAfter/10, ShutdownRetryAfter] (default 5s).
 	ShutdownRetryAfter time.Duration
+	// Auth verifies tokens; nil turns auth off: every client may publish
+	// and subscribe to everything.
+	Auth Authenticator
+	// AuthTimeout is how long a connection may stay unauthenticated before
+	// it is closed with 4001 (default 10s).
+	AuthTimeout time.Duration
+	// CommandRate bounds the commands per second one connection may send,
+	// with bursts up to CommandBurst; past it the connection is closed
+	// with 4029. Defaults 10,000/s and 20,000; a negative rate turns the
+	// limit off.
+	CommandRate  float64
+	CommandBurst int
+	// OnPublish, when set, observes the time from receiving each publish
+	// to its durable ok (for metrics). It must not block.
+	OnPublish func(time.Duration)
 	// Logger receives the broker's structured logs (default slog.Default()).
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
@@ -69,6 +84,15 @@ func (c Config) withDefaults() Config {
 	def(&c.MaxInflight, 10000)
 	if c.Heartbeat == 0 {
 		c.Heartbeat = 25 * time.Second
+	}
+	if c.CommandRate == 0 {
+		c.CommandRate = 10000
+	}
+	if c.CommandBurst == 0 {
+		c.CommandBurst = 2 * int(c.CommandRate)
+	}
+	if c.AuthTimeout == 0 {
+		c.AuthTimeout = 10 * time.Second
 	}
 	if c.ShutdownRetryAfter == 0 {
 		c.ShutdownRetryAfter = 5 * time.Second

@@ -21,4 +21,5 @@ type Conn interface {
 // ConnInfo describes a connection to the broker.
 type ConnInfo struct {
 	Remote string // the peer's address, for logs
+	Token  string // bearer token from the handshake (header or query), "" if none
 }

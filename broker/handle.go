@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/brokerd/brokerd/subproto"
 )
@@ -23,14 +24,10 @@ func (s *Session) HandleFrame(frame []byte) {
 	st := &s.srv.stats
 	st.FramesIn.Add(1)
 	st.BytesIn.Add(int64(len(frame)))
-	// Publishes outlive the frame buffer: copy it once for all of them.
-	if bytes.Contains(frame, []byte(`"pub"`)) {
-		frame = bytes.Clone(frame)
-	}
 	if ferr := subproto.DecodeFrame(frame, s.srv.cfg.MaxCommandsPerFrame, s.handle); ferr != nil {
 		s.srv.stats.countErr(ferr.Code)
 		s.log.Debug("closing connection on bad frame", "code", ferr.Code, "reason", ferr.Message)
-		s.Close(uint16(ferr.Close), reason(ferr.Message))
+		s.Close(uint16(ferr.Close), subproto.AppendCloseReason(nil, ferr.Close.String(), ferr.Message, 0))
 	}
 }
 
@@ -41,6 +38,10 @@ func (s *Session) HandleBinary() {
 }
 
 func (s *Session) handle(cmd *subproto.Command, perr *subproto.Error) {
+	if s.limiter != nil && !s.limiter.Allow() {
+		s.rateLimited()
+		return
+	}
 	if perr != nil {
 		s.replyErr(perr, nil)
 		return
@@ -52,10 +53,18 @@ func (s *Session) handle(cmd *subproto.Command, perr *subproto.Error) {
 	}
 	switch cmd.Op {
 	case subproto.OpPing:
-		s.reply(subproto.AppendPong(nil, cmd.ID))
+		if cmd.ID != 0 { // without an id a success is silent
+			s.reply(subproto.AppendPong(nil, cmd.ID))
+		}
+		return
 	case subproto.OpAuth:
-		// Auth is off: every token is accepted and changes nothing.
-		s.ok(cmd.ID)
+		s.handleAuth(cmd)
+		return
+	}
+	if !s.allowed(cmd) {
+		return
+	}
+	switch cmd.Op {
 	case subproto.OpPub:
 		s.handlePub(cmd)
 	case subproto.OpSub:
@@ -87,8 +96,14 @@ func (s *Session) handlePub(cmd *subproto.Command) {
 		return
 	}
 	id, topic := cmd.ID, cmd.Topic
-	s.srv.store.AppendAsync(topic, cmd.Data, cmd.Key, func(a Appended, err error) {
+	received := time.Now()
+	// The data aliases the transport's read buffer: the store needs its own copy.
+	data := bytes.Clone(cmd.Data)
+	s.srv.store.AppendAsync(topic, data, cmd.Key, func(a Appended, err error) {
 		<-s.pending
+		if f := s.srv.cfg.OnPublish; f != nil && err == nil {
+			f(time.Since(received))
+		}
 		if err != nil {
 			s.replyErr(storeError(id, err), nil)
 			return
@@ -364,4 +379,18 @@ func (srv *Server) acked(consumerKey, topic string, co ConsumerOffset) {
 		}
 	}
 	s.mu.Unlock()
+}
+
+// rateLimited closes a connection that sends commands faster than its
+// limit allows.
+func (s *Session) rateLimited() {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return
+	}
+	s.srv.stats.RateLimited.Add(1)
+	s.log.Info("closing connection: command rate limit", "rate", s.srv.cfg.CommandRate)
+	s.Close(uint16(subproto.CloseRateLimited), subproto.AppendCloseReason(nil, "rate_limited", "too many commands per second", 1000+s.srv.RetryAfter()))
 }

@@ -107,6 +107,19 @@ func (srv *Server) Store() Store { return srv.store }
 // Stats returns the server's counters.
 func (srv *Server) Stats() *Stats { return &srv.stats }
 
+// Subscribers returns the number of live exact subscriptions to topic on
+// this node.
+func (srv *Server) Subscribers(topic string) int {
+	t := srv.lookupTopic(topic)
+	if t == nil {
+		return 0
+	}
+	t.mu.Lock()
+	n := len(t.subs)
+	t.mu.Unlock()
+	return n
+}
+
 // Draining reports whether Shutdown has begun.
 func (srv *Server) Draining() bool { return srv.draining.Load() }
 
@@ -259,6 +272,7 @@ func (srv *Server) Connect(c Conn, info ConnInfo) (*Session, error) {
 	srv.stats.Connections.Add(1)
 	srv.stats.ConnectionsTotal.Add(1)
 	s.welcome()
+	s.startAuth(info.Token)
 	return s, nil
 }
 
@@ -383,8 +397,20 @@ type Stats struct {
 	CatchUps         atomic.Int64 // subscriptions that fell back to reading the log
 	SlowCloses       atomic.Int64 // connections closed with 4008
 	SlowPatternEnds  atomic.Int64 // pattern subscriptions ended as slow
+	RateLimited      atomic.Int64 // connections closed with 4029
 	Errors           sync.Map     // subproto.Code → *atomic.Int64
 }
+
+// ErrorCount returns how many errors were answered with code.
+func (st *Stats) ErrorCount(code subproto.Code) int64 {
+	if v, ok := st.Errors.Load(code); ok {
+		return v.(*atomic.Int64).Load()
+	}
+	return 0
+}
+
+// CountError counts an error answered with code.
+func (st *Stats) CountError(code subproto.Code) { st.countErr(code) }
 
 func (st *Stats) countErr(code subproto.Code) {
 	v, ok := st.Errors.Load(code)

@@ -5,9 +5,11 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/brokerd/brokerd/subproto"
 	"github.com/google/uuid"
+	"golang.org/x/time/rate"
 )
 
 // Session is one client connection as the broker sees it: its
@@ -26,7 +28,13 @@ type Session struct {
 	pending chan struct{}
 	done    chan struct{} // closed when the session closes
 
-	user string // authenticated subject, "" without auth
+	// Owned by the reader goroutine (HandleFrame), except authTimer which
+	// is also stopped on close.
+	authed    bool
+	grant     *Grant // nil when auth is off
+	user      string // authenticated subject, "" without auth
+	authTimer *time.Timer
+	limiter   *rate.Limiter // nil when unlimited
 
 	mu sync.Mutex
 	// guarded by mu:
@@ -71,7 +79,12 @@ var newline = []byte{'\n'}
 
 func newSession(srv *Server, c Conn, info ConnInfo) *Session {
 	id := uuid.NewString()
+	var lim *rate.Limiter
+	if srv.cfg.CommandRate > 0 {
+		lim = rate.NewLimiter(rate.Limit(srv.cfg.CommandRate), srv.cfg.CommandBurst)
+	}
 	return &Session{
+		limiter: lim,
 		srv:     srv,
 		conn:    c,
 		id:      id,
@@ -482,6 +495,9 @@ func (s *Session) closeLocked(code uint16, reason []byte, err error) {
 	s.closed = true
 	s.closeErr = err
 	close(s.done)
+	if s.authTimer != nil {
+		s.authTimer.Stop()
+	}
 	subs := make([]*subscription, 0, len(s.subs))
 	for _, sub := range s.subs {
 		sub.ended = true

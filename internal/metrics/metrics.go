@@ -1,0 +1,123 @@
+// Package metrics exposes brokerd's counters in the Prometheus text
+// format through client_golang. Counters the broker keeps as atomics are
+// read at scrape time; histograms are fed by hooks installed in the
+// broker and store configs.
+package metrics
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/brokerd/brokerd/broker"
+	"github.com/brokerd/brokerd/subproto"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+const ns = "brokerd"
+
+// Metrics holds the registry and the histograms fed by hooks.
+type Metrics struct {
+	reg           *prometheus.Registry
+	publishAck    prometheus.Histogram
+	commitRecords prometheus.Histogram
+	commitSeconds prometheus.Histogram
+}
+
+// New returns Metrics with its histograms; call Register once the broker
+// exists.
+func New() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		publishAck: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Name: "publish_ack_seconds",
+			Help:    "Time from receiving a publish to its durable ok.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14), // 0.5ms .. 4s
+		}),
+		commitRecords: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Name: "store_commit_batch_records",
+			Help:    "Records and consumer commits sharing one store transaction and fsync.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 14), // 1 .. 8192
+		}),
+		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Name: "store_commit_seconds",
+			Help:    "Duration of one store transaction including its fsync.",
+			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 14),
+		}),
+	}
+	m.reg.MustRegister(m.publishAck, m.commitRecords, m.commitSeconds,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// ObservePublish records one publish-to-ok latency.
+func (m *Metrics) ObservePublish(d time.Duration) { m.publishAck.Observe(d.Seconds()) }
+
+// ObserveCommit records one store transaction.
+func (m *Metrics) ObserveCommit(ops int, d time.Duration) {
+	m.commitRecords.Observe(float64(ops))
+	m.commitSeconds.Observe(d.Seconds())
+}
+
+// Sources are the values read at scrape time.
+type Sources struct {
+	Broker     *broker.Server
+	StoreBytes func() int64 // size of the store file
+	ReadPanics func() int64 // panics recovered in WebSocket readers
+	Rejected   func() (connLimit, rateLimit int64)
+}
+
+// Register adds the broker's counters and gauges.
+func (m *Metrics) Register(src Sources) {
+	st := src.Broker.Stats()
+	gauge := func(name, help string, f func() float64) {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: name, Help: help}, f))
+	}
+	counter := func(name, help string, f func() float64) {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: ns, Name: name, Help: help}, f))
+	}
+	gauge("connections", "Open client connections.", func() float64 { return float64(st.Connections.Load()) })
+	counter("connections_total", "Client connections accepted.", func() float64 { return float64(st.ConnectionsTotal.Load()) })
+	gauge("subscriptions", "Live subscriptions.", func() float64 { return float64(st.Subscriptions.Load()) })
+	counter("published_total", "Messages stored (duplicates by idempotency key excluded).", func() float64 { return float64(st.Published.Load()) })
+	counter("published_duplicates_total", "Publishes answered as duplicates of an earlier key.", func() float64 { return float64(st.PublishedDup.Load()) })
+	counter("delivered_total", "Messages written to subscribers.", func() float64 { return float64(st.Delivered.Load()) })
+	counter("frames_in_total", "WebSocket frames received.", func() float64 { return float64(st.FramesIn.Load()) })
+	counter("frames_out_total", "WebSocket frames written.", func() float64 { return float64(st.FramesOut.Load()) })
+	counter("bytes_in_total", "Payload bytes received.", func() float64 { return float64(st.BytesIn.Load()) })
+	counter("bytes_out_total", "Payload bytes written.", func() float64 { return float64(st.BytesOut.Load()) })
+	counter("catchups_total", "Times a subscription fell behind and was fed from the topic log.", func() float64 { return float64(st.CatchUps.Load()) })
+	counter("slow_consumer_closes_total", "Connections closed (4008) because they stopped draining.", func() float64 { return float64(st.SlowCloses.Load()) })
+	counter("slow_pattern_ends_total", "Pattern subscriptions ended as slow.", func() float64 { return float64(st.SlowPatternEnds.Load()) })
+	counter("rate_limit_closes_total", "Connections closed (4029) for sending commands too fast.", func() float64 { return float64(st.RateLimited.Load()) })
+	if src.StoreBytes != nil {
+		gauge("store_bytes", "Size of the store file.", func() float64 { return float64(src.StoreBytes()) })
+	}
+	if src.ReadPanics != nil {
+		counter("ws_reader_panics_total", "Panics recovered in WebSocket readers (the connection was closed with 1002).", func() float64 { return float64(src.ReadPanics()) })
+	}
+	if src.Rejected != nil {
+		counter("connections_rejected_limit_total", "Connections refused because the connection limit was reached (1013).", func() float64 { a, _ := src.Rejected(); return float64(a) })
+		counter("connections_rejected_rate_total", "Connections refused by the per-IP connection rate limit (429).", func() float64 { _, b := src.Rejected(); return float64(b) })
+	}
+	m.reg.MustRegister(&errorCollector{st: st, desc: prometheus.NewDesc(ns+"_errors_total", "Errors answered, by code.", []string{"code"}, nil)})
+}
+
+// Handler serves the registry in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+type errorCollector struct {
+	st   *broker.Stats
+	desc *prometheus.Desc
+}
+
+func (c *errorCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *errorCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, ci := range subproto.Codes() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(c.st.ErrorCount(ci.Code)), string(ci.Code))
+	}
+}

@@ -1,0 +1,337 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/brokerd/brokerd/broker"
+	"github.com/brokerd/brokerd/subproto"
+)
+
+// The HTTP API: publish, read history, list topics. Errors are JSON
+// objects {"code","message",...} with the protocol's codes.
+
+// codeNotFound answers a read of a topic that has no log (HTTP API only).
+const codeNotFound subproto.Code = "not_found"
+
+const (
+	defaultPageLimit = 100
+	maxPageLimit     = 1000
+	maxTopicsLimit   = 1000
+)
+
+type apiError struct {
+	status int
+	code   subproto.Code
+	msg    string
+	extra  map[string]any
+}
+
+func httpStatus(code subproto.Code) int {
+	switch code {
+	case subproto.CodeBadRequest, subproto.CodeInvalidTopic:
+		return http.StatusBadRequest
+	case subproto.CodeUnauthorized:
+		return http.StatusUnauthorized
+	case subproto.CodeForbidden:
+		return http.StatusForbidden
+	case codeNotFound:
+		return http.StatusNotFound
+	case subproto.CodeMessageTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case subproto.CodeOffsetOutOfRange, subproto.CodeEpochMismatch:
+		return http.StatusConflict
+	case subproto.CodeRateLimited:
+		return http.StatusTooManyRequests
+	case subproto.CodeUnavailable:
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}
+
+func (s *Server) writeErr(w http.ResponseWriter, code subproto.Code, msg string, extra map[string]any) {
+	body := map[string]any{"code": code, "message": msg}
+	for k, v := range extra {
+		body[k] = v
+	}
+	s.broker.Stats().CountError(code)
+	if code == subproto.CodeUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="brokerd"`)
+	}
+	writeJSON(w, httpStatus(code), body)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// bearer returns the request's token: the Authorization header, else the
+// token query parameter.
+func bearer(r *http.Request) string {
+	if h := r.Header.Get("Authorization"); h != "" {
+		if scheme, tok, ok := strings.Cut(h, " "); ok && strings.EqualFold(scheme, "Bearer") {
+			return strings.TrimSpace(tok)
+		}
+		return ""
+	}
+	return r.URL.Query().Get("token")
+}
+
+// grant authenticates an API request. With auth off it returns nil and
+// true. On failure it has answered (401) and returns false.
+func (s *Server) grant(w http.ResponseWriter, r *http.Request) (*broker.Grant, bool) {
+	auth := s.broker.Config().Auth
+	if auth == nil {
+		return nil, true
+	}
+	tok := bearer(r)
+	if tok == "" {
+		s.writeErr(w, subproto.CodeUnauthorized, "a bearer token is required (Authorization: Bearer …)", nil)
+		return nil, false
+	}
+	g, err := auth.Verify(tok)
+	if err != nil {
+		msg := "invalid token"
+		if errors.Is(err, broker.ErrTokenExpired) {
+			msg = "the token has expired"
+		}
+		s.writeErr(w, subproto.CodeUnauthorized, msg, nil)
+		return nil, false
+	}
+	return g, true
+}
+
+func (s *Server) topicParam(w http.ResponseWriter, r *http.Request) (string, bool) {
+	topic := r.PathValue("topic")
+	if !subproto.ValidTopic(topic) {
+		s.writeErr(w, subproto.CodeInvalidTopic, fmt.Sprintf("%q is not a topic name: 1-255 bytes of [A-Za-z0-9_-] segments joined by '.'", topic), nil)
+		return "", false
+	}
+	return topic, true
+}
+
+// servePublish: POST /v1/topics/{topic} with the data JSON as body.
+func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
+	g, ok := s.grant(w, r)
+	if !ok {
+		return
+	}
+	topic, ok := s.topicParam(w, r)
+	if !ok {
+		return
+	}
+	if g != nil && !g.CanPublish(topic) {
+		s.writeErr(w, subproto.CodeForbidden, "the token does not allow you to publish to "+topic, nil)
+		return
+	}
+	key := r.Header.Get("Idempotency-Key")
+	if key != "" && !subproto.ValidKey(key) {
+		s.writeErr(w, subproto.CodeBadRequest, fmt.Sprintf("Idempotency-Key must be 1-%d printable ASCII characters without spaces", subproto.MaxKeyLen), nil)
+		return
+	}
+	limit := s.broker.Config().MaxMessageBytes
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(limit)))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			s.writeErr(w, subproto.CodeMessageTooLarge, fmt.Sprintf("the body is larger than %d bytes", limit), nil)
+			return
+		}
+		s.writeErr(w, subproto.CodeBadRequest, "reading the body: "+err.Error(), nil)
+		return
+	}
+	data := trimJSONSpace(body)
+	if len(data) == 0 || !json.Valid(data) {
+		s.writeErr(w, subproto.CodeBadRequest, "the body must be one JSON value (the message data)", nil)
+		return
+	}
+	a, err := s.broker.Publish(r.Context(), topic, data, key)
+	if err != nil {
+		code, msg := publishErr(err)
+		s.writeErr(w, code, msg, nil)
+		return
+	}
+	resp := map[string]any{"topic": topic, "offset": a.Offset}
+	if a.Dup {
+		resp["dup"] = true
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func publishErr(err error) (subproto.Code, string) {
+	switch {
+	case errors.Is(err, broker.ErrTooLarge):
+		return subproto.CodeMessageTooLarge, err.Error()
+	case errors.Is(err, broker.ErrClosed):
+		return subproto.CodeUnavailable, "the broker is shutting down; retry with the same Idempotency-Key"
+	}
+	return subproto.CodeInternal, "storage error"
+}
+
+func trimJSONSpace(b []byte) []byte {
+	isSpace := func(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
+	for len(b) > 0 && isSpace(b[0]) {
+		b = b[1:]
+	}
+	for len(b) > 0 && isSpace(b[len(b)-1]) {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+
+type apiMessage struct {
+	Offset uint64          `json:"offset"`
+	Time   int64           `json:"ts"`
+	Data   json.RawMessage `json:"data"`
+}
+
+// serveMessages: GET /v1/topics/{topic}/messages?from=N&limit=M.
+func (s *Server) serveMessages(w http.ResponseWriter, r *http.Request) {
+	g, ok := s.grant(w, r)
+	if !ok {
+		return
+	}
+	topic, ok := s.topicParam(w, r)
+	if !ok {
+		return
+	}
+	if g != nil && !g.CanSubscribe(topic) {
+		s.writeErr(w, subproto.CodeForbidden, "the token does not allow you to read "+topic, nil)
+		return
+	}
+	q := r.URL.Query()
+	limit := defaultPageLimit
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			s.writeErr(w, subproto.CodeBadRequest, "limit must be a positive integer", nil)
+			return
+		}
+		limit = min(n, maxPageLimit)
+	}
+	st := s.broker.Store()
+	info, exists, err := st.Topic(topic)
+	if err != nil {
+		code, msg := publishErr(err)
+		s.writeErr(w, code, msg, nil)
+		return
+	}
+	if !exists {
+		s.writeErr(w, codeNotFound, "topic "+topic+" has no messages", nil)
+		return
+	}
+	rangeCtx := map[string]any{"epoch": info.Epoch, "earliest": info.Earliest, "latest": info.Head}
+	if e := q.Get("epoch"); e != "" && e != info.Epoch {
+		s.writeErr(w, subproto.CodeEpochMismatch, "the topic's history was reset: offsets of epoch "+e+" no longer apply", rangeCtx)
+		return
+	}
+	from := info.Earliest
+	switch v := q.Get("from"); v {
+	case "", "earliest":
+	case "latest":
+		from = info.Head + 1
+	default:
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || n == 0 {
+			s.writeErr(w, subproto.CodeBadRequest, `from must be a positive offset, "earliest" or "latest"`, nil)
+			return
+		}
+		from = n
+	}
+	if from < info.Earliest || from > info.Head+1 {
+		s.writeErr(w, subproto.CodeOffsetOutOfRange, fmt.Sprintf("offset %d is outside the retained range %d-%d", from, info.Earliest, info.Head), rangeCtx)
+		return
+	}
+	var recs []broker.Record
+	if from <= info.Head {
+		recs, err = st.Read(topic, from, limit, s.cfg.MaxPageBytes)
+		if err != nil && !errors.Is(err, broker.ErrTopicNotFound) {
+			code, msg := publishErr(err)
+			s.writeErr(w, code, msg, nil)
+			return
+		}
+	}
+	msgs := make([]apiMessage, len(recs))
+	next := from
+	for i, rec := range recs {
+		msgs[i] = apiMessage{Offset: rec.Offset, Time: rec.Time, Data: rec.Data}
+		next = rec.Offset + 1
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"topic": topic, "epoch": info.Epoch, "earliest": info.Earliest, "head": info.Head,
+		"messages": msgs, "next": next,
+	})
+}
+
+type apiTopic struct {
+	Topic       string `json:"topic"`
+	Epoch       string `json:"epoch"`
+	Earliest    uint64 `json:"earliest"`
+	Head        uint64 `json:"head"`
+	Count       int64  `json:"count"`
+	Bytes       int64  `json:"bytes"`
+	Subscribers int    `json:"subscribers"`
+}
+
+// serveTopics: GET /v1/topics?after=name&limit=M.
+func (s *Server) serveTopics(w http.ResponseWriter, r *http.Request) {
+	g, ok := s.grant(w, r)
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	limit := defaultPageLimit
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			s.writeErr(w, subproto.CodeBadRequest, "limit must be a positive integer", nil)
+			return
+		}
+		limit = min(n, maxTopicsLimit)
+	}
+	after := q.Get("after")
+	out := make([]apiTopic, 0, min(limit, 64))
+	// With a grant, topics it may not read are skipped. Scan a bounded
+	// number of store pages; "next" is the cursor to continue from.
+	more := false
+scan:
+	for pages := 0; pages < 10; pages++ {
+		more = false
+		list, err := s.broker.Store().Topics(after, limit)
+		if err != nil {
+			code, msg := publishErr(err)
+			s.writeErr(w, code, msg, nil)
+			return
+		}
+		for _, ti := range list {
+			if len(out) == limit {
+				more = true
+				break scan
+			}
+			after = ti.Topic
+			if g != nil && !g.CanSubscribe(ti.Topic) {
+				continue
+			}
+			out = append(out, apiTopic{Topic: ti.Topic, Epoch: ti.Epoch, Earliest: ti.Earliest, Head: ti.Head,
+				Count: ti.Count, Bytes: ti.Bytes, Subscribers: s.broker.Subscribers(ti.Topic)})
+		}
+		if len(list) < limit {
+			break
+		}
+		more = true // the store may hold more after this page
+	}
+	resp := map[string]any{"topics": out}
+	if more {
+		resp["next"] = after
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
