@@ -48,6 +48,7 @@ type Server struct {
 	draining atomic.Bool
 	stop     chan struct{}
 	wg       sync.WaitGroup
+	closers  sync.WaitGroup // sessions whose transport close is in progress
 
 	stats Stats
 }
@@ -322,7 +323,8 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 		}()
 	}
 	done := make(chan struct{})
-	go func() { wg.Wait(); srv.wg.Wait(); close(done) }()
+	// Return once every close frame has been handed to the transport.
+	go func() { wg.Wait(); srv.wg.Wait(); srv.closers.Wait(); close(done) }()
 	select {
 	case <-done:
 		return nil

@@ -509,7 +509,9 @@ func (s *Session) closeLocked(code uint16, reason []byte, err error) {
 	s.lagging = nil
 	// Cleanup takes other locks (lock order) and may block on the
 	// transport: do it off this lock.
+	s.srv.closers.Add(1)
 	go func() {
+		defer s.srv.closers.Done()
 		if code != 0 {
 			s.conn.Close(code, reason)
 		}

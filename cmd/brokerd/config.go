@@ -11,7 +11,10 @@ import (
 	"time"
 
 	"github.com/brokerd/brokerd/broker"
+	"github.com/brokerd/brokerd/internal/auth"
+	"github.com/brokerd/brokerd/internal/metrics"
 	"github.com/brokerd/brokerd/internal/server"
+	"github.com/brokerd/brokerd/store"
 )
 
 var errHelp = errors.New("help requested")
@@ -38,6 +41,29 @@ type config struct {
 	QueueMessages    int
 	QueueBytes       int
 	MaxPending       int
+
+	ConfigFile     string
+	TLSCert        string
+	TLSKey         string
+	JWTSecret      string
+	JWTSecretFile  string
+	JWTPublicKey   string
+	AuthTimeout    time.Duration
+	MaxConnections int
+	ConnRatePerIP  float64
+	ConnBurstPerIP int
+	TrustedProxies string
+	CommandRate    float64
+	CommandBurst   int
+	Compression    bool
+	RetentionAge   time.Duration
+	RetentionBytes int64
+	RetentionMsgs  int64
+	DedupWindow    time.Duration
+
+	// fromEnv maps the name of each flag whose value came from the
+	// environment to its variable, so that errors name what the user set.
+	fromEnv map[string]string
 }
 
 func defaultNode() string {
@@ -71,6 +97,24 @@ func parseConfig(args []string, getenv func(string) string) (*config, error) {
 	fs.IntVar(&c.QueueMessages, "queue-messages", 1024, "outbound queue length per connection, in messages")
 	fs.IntVar(&c.QueueBytes, "queue-bytes", 4<<20, "outbound queue size per connection, in bytes")
 	fs.IntVar(&c.MaxPending, "max-pending-publishes", 1024, "publishes per connection waiting to be durable before the connection's reads pause")
+	fs.StringVar(&c.ConfigFile, "config", "", "YAML config file whose keys are these flag names (e.g. `addr: \":8080\"`); flags win over the environment, which wins over the file")
+	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM certificate chain; with --tls-key serves wss:// and https://")
+	fs.StringVar(&c.TLSKey, "tls-key", "", "PEM private key for --tls-cert")
+	fs.StringVar(&c.JWTSecret, "jwt-secret", "", "HMAC secret (at least 32 bytes) verifying HS256/384/512 tokens; turns auth on. Prefer --jwt-secret-file or the environment: flags show in process lists")
+	fs.StringVar(&c.JWTSecretFile, "jwt-secret-file", "", "file holding the HMAC secret (surrounding whitespace trimmed); turns auth on")
+	fs.StringVar(&c.JWTPublicKey, "jwt-public-key", "", "PEM public key file verifying tokens (RSA: RS256, EC P-256: ES256, Ed25519: EdDSA); turns auth on")
+	fs.DurationVar(&c.AuthTimeout, "auth-timeout", 10*time.Second, "with auth on, how long a connection may stay unauthenticated before it is closed (4001)")
+	fs.IntVar(&c.MaxConnections, "max-connections", 10000, "open WebSocket connections; past it new ones are closed with 1013")
+	fs.Float64Var(&c.ConnRatePerIP, "conn-rate-per-ip", 50, "new connections per second from one IP (HTTP 429 past it); 0 turns the limit off. Behind a proxy set --trusted-proxies")
+	fs.IntVar(&c.ConnBurstPerIP, "conn-burst-per-ip", 100, "burst of new connections from one IP")
+	fs.StringVar(&c.TrustedProxies, "trusted-proxies", "", "comma-separated CIDRs of reverse proxies whose X-Forwarded-For names the client's IP (for the per-IP limit and logs)")
+	fs.Float64Var(&c.CommandRate, "command-rate", 10000, "commands per second one connection may send (past it: close 4029); 0 turns the limit off")
+	fs.IntVar(&c.CommandBurst, "command-burst", 20000, "burst of commands one connection may send")
+	fs.BoolVar(&c.Compression, "compression", false, "offer permessage-deflate; decompressed messages stay bounded by --max-frame-bytes")
+	fs.DurationVar(&c.RetentionAge, "retention-max-age", 7*24*time.Hour, "default per-topic retention: records older than this are removed")
+	fs.Int64Var(&c.RetentionBytes, "retention-max-bytes", 1<<30, "default per-topic retention: retained data bytes")
+	fs.Int64Var(&c.RetentionMsgs, "retention-max-messages", 10_000_000, "default per-topic retention: retained messages")
+	fs.DurationVar(&c.DedupWindow, "dedup-window", 2*time.Minute, "how long a publish's idempotency key is remembered")
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -85,15 +129,45 @@ func parseConfig(args []string, getenv func(string) string) (*config, error) {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var errs []error
+	// The config file's own name may come from the environment.
+	if !set["config"] {
+		if v := getenv(envName("config")); v != "" {
+			c.ConfigFile = v
+			set["config"] = true
+			c.fromEnv = map[string]string{"config": envName("config")}
+		}
+	}
+	var file map[string]string
+	if c.ConfigFile != "" {
+		var err error
+		if file, err = readConfigFile(c.ConfigFile, fs); err != nil {
+			return nil, err
+		}
+	}
 	fs.VisitAll(func(f *flag.Flag) {
 		if set[f.Name] {
 			return
 		}
+		defer func() {
+			if _, fromEnv := c.fromEnv[f.Name]; fromEnv {
+				return
+			}
+			if v, ok := file[f.Name]; ok {
+				if err := f.Value.Set(v); err != nil {
+					errs = append(errs, fmt.Errorf("config file %s: %s: %q: %v", c.ConfigFile, f.Name, v, err))
+				}
+			}
+		}()
 		name := envName(f.Name)
 		if v := getenv(name); v != "" {
 			if err := f.Value.Set(v); err != nil {
 				errs = append(errs, fmt.Errorf("environment %s=%q: %v", name, v, err))
+				return
 			}
+			if c.fromEnv == nil {
+				c.fromEnv = make(map[string]string)
+			}
+			c.fromEnv[f.Name] = name
 		}
 	})
 	if err := errors.Join(errs...); err != nil {
@@ -106,6 +180,15 @@ func envName(flagName string) string {
 	return "BROKERD_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
+// optName names an option in an error: the environment variable when its
+// value came from there, else the flag.
+func (c *config) optName(flagName string) string {
+	if v, ok := c.fromEnv[flagName]; ok {
+		return v
+	}
+	return "--" + flagName
+}
+
 func (c *config) validate() error {
 	var errs []error
 	if c.Addr == "" {
@@ -115,36 +198,65 @@ func (c *config) validate() error {
 		errs = append(errs, errors.New("--data must not be empty"))
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
-		errs = append(errs, fmt.Errorf("--log-format must be text or json, got %q", c.LogFormat))
+		errs = append(errs, fmt.Errorf("%s must be text or json, got %q", c.optName("log-format"), c.LogFormat))
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
-		errs = append(errs, fmt.Errorf("--log-level must be debug, info, warn or error, got %q", c.LogLevel))
+		errs = append(errs, fmt.Errorf("%s must be debug, info, warn or error, got %q", c.optName("log-level"), c.LogLevel))
 	}
 	for _, p := range []struct {
 		name string
 		v    int
 	}{
-		{"--max-frame-bytes", c.MaxFrameBytes}, {"--max-message-bytes", c.MaxMessageBytes},
-		{"--max-subscriptions", c.MaxSubscriptions}, {"--max-commands-per-frame", c.MaxCommands},
-		{"--queue-messages", c.QueueMessages}, {"--queue-bytes", c.QueueBytes}, {"--max-pending-publishes", c.MaxPending},
+		{"max-frame-bytes", c.MaxFrameBytes}, {"max-message-bytes", c.MaxMessageBytes},
+		{"max-subscriptions", c.MaxSubscriptions}, {"max-commands-per-frame", c.MaxCommands},
+		{"queue-messages", c.QueueMessages}, {"queue-bytes", c.QueueBytes}, {"max-pending-publishes", c.MaxPending},
 	} {
 		if p.v <= 0 {
-			errs = append(errs, fmt.Errorf("%s must be positive, got %d", p.name, p.v))
+			errs = append(errs, fmt.Errorf("%s must be positive, got %d", c.optName(p.name), p.v))
 		}
 	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration
 	}{
-		{"--heartbeat", c.Heartbeat}, {"--pong-timeout", c.PongTimeout}, {"--write-timeout", c.WriteTimeout}, {"--shutdown-timeout", c.ShutdownTimeout},
+		{"heartbeat", c.Heartbeat}, {"pong-timeout", c.PongTimeout}, {"write-timeout", c.WriteTimeout}, {"shutdown-timeout", c.ShutdownTimeout},
 	} {
 		if d.v <= 0 {
-			errs = append(errs, fmt.Errorf("%s must be positive, got %v", d.name, d.v))
+			errs = append(errs, fmt.Errorf("%s must be positive, got %v", c.optName(d.name), d.v))
 		}
 	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		errs = append(errs, errors.New("--tls-cert and --tls-key go together: give both or neither"))
+	}
+	n := 0
+	for _, v := range []string{c.JWTSecret, c.JWTSecretFile, c.JWTPublicKey} {
+		if v != "" {
+			n++
+		}
+	}
+	if n > 1 {
+		errs = append(errs, errors.New("give one of --jwt-secret, --jwt-secret-file and --jwt-public-key"))
+	}
+	if c.ConnRatePerIP < 0 || c.CommandRate < 0 {
+		errs = append(errs, errors.New("rates must not be negative (0 turns a limit off)"))
+	}
+	for _, p := range []struct {
+		name string
+		v    int
+	}{{"max-connections", c.MaxConnections}, {"conn-burst-per-ip", c.ConnBurstPerIP}, {"command-burst", c.CommandBurst}} {
+		if p.v <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive, got %d", c.optName(p.name), p.v))
+		}
+	}
+	if c.AuthTimeout <= 0 || c.DedupWindow <= 0 || c.RetentionAge <= 0 {
+		errs = append(errs, errors.New("--auth-timeout, --dedup-window and --retention-max-age must be positive"))
+	}
+	if c.RetentionBytes <= 0 || c.RetentionMsgs <= 0 {
+		errs = append(errs, errors.New("--retention-max-bytes and --retention-max-messages must be positive"))
+	}
 	if c.Heartbeat > 0 && c.Heartbeat < time.Second {
-		errs = append(errs, fmt.Errorf("--heartbeat must be at least 1s, got %v", c.Heartbeat))
+		errs = append(errs, fmt.Errorf("%s must be at least 1s, got %v", c.optName("heartbeat"), c.Heartbeat))
 	}
 	return errors.Join(errs...)
 }
@@ -162,7 +274,7 @@ func (c *config) logger() *slog.Logger {
 	return slog.New(h).With("node", c.Node)
 }
 
-func (c *config) brokerConfig(log *slog.Logger) broker.Config {
+func (c *config) brokerConfig(log *slog.Logger, a broker.Authenticator, m *metrics.Metrics) broker.Config {
 	return broker.Config{
 		Node:                c.Node,
 		Version:             version,
@@ -173,24 +285,81 @@ func (c *config) brokerConfig(log *slog.Logger) broker.Config {
 		QueueMessages:       c.QueueMessages,
 		QueueBytes:          c.QueueBytes,
 		MaxPendingPublishes: c.MaxPending,
+		AuthTimeout:         c.AuthTimeout,
+		CommandRate:         rateOrOff(c.CommandRate),
+		CommandBurst:        c.CommandBurst,
+		Auth:                a,
+		OnPublish:           m.ObservePublish,
 		Logger:              log,
 	}
 }
 
-func (c *config) serverConfig(log *slog.Logger) server.Config {
-	var origins []string
-	for _, o := range strings.Split(c.AllowedOrigins, ",") {
-		if o = strings.TrimSpace(o); o != "" {
-			origins = append(origins, o)
+// authenticator builds the token verifier; nil when auth is off.
+func (c *config) authenticator() (broker.Authenticator, error) {
+	switch {
+	case c.JWTSecret != "":
+		return auth.NewHMAC([]byte(c.JWTSecret))
+	case c.JWTSecretFile != "":
+		b, err := os.ReadFile(c.JWTSecretFile)
+		if err != nil {
+			return nil, fmt.Errorf("--jwt-secret-file: %w", err)
 		}
+		return auth.NewHMAC([]byte(strings.TrimSpace(string(b))))
+	case c.JWTPublicKey != "":
+		b, err := os.ReadFile(c.JWTPublicKey)
+		if err != nil {
+			return nil, fmt.Errorf("--jwt-public-key: %w", err)
+		}
+		return auth.NewPublicKey(b)
 	}
+	return nil, nil
+}
+
+func (c *config) storeOptions(log *slog.Logger, m *metrics.Metrics) *store.Options {
+	return &store.Options{
+		Logger:         log,
+		MaxRecordBytes: c.MaxMessageBytes,
+		DedupWindow:    c.DedupWindow,
+		Retention: store.Retention{
+			MaxAge:      c.RetentionAge,
+			MaxBytes:    c.RetentionBytes,
+			MaxMessages: c.RetentionMsgs,
+		},
+		OnCommit: m.ObserveCommit,
+	}
+}
+
+func (c *config) serverConfig(log *slog.Logger) server.Config {
 	return server.Config{
-		AllowedOrigins: origins,
+		AllowedOrigins: splitList(c.AllowedOrigins),
 		MaxFrameBytes:  c.MaxFrameBytes,
 		WriteTimeout:   c.WriteTimeout,
 		PongTimeout:    c.PongTimeout,
+		MaxConnections: c.MaxConnections,
+		ConnRatePerIP:  rateOrOff(c.ConnRatePerIP),
+		ConnBurstPerIP: c.ConnBurstPerIP,
+		TrustedProxies: splitList(c.TrustedProxies),
+		Compression:    c.Compression,
 		Logger:         log,
 	}
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// rateOrOff maps the flag's 0 (off) onto the broker's negative (off).
+func rateOrOff(r float64) float64 {
+	if r == 0 {
+		return -1
+	}
+	return r
 }
 
 func printUsage(w io.Writer, fs *flag.FlagSet) {

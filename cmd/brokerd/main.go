@@ -9,8 +9,10 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -19,6 +21,7 @@ import (
 	"time"
 
 	"github.com/brokerd/brokerd/broker"
+	"github.com/brokerd/brokerd/internal/metrics"
 	"github.com/brokerd/brokerd/internal/server"
 	"github.com/brokerd/brokerd/store"
 )
@@ -40,13 +43,33 @@ func main() {
 
 func run(cfg *config) error {
 	log := cfg.logger()
-	st, err := store.Open(cfg.Data, &store.Options{Logger: log})
+	// Catch SIGTERM before anything is announced: a signal sent as soon as
+	// the listening line appears must drain, not kill the process.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sig)
+
+	authn, err := cfg.authenticator()
+	if err != nil {
+		return err
+	}
+	var tlsCfg *tls.Config
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+
+	m := metrics.New()
+	st, err := store.Open(cfg.Data, cfg.storeOptions(log, m))
 	if err != nil {
 		return fmt.Errorf("data directory %s: %w", cfg.Data, err)
 	}
 	defer st.Close()
 
-	b, err := broker.New(cfg.brokerConfig(log), st)
+	b, err := broker.New(cfg.brokerConfig(log, authn, m), st)
 	if err != nil {
 		return err
 	}
@@ -54,36 +77,46 @@ func run(cfg *config) error {
 	if err != nil {
 		return err
 	}
+	m.Register(metrics.Sources{Broker: b, StoreBytes: st.Size, ReadPanics: edge.ReadPanics, Rejected: edge.Rejected})
+	edge.Mux().Handle("GET /metrics", m.Handler())
+
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
 	}
+	scheme := "http"
+	if tlsCfg != nil {
+		ln = tls.NewListener(ln, tlsCfg)
+		scheme = "https"
+	}
 	hs := &http.Server{
 		Handler:           edge.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          nil,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(ln) }()
-	log.Info("brokerd listening", "addr", ln.Addr().String(), "data", cfg.Data, "node", cfg.Node,
-		"auth", "off: every client may publish and subscribe to every topic")
+	authMode := "off: every client may publish and subscribe to every topic"
+	if authn != nil {
+		authMode = "on: JWT bearer tokens required"
+	}
+	log.Info("brokerd listening", "addr", ln.Addr().String(), "scheme", scheme, "data", cfg.Data, "auth", authMode, "version", version)
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	select {
 	case err := <-serveErr:
 		return fmt.Errorf("serve: %w", err)
 	case s := <-sig:
 		log.Info("draining", "signal", s.String(), "timeout", cfg.ShutdownTimeout)
 	}
-	signal.Stop(sig)
 
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- hs.Shutdown(ctx) }()
+	// Shutdown returns once every client has been handed its 1001 close.
 	if err := b.Shutdown(ctx); err != nil {
-		log.Warn("closing connections did not finish", "err", err)
+		log.Warn("closing connections did not finish", "err", err, "open", b.Stats().Connections.Load())
 	}
 	if err := <-httpDone; err != nil {
 		log.Warn("http shutdown did not finish", "err", err)

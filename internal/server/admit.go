@@ -3,6 +3,8 @@ package server
 import (
 	"net"
 	"net/http"
+	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +20,8 @@ type admission struct {
 
 	rejectedLimit atomic.Int64
 	rejectedRate  atomic.Int64
+
+	trusted []netip.Prefix // proxies whose X-Forwarded-For is believed
 
 	perIP   rate.Limit
 	burst   int
@@ -49,10 +53,7 @@ func (a *admission) allowIP(r *http.Request) bool {
 	if a.perIP <= 0 {
 		return true
 	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
+	host := a.clientIP(r)
 	now := time.Now()
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -70,6 +71,44 @@ func (a *admission) allowIP(r *http.Request) bool {
 		return false
 	}
 	return true
+}
+
+// clientIP is the peer's IP, or, when the peer is a trusted proxy, the
+// rightmost address of X-Forwarded-For that is not a trusted proxy.
+func (a *admission) clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	if len(a.trusted) == 0 || !a.isTrusted(host) {
+		return host
+	}
+	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+	for i := len(hops) - 1; i >= 0; i-- {
+		h := strings.TrimSpace(hops[i])
+		if h == "" {
+			continue
+		}
+		if !a.isTrusted(h) {
+			return h
+		}
+		host = h
+	}
+	return host
+}
+
+func (a *admission) isTrusted(ip string) bool {
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return false
+	}
+	addr = addr.Unmap()
+	for _, p := range a.trusted {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
 }
 
 // gcLocked drops idle entries; when the table is still full it drops

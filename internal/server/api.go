@@ -187,7 +187,6 @@ func trimJSONSpace(b []byte) []byte {
 	return b
 }
 
-
 type apiMessage struct {
 	Offset uint64          `json:"offset"`
 	Time   int64           `json:"ts"`

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync/atomic"
@@ -35,6 +36,24 @@ type Config struct {
 	PongTimeout time.Duration
 	// HandshakeTimeout bounds the WebSocket handshake (default 5s).
 	HandshakeTimeout time.Duration
+	// MaxConnections bounds open WebSocket connections; past it a new one
+	// is closed with 1013 and a retry_after_ms (default 10,000; negative:
+	// no limit).
+	MaxConnections int
+	// ConnRatePerIP bounds new connections per second from one IP, with
+	// bursts of ConnBurstPerIP; past it the upgrade is refused with HTTP
+	// 429 (defaults 20/s and 40; negative rate: no limit).
+	ConnRatePerIP  float64
+	ConnBurstPerIP int
+	// TrustedProxies lists the CIDRs of reverse proxies whose
+	// X-Forwarded-For header names the client (for the per-IP limit).
+	TrustedProxies []string
+	// Compression offers permessage-deflate (off by default). Decompressed
+	// messages stay bounded by MaxFrameBytes.
+	Compression bool
+	// MaxPageBytes bounds the message data of one history page of the
+	// HTTP API (default 4 MiB).
+	MaxPageBytes int
 	// Logger receives the edge's logs (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -51,6 +70,18 @@ func (c Config) withDefaults() Config {
 	}
 	if c.HandshakeTimeout == 0 {
 		c.HandshakeTimeout = 5 * time.Second
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = 10000
+	}
+	if c.ConnRatePerIP == 0 {
+		c.ConnRatePerIP = 50
+	}
+	if c.ConnBurstPerIP == 0 {
+		c.ConnBurstPerIP = 100
+	}
+	if c.MaxPageBytes == 0 {
+		c.MaxPageBytes = 4 << 20
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -70,6 +101,7 @@ type Server struct {
 	origins     map[string]struct{}
 	readTimeout time.Duration
 	readPanics  atomic.Int64
+	admit       *admission
 }
 
 // New returns the edge for b.
@@ -101,12 +133,23 @@ func New(cfg Config, b *broker.Server) (*Server, error) {
 		}
 		s.origins[strings.ToLower(u.Scheme+"://"+u.Host)] = struct{}{}
 	}
+	s.admit = newAdmission(cfg.MaxConnections, cfg.ConnRatePerIP, cfg.ConnBurstPerIP, 65536)
+	for _, c := range cfg.TrustedProxies {
+		p, err := netip.ParsePrefix(strings.TrimSpace(c))
+		if err != nil {
+			return nil, fmt.Errorf("server: trusted proxy %q is not a CIDR (e.g. 10.0.0.0/8): %v", c, err)
+		}
+		s.admit.trusted = append(s.admit.trusted, p.Masked())
+	}
 	s.wsHandler = &wsHandler{srv: s}
 	s.upgrader = gws.NewUpgrader(s.wsHandler, &gws.ServerOption{
 		ReadMaxPayloadSize: cfg.MaxFrameBytes,
-		CheckUtf8Enabled:   true,
-		HandshakeTimeout:   cfg.HandshakeTimeout,
-		SubProtocols:       []string{subproto.Subprotocol},
+		// Without context takeover a connection keeps no compression
+		// window between messages, so compression costs no idle memory.
+		PermessageDeflate: gws.PermessageDeflate{Enabled: cfg.Compression},
+		CheckUtf8Enabled:  true,
+		HandshakeTimeout:  cfg.HandshakeTimeout,
+		SubProtocols:      []string{subproto.Subprotocol},
 		// The Origin check and everything else about admission is ours;
 		// serveWS has done it before the upgrade.
 		Authorize:  func(*http.Request, gws.SessionStorage) bool { return true },
@@ -122,6 +165,9 @@ func New(cfg Config, b *broker.Server) (*Server, error) {
 	s.mux.HandleFunc("/ws", s.serveWS)
 	s.mux.HandleFunc("GET /healthz", s.serveHealth)
 	s.mux.HandleFunc("GET /readyz", s.serveReady)
+	s.mux.HandleFunc("POST /v1/topics/{topic}", s.servePublish)
+	s.mux.HandleFunc("GET /v1/topics/{topic}/messages", s.serveMessages)
+	s.mux.HandleFunc("GET /v1/topics", s.serveTopics)
 	return s, nil
 }
 
@@ -130,6 +176,12 @@ func (s *Server) Handler() http.Handler { return s.mux }
 
 // Mux returns the mux, for wiring further endpoints.
 func (s *Server) Mux() *http.ServeMux { return s.mux }
+
+// Rejected counts connections refused by the connection limit and by the
+// per-IP connection rate.
+func (s *Server) Rejected() (connLimit, rateLimit int64) {
+	return s.admit.rejectedLimit.Load(), s.admit.rejectedRate.Load()
+}
 
 // ReadPanics counts panics recovered in WebSocket readers.
 func (s *Server) ReadPanics() int64 { return s.readPanics.Load() }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/brokerd/brokerd/broker"
@@ -23,8 +24,17 @@ type wsHandler struct {
 // connState is the gws session storage of one connection; it holds the
 // broker session instead of a map, so every event finds it without a lock.
 type connState struct {
-	sess *broker.Session
-	conn *wsConn
+	sess     *broker.Session
+	conn     *wsConn
+	admitted bool        // holds a connection slot
+	released atomic.Bool // the slot was given back
+}
+
+// release gives back the connection slot of st, once.
+func (s *Server) release(st *connState) {
+	if st.admitted && st.released.CompareAndSwap(false, true) {
+		s.admit.release()
+	}
 }
 
 func (*connState) Len() int                     { return 0 }
@@ -36,31 +46,76 @@ func (*connState) Range(func(string, any) bool) {}
 func stateOf(c *gws.Conn) *connState { return c.Session().(*connState) }
 
 // wsConn implements broker.Conn over a gws connection.
+//
+// Write deadlines: a deadline is set for each write and cleared once no
+// write is in progress. A deadline left over from an earlier write would
+// make the writes that gws does on its own (the close frame of a protocol
+// error, the answer to a client's close) and the pongs fail once the
+// connection has been idle for the write timeout.
 type wsConn struct {
 	c            *gws.Conn
 	writeTimeout time.Duration
 	closeOnce    sync.Once
+
+	mu      sync.Mutex
+	writers int  // writes in progress; guarded by mu
+	closing bool // Close has begun; guarded by mu
+}
+
+// begin sets the write deadline for a write about to start.
+func (w *wsConn) begin() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closing {
+		return net.ErrClosed
+	}
+	w.writers++
+	return w.c.SetWriteDeadline(time.Now().Add(w.writeTimeout))
+}
+
+// end clears the write deadline when the last write in progress is done.
+func (w *wsConn) end() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.writers--
+	if w.writers == 0 && !w.closing {
+		_ = w.c.SetWriteDeadline(time.Time{})
+	}
 }
 
 func (w *wsConn) WriteFrame(parts [][]byte) error {
-	if err := w.c.SetWriteDeadline(time.Now().Add(w.writeTimeout)); err != nil {
+	if err := w.begin(); err != nil {
 		return err
 	}
+	defer w.end()
 	return w.c.Writev(gws.OpcodeText, parts...)
 }
 
 func (w *wsConn) WritePing() error {
-	if err := w.c.SetWriteDeadline(time.Now().Add(w.writeTimeout)); err != nil {
+	if err := w.begin(); err != nil {
 		return err
 	}
+	defer w.end()
 	return w.c.WritePing(nil)
+}
+
+// writePong answers a client's ping, under the same write timeout.
+func (w *wsConn) writePong(payload []byte) {
+	if w.begin() != nil {
+		return
+	}
+	defer w.end()
+	_ = w.c.WritePong(payload)
 }
 
 // Close sends a close frame best-effort. A write stuck on a peer that does
 // not read is cut short first, so Close returns within about a second.
 func (w *wsConn) Close(code uint16, reason []byte) {
 	w.closeOnce.Do(func() {
+		w.mu.Lock()
+		w.closing = true
 		_ = w.c.SetWriteDeadline(time.Now().Add(time.Second))
+		w.mu.Unlock()
 		_ = w.c.WriteClose(code, reason)
 		_ = w.c.NetConn().Close()
 	})
@@ -73,14 +128,18 @@ func (h *wsHandler) touch(c *gws.Conn) {
 func (h *wsHandler) OnOpen(c *gws.Conn) {}
 
 func (h *wsHandler) OnClose(c *gws.Conn, err error) {
-	if st := stateOf(c); st.sess != nil {
+	st := stateOf(c)
+	h.srv.release(st)
+	if st.sess != nil {
 		st.sess.Closed(err)
 	}
 }
 
 func (h *wsHandler) OnPing(c *gws.Conn, payload []byte) {
 	h.touch(c)
-	_ = c.WritePong(payload)
+	if st := stateOf(c); st.conn != nil {
+		st.conn.writePong(payload)
+	}
 }
 
 func (h *wsHandler) OnPong(c *gws.Conn, payload []byte) { h.touch(c) }
@@ -148,11 +207,19 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "origin not allowed: "+r.Header.Get("Origin"), http.StatusForbidden)
 		return
 	}
+	if !s.admit.allowIP(r) {
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "too many new connections from your address; retry later", http.StatusTooManyRequests)
+		return
+	}
 	if s.broker.Draining() {
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, "server is shutting down", http.StatusServiceUnavailable)
 		return
 	}
+	// The offer may span several header lines (RFC 6455 4.1); gws reads
+	// only the first. We have checked that ours is offered: select it.
+	r.Header.Set("Sec-WebSocket-Protocol", subproto.Subprotocol)
 	c, err := s.upgrader.Upgrade(w, r)
 	if err != nil {
 		s.log.Debug("websocket upgrade failed", "remote", r.RemoteAddr, "err", err)
@@ -161,13 +228,20 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	wc := &wsConn{c: c, writeTimeout: s.cfg.WriteTimeout}
 	st := stateOf(c)
 	st.conn = wc
-	sess, err := s.broker.Connect(wc, broker.ConnInfo{Remote: r.RemoteAddr})
+	if !s.admit.acquire() {
+		s.log.Warn("connection limit reached", "remote", r.RemoteAddr, "max", s.cfg.MaxConnections)
+		wc.Close(uint16(subproto.CloseTryAgainLater), subproto.AppendCloseReason(nil, "try_again_later", "connection limit reached", s.broker.RetryAfter()))
+		return
+	}
+	st.admitted = true
+	sess, err := s.broker.Connect(wc, broker.ConnInfo{Remote: r.RemoteAddr, Token: bearer(r)})
 	if err != nil {
 		code := subproto.CloseInternal
 		if errors.Is(err, broker.ErrDraining) {
 			code = subproto.CloseGoingAway
 		}
 		wc.Close(uint16(code), subproto.CloseReason(code, s.broker.RetryAfter()))
+		s.release(st)
 		return
 	}
 	st.sess = sess
@@ -187,6 +261,7 @@ func (s *Server) readLoop(c *gws.Conn, sess *broker.Session) {
 			sess.Close(uint16(subproto.CloseProtocolError), []byte("protocol error"))
 			_ = c.NetConn().Close()
 			sess.Closed(errors.New("reader panic"))
+			s.release(stateOf(c))
 		}
 	}()
 	c.ReadLoop()
