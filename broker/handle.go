@@ -34,7 +34,7 @@ func (s *Session) HandleFrame(frame []byte) {
 // HandleBinary answers a binary frame, which the JSON subprotocol does not
 // allow.
 func (s *Session) HandleBinary() {
-	s.Close(uint16(subproto.CloseUnsupported), reason("binary frames are not part of "+subproto.Subprotocol))
+	s.Close(uint16(subproto.CloseUnsupported), closeReason(subproto.CloseUnsupported, "binary frames are not part of "+subproto.Subprotocol))
 }
 
 func (s *Session) handle(cmd *subproto.Command, perr *subproto.Error) {
@@ -125,8 +125,12 @@ func (srv *Server) Publish(ctx context.Context, topic string, data []byte, key s
 	if len(data) > srv.cfg.MaxMessageBytes {
 		return Appended{}, ErrTooLarge
 	}
+	received := time.Now()
 	a, err := srv.store.Append(ctx, topic, data, key)
 	if err == nil {
+		if f := srv.cfg.OnPublish; f != nil {
+			f(time.Since(received))
+		}
 		if a.Dup {
 			srv.stats.PublishedDup.Add(1)
 		} else {

@@ -120,7 +120,7 @@ func (s *Session) replyLocked(b []byte) {
 		return
 	}
 	if s.outCtrl >= s.srv.cfg.QueueMessages+s.srv.cfg.MaxPendingPublishes {
-		s.closeLocked(uint16(subproto.CloseSlowConsumer), reason("outbound queue full"), nil)
+		s.closeLocked(uint16(subproto.CloseSlowConsumer), closeReason(subproto.CloseSlowConsumer, "outbound queue full"), nil)
 		return
 	}
 	s.out = append(s.out, outItem{b: b})
@@ -350,7 +350,7 @@ func (s *Session) writeFailed(err error) {
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		s.srv.stats.SlowCloses.Add(1)
 		s.log.Info("closing slow consumer: no write progress", "timeout", true)
-		s.Close(uint16(subproto.CloseSlowConsumer), reason("slow consumer: write timeout"))
+		s.Close(uint16(subproto.CloseSlowConsumer), closeReason(subproto.CloseSlowConsumer, "no write progress within the write timeout"))
 	} else {
 		s.Close(uint16(subproto.CloseGoingAway), nil)
 	}
@@ -522,6 +522,7 @@ func (s *Session) closeLocked(code uint16, reason []byte, err error) {
 	}()
 }
 
-func reason(msg string) []byte {
-	return []byte(msg)
+// closeReason is the JSON close reason for code with a message for humans.
+func closeReason(code subproto.CloseCode, msg string) []byte {
+	return subproto.AppendCloseReason(nil, code.String(), msg, 0)
 }

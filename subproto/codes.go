@@ -26,6 +26,7 @@ const (
 	CodeTakenOver            Code = "taken_over"
 	CodeSlow                 Code = "slow"
 	CodeTopicDeleted         Code = "topic_deleted"
+	CodeNotFound             Code = "not_found"
 )
 
 // CodeInfo describes one error code.
@@ -42,9 +43,9 @@ var codes = [...]CodeInfo{
 	{CodeInvalidTopic, "The topic is not a valid name (1-255 bytes of [A-Za-z0-9_-] segments joined by '.') or pattern, or is a pattern where pub and ack need a topic."},
 	{CodeUnauthorized, "The connection is not authenticated (only auth and ping are allowed before), or the token of an auth is invalid; on a live connection the old token stays in force."},
 	{CodeForbidden, "The token does not allow this pub, sub or ack. As an unsubbed code: a new token no longer allows the subscription."},
-	{CodeOffsetOutOfRange, "The offset is outside the topic's log: from older than the earliest retained offset (without if_gone \"earliest\") or beyond the head, or an ack beyond the head. The err carries earliest and latest."},
+	{CodeOffsetOutOfRange, "The offset is outside the topic's log: from older than the earliest retained offset (without if_gone \"earliest\") or beyond the head, or an ack beyond the head. The err carries earliest and latest. As an unsubbed code: retention removed messages a lagging subscription had not received yet; subscribe again (with if_gone \"earliest\" to accept the hole)."},
 	{CodeEpochMismatch, "The epoch of the sub (or of the consumer's acked offset) is not the topic's current epoch: its history was reset. The err carries epoch, earliest and latest."},
-	{CodeNotSubscribed, "An unsub or ack for a subscription this connection does not hold."},
+	{CodeNotSubscribed, "An unsub for a topic or pattern this connection is not subscribed to."},
 	{CodeAlreadySubscribed, "A sub for a topic or pattern this connection is already subscribed to."},
 	{CodeTooManySubscriptions, "The connection holds as many subscriptions as it may."},
 	{CodeMessageTooLarge, "The data of a pub is larger than the broker accepts."},
@@ -54,6 +55,7 @@ var codes = [...]CodeInfo{
 	{CodeTakenOver, "Unsubbed only: a newer sub for the same durable consumer and topic took the subscription over."},
 	{CodeSlow, "Unsubbed only: a pattern subscription (live-only) fell too far behind and was ended."},
 	{CodeTopicDeleted, "Unsubbed only: the topic was deleted."},
+	{CodeNotFound, "HTTP API only: the topic has no log."},
 }
 
 // Codes returns every error code with its description, in a stable order.

@@ -345,6 +345,9 @@ func (d *decoder) command(cmd *Command) *Error {
 	idOK := true
 	if d.has(fID) {
 		id, idOK = parseInt(b, d.fields[fID])
+		if !idOK {
+			id = 0 // an invalid id is never echoed
+		}
 	}
 	if !d.has(fOp) {
 		return badRequest(id, `missing field "op"`)

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,9 +16,6 @@ import (
 
 // The HTTP API: publish, read history, list topics. Errors are JSON
 // objects {"code","message",...} with the protocol's codes.
-
-// codeNotFound answers a read of a topic that has no log (HTTP API only).
-const codeNotFound subproto.Code = "not_found"
 
 const (
 	defaultPageLimit = 100
@@ -40,7 +38,7 @@ func httpStatus(code subproto.Code) int {
 		return http.StatusUnauthorized
 	case subproto.CodeForbidden:
 		return http.StatusForbidden
-	case codeNotFound:
+	case subproto.CodeNotFound:
 		return http.StatusNotFound
 	case subproto.CodeMessageTooLarge:
 		return http.StatusRequestEntityTooLarge
@@ -148,9 +146,9 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, subproto.CodeBadRequest, "reading the body: "+err.Error(), nil)
 		return
 	}
-	data := trimJSONSpace(body)
-	if len(data) == 0 || !json.Valid(data) {
-		s.writeErr(w, subproto.CodeBadRequest, "the body must be one JSON value (the message data)", nil)
+	data, perr := validData(body)
+	if perr != "" {
+		s.writeErr(w, subproto.CodeBadRequest, perr, nil)
 		return
 	}
 	a, err := s.broker.Publish(r.Context(), topic, data, key)
@@ -176,6 +174,30 @@ func publishErr(err error) (subproto.Code, string) {
 	return subproto.CodeInternal, "storage error"
 }
 
+// validData checks an HTTP body as message data by the same rules as a
+// WebSocket pub (one JSON value, valid UTF-8, nesting depth). Whitespace
+// between tokens is removed first: a stored message must not hold a line
+// feed, which would break the newline framing of msg events.
+func validData(body []byte) ([]byte, string) {
+	body = trimJSONSpace(body)
+	if len(body) == 0 {
+		return nil, "the body must be one JSON value (the message data)"
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, body); err != nil {
+		return nil, "the body is not valid JSON: " + err.Error()
+	}
+	data := buf.Bytes()
+	cmd := make([]byte, 0, len(data)+40)
+	cmd = append(cmd, `{"op":"pub","topic":"t","data":`...)
+	cmd = append(cmd, data...)
+	cmd = append(cmd, '}')
+	if _, e := subproto.Decode(cmd); e != nil {
+		return nil, "the body is not valid message data: " + e.Message
+	}
+	return data, ""
+}
+
 func trimJSONSpace(b []byte) []byte {
 	isSpace := func(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
 	for len(b) > 0 && isSpace(b[0]) {
@@ -185,12 +207,6 @@ func trimJSONSpace(b []byte) []byte {
 		b = b[:len(b)-1]
 	}
 	return b
-}
-
-type apiMessage struct {
-	Offset uint64          `json:"offset"`
-	Time   int64           `json:"ts"`
-	Data   json.RawMessage `json:"data"`
 }
 
 // serveMessages: GET /v1/topics/{topic}/messages?from=N&limit=M.
@@ -225,7 +241,7 @@ func (s *Server) serveMessages(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !exists {
-		s.writeErr(w, codeNotFound, "topic "+topic+" has no messages", nil)
+		s.writeErr(w, subproto.CodeNotFound, "topic "+topic+" has no messages", nil)
 		return
 	}
 	rangeCtx := map[string]any{"epoch": info.Epoch, "earliest": info.Earliest, "latest": info.Head}
@@ -259,16 +275,45 @@ func (s *Server) serveMessages(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	msgs := make([]apiMessage, len(recs))
+	// Built by hand so that each data is written byte for byte (an
+	// encoding/json RawMessage would be compacted and HTML-escaped).
 	next := from
-	for i, rec := range recs {
-		msgs[i] = apiMessage{Offset: rec.Offset, Time: rec.Time, Data: rec.Data}
-		next = rec.Offset + 1
+	if n := len(recs); n > 0 {
+		next = recs[n-1].Offset + 1
 	}
-	writeJSON(w, http.StatusOK, map[string]any{
-		"topic": topic, "epoch": info.Epoch, "earliest": info.Earliest, "head": info.Head,
-		"messages": msgs, "next": next,
-	})
+	out := make([]byte, 0, 256+len(recs)*64)
+	out = append(out, `{"topic":`...)
+	out = strconv.AppendQuote(out, topic) // topic names are plain ASCII
+	out = append(out, `,"epoch":`...)
+	out, _ = appendJSON(out, info.Epoch)
+	out = append(out, `,"earliest":`...)
+	out = strconv.AppendUint(out, info.Earliest, 10)
+	out = append(out, `,"head":`...)
+	out = strconv.AppendUint(out, info.Head, 10)
+	out = append(out, `,"messages":[`...)
+	for i, rec := range recs {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, `{"offset":`...)
+		out = strconv.AppendUint(out, rec.Offset, 10)
+		out = append(out, `,"ts":`...)
+		out = strconv.AppendInt(out, rec.Time, 10)
+		out = append(out, `,"data":`...)
+		out = append(out, rec.Data...)
+		out = append(out, '}')
+	}
+	out = append(out, `],"next":`...)
+	out = strconv.AppendUint(out, next, 10)
+	out = append(out, "}\n"...)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write(out)
+}
+
+func appendJSON(dst []byte, v any) ([]byte, error) {
+	b, err := json.Marshal(v)
+	return append(dst, b...), err
 }
 
 type apiTopic struct {

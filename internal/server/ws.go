@@ -258,7 +258,7 @@ func (s *Server) readLoop(c *gws.Conn, sess *broker.Session) {
 		if p := recover(); p != nil {
 			s.readPanics.Add(1)
 			sess.Logger().Warn("recovered from a panic in the websocket reader", "panic", fmt.Sprint(p))
-			sess.Close(uint16(subproto.CloseProtocolError), []byte("protocol error"))
+			sess.Close(uint16(subproto.CloseProtocolError), subproto.AppendCloseReason(nil, subproto.CloseProtocolError.String(), "malformed frame", 0))
 			_ = c.NetConn().Close()
 			sess.Closed(errors.New("reader panic"))
 			s.release(stateOf(c))

@@ -1,0 +1,526 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"go.etcd.io/bbolt"
+
+	"github.com/brokerd/brokerd/broker"
+)
+
+// notifyDepth is how many committed batches may wait for the notifier while
+// the committer goes on with the next ones.
+const notifyDepth = 4
+
+// maintBudget bounds the deletions of one retention operation; a batch holds
+// at most MaxBatchRecords/maintBudget of them.
+const maintBudget = 1024
+
+type opKind uint8
+
+const (
+	opAppend   opKind = iota // one record (AppendAsync, Append)
+	opAppendAt               // records at given offsets (AppendAt)
+	opCommit                 // a consumer offset (CommitAsync)
+	opEnsure                 // create a topic's log when missing (Ensure)
+	opMaint                  // retention and key expiry for one topic
+	opWrite                  // fn alone in its own write transaction
+	opView                   // fn alone in a read transaction while no writer runs
+)
+
+// grouped reports whether ops of kind k share transactions.
+func (k opKind) grouped() bool { return k < opWrite }
+
+// op is one unit of work for the committer. Ops are pooled: an op belongs
+// to its caller until enqueued, then to the committer, then to the notifier,
+// which releases it after done (async) or hands it back to the waiting
+// caller (sync), who releases it.
+type op struct {
+	kind     opKind
+	topic    string
+	key      string
+	consumer string
+	epoch    string
+	offset   uint64
+	data     []byte
+	recs     []broker.Record
+	fn       func(*bbolt.Tx) error
+
+	appendDone func(broker.Appended, error)
+	commitDone func(broker.ConsumerOffset, error)
+	sync       bool          // a caller waits on ch
+	ch         chan struct{} // buffered(1); kept across reuse
+
+	// results, set by the committer
+	app  broker.Appended
+	co   broker.ConsumerOffset
+	info broker.TopicInfo // opEnsure
+	err  error
+	more bool // opMaint: the budget ran out before the work did
+}
+
+var opPool = sync.Pool{New: func() any { return &op{ch: make(chan struct{}, 1)} }}
+
+func newOp(k opKind) *op {
+	o := opPool.Get().(*op)
+	o.kind = k
+	return o
+}
+
+func releaseOp(o *op) {
+	*o = op{ch: o.ch}
+	opPool.Put(o)
+}
+
+// weight returns what o counts against MaxBatchRecords and MaxBatchBytes.
+func (o *op) weight() (recs, size int) {
+	if o.err != nil {
+		return 0, 0
+	}
+	switch o.kind {
+	case opAppend:
+		return 1, len(o.data) + len(o.key)
+	case opAppendAt:
+		for i := range o.recs {
+			size += len(o.recs[i].Data) + len(o.recs[i].Key)
+		}
+		return len(o.recs), size
+	case opCommit, opEnsure:
+		return 1, 0
+	case opMaint:
+		return maintBudget, 0
+	}
+	return 0, 0
+}
+
+// arenaSize returns how many bytes of the batch arena o needs: every key and
+// value handed to bbolt must stay valid until the transaction ends.
+func (o *op) arenaSize() int {
+	if o.err != nil {
+		return 0
+	}
+	switch o.kind {
+	case opAppend:
+		return 8 + recordSize(o.key, o.data) + len(o.key) + 16
+	case opAppendAt:
+		n := 0
+		for i := range o.recs {
+			n += 8 + recordSize(o.recs[i].Key, o.recs[i].Data) + len(o.recs[i].Key) + 16
+		}
+		return n
+	case opCommit:
+		return consumerKeySize(o.consumer, o.topic) + consumerValSize(o.epoch)
+	}
+	return 0
+}
+
+// enqueue hands o to the committer. It blocks while the queue is full
+// (backpressure) until there is room, ctx ends (ctx may be nil) or the DB
+// closes.
+func (db *DB) enqueue(ctx context.Context, o *op) error {
+	db.mu.RLock()
+	defer db.mu.RUnlock()
+	if db.closed {
+		return errClosed
+	}
+	select {
+	case db.queue <- o:
+		return nil
+	default:
+	}
+	var cancel <-chan struct{}
+	if ctx != nil {
+		cancel = ctx.Done()
+	}
+	select {
+	case db.queue <- o:
+		return nil
+	case <-db.quitting:
+		return errClosed
+	case <-cancel:
+		return ctx.Err()
+	}
+}
+
+// runSync enqueues o, waits for it and releases it.
+func (db *DB) runSync(o *op) error {
+	o.sync = true
+	if err := db.enqueue(nil, o); err != nil {
+		releaseOp(o)
+		return err
+	}
+	<-o.ch
+	err := o.err
+	releaseOp(o)
+	return err
+}
+
+// batch is one transaction's worth of ops and, once committed, what the
+// notifier reports.
+type batch struct {
+	ops       []*op
+	n, size   int                // weight of ops (see op.weight)
+	committed []broker.Committed // nil unless the transaction committed
+
+	// working state while the transaction is open
+	tx     *bbolt.Tx
+	nowMs  int64
+	arena  []byte
+	topics map[string]*topicTx
+	order  []*topicTx // topics touched, in first-touch order
+	recs   []pending  // appended records, in append order
+}
+
+// pending is a record appended in the open transaction.
+type pending struct {
+	t   *topicTx
+	rec broker.Record
+}
+
+// topicTx is a topic's buckets and metadata inside the open transaction.
+type topicTx struct {
+	name             string
+	b, log, keys, ix *bbolt.Bucket
+	m                meta
+	base             uint64 // head before the transaction: retention removes no later record
+	dirty            bool   // m must be written back
+	nrec, start, end int    // committed grouping
+}
+
+// alloc returns n bytes of the arena that stay untouched until the batch is
+// dropped.
+func (b *batch) alloc(n int) []byte {
+	if len(b.arena) < n {
+		return make([]byte, n)
+	}
+	p := b.arena[:n:n]
+	b.arena = b.arena[n:]
+	return p
+}
+
+// topic returns the topic's state in the open transaction, nil when the
+// topic has no log.
+func (b *batch) topic(name string) (*topicTx, error) {
+	if t := b.topics[name]; t != nil {
+		return t, nil
+	}
+	tb := b.tx.Bucket(topicsName).Bucket([]byte(name))
+	if tb == nil {
+		return nil, nil
+	}
+	m, err := decodeMeta(tb.Get(metaKey))
+	if err != nil {
+		return nil, fmt.Errorf("topic %q: %w", name, err)
+	}
+	t := &topicTx{name: name, b: tb, m: m, base: m.head}
+	if err := t.open(); err != nil {
+		return nil, err
+	}
+	b.add(t)
+	return t, nil
+}
+
+// create makes a topic's buckets with the given epoch.
+func (b *batch) create(name, epoch string) (*topicTx, error) {
+	tb, err := b.tx.Bucket(topicsName).CreateBucket([]byte(name))
+	if err != nil {
+		return nil, fmt.Errorf("create topic %q: %w", name, err)
+	}
+	for _, n := range [][]byte{logName, keysName, idxName} {
+		if _, err := tb.CreateBucket(n); err != nil {
+			return nil, fmt.Errorf("create topic %q: %w", name, err)
+		}
+	}
+	t := &topicTx{name: name, b: tb, m: meta{epoch: epoch, earliest: 1}, dirty: true}
+	if err := t.open(); err != nil {
+		return nil, err
+	}
+	b.add(t)
+	return t, nil
+}
+
+func (b *batch) add(t *topicTx) {
+	if b.topics == nil {
+		b.topics = make(map[string]*topicTx)
+	}
+	b.topics[t.name] = t
+	b.order = append(b.order, t)
+}
+
+// open finds the topic's sub-buckets. The log and the key index grow only at
+// their end, so their pages are filled completely.
+func (t *topicTx) open() error {
+	t.log, t.keys, t.ix = t.b.Bucket(logName), t.b.Bucket(keysName), t.b.Bucket(idxName)
+	if t.log == nil || t.keys == nil || t.ix == nil {
+		return fmt.Errorf("%w: topic %q: bucket missing", ErrCorrupt, t.name)
+	}
+	t.log.FillPercent = 1
+	t.ix.FillPercent = 1
+	return nil
+}
+
+func newEpoch() (string, error) {
+	u, err := uuid.NewRandom()
+	if err != nil {
+		return "", fmt.Errorf("new epoch: %w", err)
+	}
+	return u.String(), nil
+}
+
+// commitLoop is the committer: it takes what is queued, up to the batch
+// limits, applies it in one write transaction, takes again what queued
+// meanwhile (callers acknowledged by the previous batch come back while this
+// one is applied), and commits once nothing more is waiting (one fsync); then
+// it hands the batch to the notifier. It never waits for work to arrive: a
+// lone op is committed at once.
+func (db *DB) commitLoop() {
+	defer db.wg.Done()
+	defer close(db.notify)
+	var carry *op
+	for {
+		first := carry
+		carry = nil
+		if first == nil {
+			select {
+			case first = <-db.queue:
+			case <-db.stop:
+				select {
+				case first = <-db.queue:
+				default:
+					return
+				}
+			}
+		}
+		b := &batch{ops: []*op{first}}
+		if first.kind.grouped() {
+			b.n, b.size = first.weight()
+			carry = db.runGrouped(b)
+		} else {
+			db.runAlone(b)
+		}
+		db.notify <- b
+	}
+}
+
+// take moves queued ops into b while they fit the batch limits. It returns
+// an op that does not fit (or must run alone), to start the next batch.
+func (db *DB) take(b *batch) (carry *op) {
+	for b.n < db.opts.MaxBatchRecords && b.size < db.opts.MaxBatchBytes {
+		select {
+		case o := <-db.queue:
+			n, size := o.weight()
+			if !o.kind.grouped() || b.n+n > db.opts.MaxBatchRecords || b.size+size > db.opts.MaxBatchBytes {
+				return o
+			}
+			b.ops = append(b.ops, o)
+			b.n, b.size = b.n+n, b.size+size
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+// runAlone executes an op that needs a transaction of its own.
+func (db *DB) runAlone(b *batch) {
+	switch o := b.ops[0]; o.kind {
+	case opView:
+		o.err = db.bolt.View(o.fn)
+	case opWrite:
+		began := time.Now()
+		o.err = db.bolt.Update(o.fn)
+		if o.err == nil && db.opts.OnCommit != nil {
+			db.opts.OnCommit(0, time.Since(began))
+		}
+	}
+}
+
+// runGrouped executes a batch of grouped ops in one transaction and returns
+// the op that starts the next batch, if one was taken. Ops failing
+// validation get their own error and leave the transaction untouched; when
+// the transaction itself fails, every op gets its error and nothing is
+// reported to the hook.
+func (db *DB) runGrouped(b *batch) (carry *op) {
+	carry = db.take(b)
+	if !slices.ContainsFunc(b.ops, func(o *op) bool { return o.err == nil }) {
+		return carry // nothing to write: every op failed validation
+	}
+	tx, err := db.bolt.Begin(true)
+	if err != nil {
+		b.fail(err)
+		return carry
+	}
+	b.tx, b.nowMs = tx, db.opts.Now().UnixMilli()
+	began := time.Now()
+	for applied := 0; ; {
+		if err = db.apply(b, b.ops[applied:]); err != nil || carry != nil {
+			break
+		}
+		applied = len(b.ops)
+		if carry = db.take(b); len(b.ops) == applied {
+			break
+		}
+	}
+	if err == nil {
+		err = b.writeMeta()
+	}
+	if err == nil {
+		err = tx.Commit()
+	} else {
+		_ = tx.Rollback()
+	}
+	b.tx, b.topics = nil, nil
+	if err != nil {
+		b.fail(err)
+		return carry
+	}
+	if db.opts.OnCommit != nil {
+		db.opts.OnCommit(b.writes(), time.Since(began))
+	}
+	b.group()
+	return carry
+}
+
+// apply runs ops, a tail of b.ops, inside b.tx in queue order.
+func (db *DB) apply(b *batch, ops []*op) error {
+	size := 0
+	for _, o := range ops {
+		size += o.arenaSize()
+	}
+	b.arena = make([]byte, size)
+	for _, o := range ops {
+		if o.err != nil {
+			continue
+		}
+		var err error
+		switch o.kind {
+		case opAppend:
+			err = db.applyAppend(b, o)
+		case opAppendAt:
+			err = db.applyAppendAt(b, o)
+		case opCommit:
+			err = db.applyCommit(b, o)
+		case opEnsure:
+			err = db.applyEnsure(b, o)
+		case opMaint:
+			err = db.applyMaint(b, o)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeMeta stores the metadata of the topics the transaction changed.
+func (b *batch) writeMeta() error {
+	for _, t := range b.order {
+		if t.dirty {
+			if err := t.b.Put(metaKey, t.m.encode()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// writes counts the appends and consumer commits of a committed batch.
+func (b *batch) writes() int {
+	n := 0
+	for _, o := range b.ops {
+		if o.err == nil && (o.kind == opAppend || o.kind == opAppendAt || o.kind == opCommit) {
+			n++
+		}
+	}
+	return n
+}
+
+// fail gives every op of a failed transaction the error.
+func (b *batch) fail(err error) {
+	err = fmt.Errorf("store: commit: %w", err)
+	for _, o := range b.ops {
+		if o.err == nil {
+			o.err = err
+		}
+		o.app, o.co, o.info = broker.Appended{}, broker.ConsumerOffset{}, broker.TopicInfo{}
+	}
+	b.recs = nil
+}
+
+// group builds b.committed from b.recs: one run per topic, in the order the
+// topics were first appended to, each in ascending offset order.
+func (b *batch) group() {
+	if len(b.recs) == 0 {
+		return
+	}
+	var topics []*topicTx
+	for _, p := range b.recs {
+		if p.t.nrec == 0 {
+			topics = append(topics, p.t)
+		}
+		p.t.nrec++
+	}
+	all := make([]broker.Record, len(b.recs))
+	pos := 0
+	for _, t := range topics {
+		t.start, t.end = pos, pos
+		pos += t.nrec
+	}
+	for _, p := range b.recs {
+		all[p.t.end] = p.rec
+		p.t.end++
+	}
+	b.committed = make([]broker.Committed, len(topics))
+	for i, t := range topics {
+		b.committed[i] = broker.Committed{Topic: t.name, Epoch: t.m.epoch, Records: all[t.start:t.end:t.end]}
+	}
+	b.recs, b.order = nil, nil
+}
+
+// notifyLoop reports committed batches in commit order: the hook first, then
+// every op's done callback or waiting caller.
+func (db *DB) notifyLoop() {
+	defer db.wg.Done()
+	for b := range db.notify {
+		if len(b.committed) > 0 {
+			if h := db.hook.Load(); h != nil {
+				(*h)(b.committed)
+			}
+		}
+		for _, o := range b.ops {
+			finish(o)
+		}
+	}
+}
+
+// finish reports o's outcome to its caller.
+func finish(o *op) {
+	if o.sync {
+		o.ch <- struct{}{}
+		return
+	}
+	switch {
+	case o.appendDone != nil:
+		o.appendDone(o.app, o.err)
+	case o.commitDone != nil:
+		o.commitDone(o.co, o.err)
+	}
+	releaseOp(o)
+}
+
+// SetCommitHook installs fn as the commit hook: see broker.Store. fn runs on
+// the notifier goroutine; while it runs, the committer goes on committing
+// the next batches, but no later batch is reported and no done callback
+// runs. fn may keep the records: they are not reused.
+func (db *DB) SetCommitHook(fn func(batch []broker.Committed)) {
+	if fn == nil {
+		db.hook.Store(nil)
+		return
+	}
+	db.hook.Store(&fn)
+}
