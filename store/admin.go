@@ -1,0 +1,188 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+
+	"go.etcd.io/bbolt"
+	bberrors "go.etcd.io/bbolt/errors"
+
+	"github.com/brokerd/brokerd/broker"
+)
+
+// truncateBudget bounds the deletions of one TruncateAfter transaction.
+const truncateBudget = 10_000
+
+// writeTx runs fn alone in a write transaction of the committer, ordered
+// with the appends queued before and after it.
+func (db *DB) writeTx(fn func(*bbolt.Tx) error) error {
+	o := newOp(opWrite)
+	o.fn = fn
+	return db.runSync(o)
+}
+
+// loadTopic returns topic's bucket and metadata in tx.
+func loadTopic(tx *bbolt.Tx, topic string) (*topicTx, error) {
+	tb := topicBucket(tx, topic)
+	if tb == nil {
+		return nil, fmt.Errorf("%w: %q", broker.ErrTopicNotFound, topic)
+	}
+	m, err := decodeMeta(tb.Get(metaKey))
+	if err != nil {
+		return nil, fmt.Errorf("topic %q: %w", topic, err)
+	}
+	t := &topicTx{name: topic, b: tb, m: m}
+	return t, t.open()
+}
+
+// TruncateAfter removes topic's records with offsets above offset and makes
+// offset the head, for a follower whose log diverged from its owner's. The
+// epoch is kept. It does nothing when offset >= head. A long suffix is
+// removed in several transactions of at most 10,000 records, each leaving a
+// consistent log whose head moves down. Idempotency keys of the removed
+// records are forgotten.
+func (db *DB) TruncateAfter(topic string, offset uint64) error {
+	if err := checkName(topic); err != nil {
+		return err
+	}
+	for {
+		more := false
+		err := db.writeTx(func(tx *bbolt.Tx) error {
+			t, err := loadTopic(tx, topic)
+			if err != nil {
+				return err
+			}
+			if offset >= t.m.head {
+				return nil
+			}
+			c := t.log.Cursor()
+			n := 0
+			k, v := c.Last()
+			for ; k != nil && getOffset(k) > offset; k, v = c.Last() {
+				if n == truncateBudget {
+					more = true
+					break
+				}
+				t.m.count--
+				t.m.bytes -= recordDataLen(v)
+				if err := c.Delete(); err != nil {
+					return err
+				}
+				n++
+			}
+			if more {
+				t.m.head = getOffset(k)
+			} else {
+				t.m.head = offset
+			}
+			if t.m.count == 0 {
+				t.m.earliest = t.m.head + 1
+			} else if k != nil {
+				t.m.lastTime = recordTime(v)
+			}
+			ic := t.ix.Cursor()
+			for ik, iv := ic.Last(); ik != nil && getOffset(ik) > t.m.head; ik, iv = ic.Last() {
+				if off, _, ok := t.lookupKey(iv); ok && off == getOffset(ik) {
+					if err := t.keys.Delete(iv); err != nil {
+						return err
+					}
+				}
+				if err := ic.Delete(); err != nil {
+					return err
+				}
+				t.m.keys--
+			}
+			return t.b.Put(metaKey, t.m.encode())
+		})
+		if err != nil {
+			return fmt.Errorf("store: truncate %q after %d: %w", topic, offset, err)
+		}
+		if !more {
+			return nil
+		}
+	}
+}
+
+// ResetTopic drops topic's whole log and idempotency keys and starts a new
+// epoch, returned; offsets start again at 1. Its retention setting is kept.
+// Consumer offsets are kept too: they carry the old epoch. The old log is
+// freed in one transaction, which takes time proportional to its size.
+func (db *DB) ResetTopic(topic string) (newEpoch string, err error) {
+	if err := checkName(topic); err != nil {
+		return "", err
+	}
+	err = db.writeTx(func(tx *bbolt.Tx) error {
+		t, err := loadTopic(tx, topic)
+		if err != nil {
+			return err
+		}
+		epoch, err := newEpochString()
+		if err != nil {
+			return err
+		}
+		for _, n := range [][]byte{logName, keysName, idxName} {
+			if err := t.b.DeleteBucket(n); err != nil {
+				return err
+			}
+			if _, err := t.b.CreateBucket(n); err != nil {
+				return err
+			}
+		}
+		m := meta{epoch: epoch, earliest: 1, ret: t.m.ret}
+		if err := t.b.Put(metaKey, m.encode()); err != nil {
+			return err
+		}
+		newEpoch = epoch
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("store: reset %q: %w", topic, err)
+	}
+	return newEpoch, nil
+}
+
+// newEpochString is newEpoch, a variable so that tests can fail it.
+var newEpochString = newEpoch
+
+// DeleteTopic removes topic's log, metadata and idempotency keys. Consumer
+// offsets in it are kept: they carry the epoch, which a new log of the same
+// name will not have.
+func (db *DB) DeleteTopic(topic string) error {
+	if err := checkName(topic); err != nil {
+		return err
+	}
+	err := db.writeTx(func(tx *bbolt.Tx) error {
+		err := tx.Bucket(topicsName).DeleteBucket([]byte(topic))
+		if errors.Is(err, bberrors.ErrBucketNotFound) {
+			return fmt.Errorf("%w: %q", broker.ErrTopicNotFound, topic)
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store: delete %q: %w", topic, err)
+	}
+	return nil
+}
+
+// SetRetention stores topic's own retention; its zero fields inherit
+// Options.Retention (so SetRetention(topic, Retention{}) clears the
+// setting) and negative fields mean no limit. The setting is persisted and
+// applied by the next retention pass. A topic without a log gives
+// broker.ErrTopicNotFound.
+func (db *DB) SetRetention(topic string, r Retention) error {
+	if err := checkName(topic); err != nil {
+		return err
+	}
+	err := db.writeTx(func(tx *bbolt.Tx) error {
+		t, err := loadTopic(tx, topic)
+		if err != nil {
+			return err
+		}
+		t.m.ret = r
+		return t.b.Put(metaKey, t.m.encode())
+	})
+	if err != nil {
+		return fmt.Errorf("store: set retention of %q: %w", topic, err)
+	}
+	return nil
+}
