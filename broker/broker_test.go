@@ -31,8 +31,11 @@ func newTestConn() *testConn {
 }
 
 func (c *testConn) WriteFrame(parts [][]byte) error {
-	if c.gate != nil {
-		<-c.gate
+	c.mu.Lock()
+	gate := c.gate
+	c.mu.Unlock()
+	if gate != nil {
+		<-gate
 	}
 	frame := bytes.Join(parts, nil)
 	c.mu.Lock()
@@ -319,5 +322,57 @@ func TestCovers(t *testing.T) {
 		if got := Covers(c.p, c.s); got != c.want {
 			t.Errorf("Covers(%q, %q) = %v, want %v", c.p, c.s, got, c.want)
 		}
+	}
+}
+
+// A client that sends many commands while reading nothing is held back
+// (its reader waits), not closed, and gets every reply once it reads.
+func TestUnreadRepliesHoldTheReaderBack(t *testing.T) {
+	srv, _ := newTestServer(t, func(c *Config) { c.QueueMessages = 16; c.MinShare = 4; c.MaxPendingPublishes = 8 })
+	s, c := connect(t, srv)
+	gate := make(chan struct{})
+	c.mu.Lock()
+	c.gate = gate
+	c.mu.Unlock()
+	const n = 500
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		for i := 1; i <= n; i++ {
+			if i%2 == 0 {
+				s.HandleFrame(fmt.Appendf(nil, `{"op":"ping","id":%d}`, i))
+			} else {
+				s.HandleFrame(fmt.Appendf(nil, `{"op":"pub","id":%d,"topic":"t","data":%d}`, i, i))
+			}
+		}
+	}()
+	select {
+	case <-sent:
+		t.Fatal("the reader was never held back while replies piled up")
+	case <-time.After(200 * time.Millisecond):
+	}
+	s.mu.Lock()
+	q := s.outCtrl
+	s.mu.Unlock()
+	if q > srv.cfg.QueueMessages+srv.cfg.MaxPendingPublishes {
+		t.Fatalf("%d replies queued, bound %d", q, srv.cfg.QueueMessages+srv.cfg.MaxPendingPublishes)
+	}
+	close(gate) // the client reads again
+	c.mu.Lock()
+	c.gate = nil
+	c.mu.Unlock()
+	<-sent
+	evs := c.wait(t, "every reply", func(evs []map[string]any) bool { return len(evs) == n+1 })
+	ids := map[uint64]bool{}
+	for _, ev := range evs[1:] {
+		ids[num(ev["id"])] = true
+	}
+	if len(ids) != n {
+		t.Fatalf("%d distinct replies, want %d", len(ids), n)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed != 0 {
+		t.Fatalf("closed with %d", c.closed)
 	}
 }

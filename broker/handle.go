@@ -42,6 +42,7 @@ func (s *Session) handle(cmd *subproto.Command, perr *subproto.Error) {
 		s.rateLimited()
 		return
 	}
+	s.waitCtrlRoom()
 	if perr != nil {
 		s.replyErr(perr, nil)
 		return
@@ -100,12 +101,13 @@ func (s *Session) handlePub(cmd *subproto.Command) {
 	// The data aliases the transport's read buffer: the store needs its own copy.
 	data := bytes.Clone(cmd.Data)
 	s.srv.store.AppendAsync(topic, data, cmd.Key, func(a Appended, err error) {
-		<-s.pending
 		if f := s.srv.cfg.OnPublish; f != nil && err == nil {
 			f(time.Since(received))
 		}
 		if err != nil {
-			s.replyErr(storeError(id, err), nil)
+			e := storeError(id, err)
+			s.srv.stats.countErr(e.Code)
+			s.replyPending(subproto.AppendErr(nil, e, nil))
 			return
 		}
 		if a.Dup {
@@ -113,9 +115,11 @@ func (s *Session) handlePub(cmd *subproto.Command) {
 		} else {
 			s.srv.stats.Published.Add(1)
 		}
-		if id != 0 {
-			s.reply(subproto.AppendOK(nil, &subproto.OK{ID: id, Topic: topic, Offset: a.Offset, Dup: a.Dup, Pub: true}))
+		if id == 0 {
+			<-s.pending // nothing to write: free the slot now
+			return
 		}
+		s.replyPending(subproto.AppendOK(nil, &subproto.OK{ID: id, Topic: topic, Offset: a.Offset, Dup: a.Dup, Pub: true}))
 	})
 }
 
@@ -358,13 +362,24 @@ func (s *Session) handleAck(cmd *subproto.Command) {
 		return
 	}
 	key := s.consumerKey(cmd.Consumer)
+	select {
+	case s.pending <- struct{}{}:
+	case <-s.done:
+		return
+	}
 	s.srv.store.CommitAsync(key, topic, info.Epoch, cmd.Offset, func(co ConsumerOffset, err error) {
 		if err != nil {
-			s.replyErr(storeError(id, err), nil)
+			e := storeError(id, err)
+			s.srv.stats.countErr(e.Code)
+			s.replyPending(subproto.AppendErr(nil, e, nil))
 			return
 		}
 		s.srv.acked(key, topic, co)
-		s.ok(id)
+		if id == 0 {
+			<-s.pending
+			return
+		}
+		s.replyPending(subproto.AppendOK(nil, &subproto.OK{ID: id}))
 	})
 }
 

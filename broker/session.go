@@ -48,11 +48,16 @@ type Session struct {
 	subs     map[string]*subscription // by topic or pattern
 	lagging  []*subscription          // subscriptions fed from the log
 	closeErr error
+	ctrlRoom *sync.Cond // signalled when control frames leave the queue
 }
 
 type outItem struct {
 	b   []byte
 	sub *subscription // nil for replies and other control frames
+	// freePending: the reply to a pub or ack; writing it frees the
+	// command's pending slot, so replies waiting for a client that does
+	// not read hold the client's reader back instead of piling up.
+	freePending bool
 }
 
 // subscription is one sub of a session. Fields after sess are guarded by
@@ -83,7 +88,7 @@ func newSession(srv *Server, c Conn, info ConnInfo) *Session {
 	if srv.cfg.CommandRate > 0 {
 		lim = rate.NewLimiter(rate.Limit(srv.cfg.CommandRate), srv.cfg.CommandBurst)
 	}
-	return &Session{
+	s := &Session{
 		limiter: lim,
 		srv:     srv,
 		conn:    c,
@@ -93,6 +98,8 @@ func newSession(srv *Server, c Conn, info ConnInfo) *Session {
 		done:    make(chan struct{}),
 		subs:    make(map[string]*subscription),
 	}
+	s.ctrlRoom = sync.NewCond(&s.mu)
+	return s
 }
 
 // ID returns the session's id, also sent to the client in welcome.
@@ -115,17 +122,44 @@ func (s *Session) reply(b []byte) {
 	s.replyLocked(b)
 }
 
-func (s *Session) replyLocked(b []byte) {
+func (s *Session) replyLocked(b []byte) { s.pushCtrlLocked(outItem{b: b}) }
+
+// replyPending queues the reply to a pub or ack whose pending slot the
+// writer frees once the reply is written.
+func (s *Session) replyPending(b []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.closed {
 		return
 	}
-	if s.outCtrl >= s.srv.cfg.QueueMessages+s.srv.cfg.MaxPendingPublishes {
+	s.pushCtrlLocked(outItem{b: b, freePending: true})
+}
+
+func (s *Session) pushCtrlLocked(it outItem) {
+	if s.closed {
+		return
+	}
+	// Replies are bounded before they are made (waitCtrlRoom, the pending
+	// slots, the subscription limit); this is a safety net only.
+	cfg := &s.srv.cfg
+	if s.outCtrl >= 2*cfg.QueueMessages+cfg.MaxPendingPublishes+cfg.MaxSubscriptions {
 		s.closeLocked(uint16(subproto.CloseSlowConsumer), closeReason(subproto.CloseSlowConsumer, "outbound queue full"), nil)
 		return
 	}
-	s.out = append(s.out, outItem{b: b})
+	s.out = append(s.out, it)
 	s.outCtrl++
 	s.kickLocked()
+}
+
+// waitCtrlRoom holds the reader back while the client has many replies
+// it has not read: a client that sends commands but does not read gets
+// TCP backpressure, not an unbounded queue.
+func (s *Session) waitCtrlRoom() {
+	s.mu.Lock()
+	for !s.closed && s.outCtrl >= s.srv.cfg.QueueMessages {
+		s.ctrlRoom.Wait()
+	}
+	s.mu.Unlock()
 }
 
 func (s *Session) replyErr(e *subproto.Error, ctx *subproto.ErrContext) {
@@ -311,10 +345,13 @@ func (s *Session) writeLoop() {
 		clear(s.out[rest:])
 		s.out = s.out[:rest]
 		parts = parts[:0]
-		delivered := 0
+		delivered, freed := 0, 0
 		for _, it := range items {
 			if it.sub == nil {
 				s.outCtrl--
+				if it.freePending {
+					freed++
+				}
 			} else {
 				s.outMsgs--
 				s.outBytes -= len(it.b)
@@ -329,12 +366,19 @@ func (s *Session) writeLoop() {
 			}
 			parts = append(parts, it.b)
 		}
+		if freed > 0 || len(items) > 0 {
+			s.ctrlRoom.Broadcast()
+		}
 		s.mu.Unlock()
 		clear(items)
 		if len(parts) == 0 {
 			continue
 		}
-		if err := s.conn.WriteFrame(parts); err != nil {
+		err := s.conn.WriteFrame(parts)
+		for ; freed > 0; freed-- {
+			<-s.pending
+		}
+		if err != nil {
 			s.writeFailed(err)
 			return
 		}
@@ -495,6 +539,7 @@ func (s *Session) closeLocked(code uint16, reason []byte, err error) {
 	s.closed = true
 	s.closeErr = err
 	close(s.done)
+	s.ctrlRoom.Broadcast()
 	if s.authTimer != nil {
 		s.authTimer.Stop()
 	}

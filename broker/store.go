@@ -9,7 +9,7 @@ import (
 // Record is one message of a topic log.
 type Record struct {
 	Offset uint64 // position in the topic log, starting at 1, no gaps
-	Time   int64  // milliseconds since the Unix epoch, set by the broker at append
+	Time   int64  // milliseconds since the Unix epoch, set by the store at append, never decreasing within a topic
 	Key    string // idempotency key, "" when the publisher gave none
 	Data   []byte // the published JSON value, byte for byte
 }
@@ -21,7 +21,7 @@ type TopicInfo struct {
 	Earliest uint64 // first retained offset; Head+1 when nothing is retained
 	Head     uint64 // last stored offset; 0 when nothing was ever appended
 	Count    int64  // retained records
-	Bytes    int64  // retained record bytes
+	Bytes    int64  // retained data bytes (keys not counted)
 }
 
 // Appended is the outcome of a durable append.
@@ -66,13 +66,18 @@ var (
 //   - Offsets of a topic are assigned at append, start at 1 and have no gaps.
 //   - Every method is safe for concurrent use.
 //   - AppendAsync and CommitAsync never block for I/O: they queue the work and
-//     return. done is called exactly once, from the store's notifier goroutine,
-//     after the work is durable (fsync'd) or has failed. done must not block.
+//     return (they may wait briefly while the store's queue is full). done is
+//     called exactly once, from a store goroutine and never from the caller's,
+//     after the work is durable (fsync'd) or has failed. The store keeps a
+//     reference to data until done: the caller must not change it.
+//   - done and the commit hook must not block, and must not call AppendAsync,
+//     CommitAsync, Append or Close (they may wait for the very goroutine
+//     that runs them).
 //   - The commit hook set with SetCommitHook sees every record that becomes
 //     durable, whatever appended it, exactly once, in offset order per topic,
 //     from the notifier goroutine, after the transaction is on disk and before
 //     the done callbacks of that transaction. A record reported to the hook is
-//     visible to Read. The hook must not block.
+//     visible to Read. The hook may keep the records it is given.
 //   - Read returns copies; the caller may keep them.
 type Store interface {
 	// AppendAsync appends data to topic's log, creating the log with a new
@@ -100,6 +105,7 @@ type Store interface {
 	// CommitAsync stores consumer's acknowledged offset in topic for the
 	// given epoch. A commit never moves an offset backwards within an epoch:
 	// a lower offset is accepted and ignored. done gets the stored offset.
+	// The store does not check the topic or the epoch: the caller does.
 	CommitAsync(consumer, topic, epoch string, offset uint64, done func(ConsumerOffset, error))
 	// Consumer returns consumer's stored position in topic; ok is false
 	// when it has none.
