@@ -2,7 +2,7 @@
 GO ?= go
 PKGS := ./...
 
-.PHONY: run test vet unit race bench fuzz lint build crash
+.PHONY: run test vet unit race bench fuzz lint build crash test-js
 
 run:
 	$(GO) run ./cmd/brokerd
@@ -10,8 +10,9 @@ run:
 build:
 	$(GO) build -o bin/brokerd ./cmd/brokerd
 
-# Every test: vet, then the race-enabled test suite.
-test: vet race
+# Every test: vet, then the race-enabled test suite, then the JavaScript
+# client's (unit, against a real brokerd, and in headless Chromium).
+test: vet race test-js
 
 vet:
 	$(GO) vet $(PKGS)
@@ -21,6 +22,9 @@ race:
 
 unit:
 	$(GO) test -count=1 $(PKGS)
+
+test-js:
+	cd clients/js && npm ci && npm run typecheck && npm test
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./store/ ./broker/ ./subproto/

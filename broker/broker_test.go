@@ -376,3 +376,45 @@ func TestUnreadRepliesHoldTheReaderBack(t *testing.T) {
 		t.Fatalf("closed with %d", c.closed)
 	}
 }
+
+// slowStore answers appends after a delay, like a store busy with fsyncs.
+type slowStore struct {
+	*memStore
+	delay time.Duration
+}
+
+func (s *slowStore) AppendAsync(topic string, data []byte, key string, done func(Appended, error)) {
+	time.AfterFunc(s.delay, func() { s.memStore.AppendAsync(topic, data, key, done) })
+}
+
+// Shutdown answers the publishes it has taken before it closes with 1001.
+func TestShutdownAnswersPendingPublishes(t *testing.T) {
+	st := &slowStore{memStore: newMemStore(), delay: 200 * time.Millisecond}
+	srv, err := New(Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, c := connect(t, srv)
+	s.HandleFrame([]byte(`{"op":"pub","id":1,"topic":"t","data":1}` + "\n" + `{"op":"pub","id":2,"topic":"t","data":2}`))
+	if err := srv.Shutdown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	s.HandleFrame([]byte(`{"op":"pub","id":3,"topic":"t","data":3}`)) // refused: draining
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed != 1001 {
+		t.Fatalf("closed with %d, want 1001", c.closed)
+	}
+	oks := 0
+	for _, ev := range c.events {
+		if ev["op"] == "ok" {
+			oks++
+		}
+	}
+	if oks != 2 {
+		t.Fatalf("%d oks before the close, want 2: %v", oks, c.events)
+	}
+	if info, _, _ := st.Topic("t"); info.Head != 2 {
+		t.Fatalf("head %d, want 2", info.Head)
+	}
+}

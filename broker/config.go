@@ -59,6 +59,10 @@ type Config struct {
 	// OnPublish, when set, observes the time from receiving each publish
 	// to its durable ok (for metrics). It must not block.
 	OnPublish func(time.Duration)
+	// DrainGrace is how long Shutdown waits for publishes already received
+	// to be answered before it closes the connections (default 2s, at
+	// most half the time Shutdown is given).
+	DrainGrace time.Duration
 	// Logger receives the broker's structured logs (default slog.Default()).
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
@@ -90,6 +94,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.CommandBurst == 0 {
 		c.CommandBurst = 2 * int(c.CommandRate)
+	}
+	if c.DrainGrace == 0 {
+		c.DrainGrace = 2 * time.Second
 	}
 	if c.AuthTimeout == 0 {
 		c.AuthTimeout = 10 * time.Second

@@ -21,6 +21,9 @@ func (s *Session) HandleFrame(frame []byte) {
 		return
 	default:
 	}
+	if s.srv.draining.Load() {
+		return // shutting down: commands are no longer taken
+	}
 	st := &s.srv.stats
 	st.FramesIn.Add(1)
 	st.BytesIn.Add(int64(len(frame)))

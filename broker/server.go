@@ -312,6 +312,26 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 		list = append(list, s)
 	}
 	srv.smu.Unlock()
+	// Sessions stop taking commands now (HandleFrame checks draining).
+	// Give publishes and acks already taken a moment to become durable and
+	// their replies to be written, so clients are not left guessing about
+	// what was stored; then close.
+	grace := srv.cfg.DrainGrace
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl)/2 < grace {
+		grace = time.Until(dl) / 2
+	}
+	for deadline := time.Now().Add(grace); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		busy := false
+		for _, s := range list {
+			if s.busy() {
+				busy = true
+				break
+			}
+		}
+		if !busy {
+			break
+		}
+	}
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 64)
 	for _, s := range list {
@@ -331,6 +351,17 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// busy reports whether the session has publishes or acks in flight or
+// replies not yet written.
+func (s *Session) busy() bool {
+	if len(s.pending) > 0 {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.closed && (s.outCtrl > 0 || s.writing)
 }
 
 func (srv *Server) heartbeatLoop() {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/brokerd/brokerd/broker"
+	"github.com/brokerd/brokerd/internal/console"
 	"github.com/brokerd/brokerd/subproto"
 	"github.com/lxzan/gws"
 )
@@ -168,6 +169,7 @@ func New(cfg Config, b *broker.Server) (*Server, error) {
 	s.mux.HandleFunc("POST /v1/topics/{topic}", s.servePublish)
 	s.mux.HandleFunc("GET /v1/topics/{topic}/messages", s.serveMessages)
 	s.mux.HandleFunc("GET /v1/topics", s.serveTopics)
+	s.mux.Handle("/", console.Handler())
 	return s, nil
 }
 

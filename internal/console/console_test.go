@@ -1,0 +1,121 @@
+package console
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+func get(t *testing.T, h http.Handler, method, path string, hdr map[string]string) *http.Response {
+	t.Helper()
+	req := httptest.NewRequest(method, path, nil)
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec.Result()
+}
+
+func body(t *testing.T, r *http.Response) string {
+	t.Helper()
+	b, err := io.ReadAll(r.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestServesThePageAndTheClient(t *testing.T) {
+	h := Handler()
+	for _, c := range []struct {
+		path, ctype, contains string
+	}{
+		{"/", "text/html", "<title>brokerd console</title>"},
+		{"/console.js", "text/javascript", "from './client/index.js'"},
+		{"/style.css", "text/css", ":root"},
+		{"/client/index.js", "text/javascript", "export { BrokerClient }"},
+		{"/client/client.js", "text/javascript", "class BrokerClient"},
+		{"/client/codes.js", "text/javascript", "export const ErrorCodes"},
+	} {
+		r := get(t, h, "GET", c.path, nil)
+		if r.StatusCode != http.StatusOK {
+			t.Errorf("GET %s: %d", c.path, r.StatusCode)
+			continue
+		}
+		if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, c.ctype) {
+			t.Errorf("GET %s: Content-Type %q, want %s", c.path, ct, c.ctype)
+		}
+		if b := body(t, r); !strings.Contains(b, c.contains) {
+			t.Errorf("GET %s: body lacks %q", c.path, c.contains)
+		}
+		if r.Header.Get("X-Content-Type-Options") != "nosniff" || r.Header.Get("ETag") == "" {
+			t.Errorf("GET %s: headers %v", c.path, r.Header)
+		}
+	}
+	if csp := get(t, h, "GET", "/", nil).Header.Get("Content-Security-Policy"); !strings.Contains(csp, "script-src 'self'") {
+		t.Errorf("the page has no CSP: %q", csp)
+	}
+}
+
+func TestNotFoundAndMethods(t *testing.T) {
+	h := Handler()
+	for _, p := range []string{"/index.html", "/nope", "/client/", "/client/nope.js", "/static/index.html", "/v1/topics/x"} {
+		if r := get(t, h, "GET", p, nil); r.StatusCode != http.StatusNotFound {
+			t.Errorf("GET %s: %d, want 404", p, r.StatusCode)
+		}
+	}
+	if r := get(t, h, "POST", "/unknown", nil); r.StatusCode != http.StatusNotFound {
+		t.Errorf("POST /unknown: %d, want 404", r.StatusCode)
+	}
+	r := get(t, h, "POST", "/", nil)
+	if r.StatusCode != http.StatusMethodNotAllowed || r.Header.Get("Allow") != "GET, HEAD" {
+		t.Errorf("POST /: %d, Allow %q", r.StatusCode, r.Header.Get("Allow"))
+	}
+	r = get(t, h, "HEAD", "/console.js", nil)
+	if r.StatusCode != http.StatusOK || body(t, r) != "" || r.Header.Get("Content-Length") == "" {
+		t.Errorf("HEAD /console.js: %d", r.StatusCode)
+	}
+}
+
+func TestRevalidation(t *testing.T) {
+	h := Handler()
+	r := get(t, h, "GET", "/client/index.js", nil)
+	etag := r.Header.Get("ETag")
+	if r.Header.Get("Cache-Control") != "no-cache" {
+		t.Errorf("Cache-Control %q", r.Header.Get("Cache-Control"))
+	}
+	if r := get(t, h, "GET", "/client/index.js", map[string]string{"If-None-Match": etag}); r.StatusCode != http.StatusNotModified {
+		t.Errorf("If-None-Match: %d, want 304", r.StatusCode)
+	}
+	if r := get(t, h, "GET", "/client/index.js", map[string]string{"If-None-Match": `"other"`}); r.StatusCode != http.StatusOK {
+		t.Errorf("If-None-Match other: %d, want 200", r.StatusCode)
+	}
+}
+
+// The page must work offline: nothing it references may come from
+// elsewhere, and everything it references must be served.
+func TestNoExternalResources(t *testing.T) {
+	h := Handler()
+	page := body(t, get(t, h, "GET", "/", nil))
+	ref := regexp.MustCompile(`(?:src|href)="([^"]+)"`)
+	for _, m := range ref.FindAllStringSubmatch(page, -1) {
+		u := m[1]
+		if strings.Contains(u, "//") {
+			t.Errorf("the page references %s from elsewhere", u)
+			continue
+		}
+		if r := get(t, h, "GET", "/"+strings.TrimPrefix(u, "./"), nil); r.StatusCode != http.StatusOK {
+			t.Errorf("the page references %s, which is not served: %d", u, r.StatusCode)
+		}
+	}
+	for _, p := range []string{"/console.js", "/style.css"} {
+		b := body(t, get(t, h, "GET", p, nil))
+		if regexp.MustCompile(`(?:import|url\()\s*['"(]?\s*(?:https?:)?//`).MatchString(b) {
+			t.Errorf("%s loads something from elsewhere", p)
+		}
+	}
+}

@@ -1,0 +1,446 @@
+// The brokerd console: connect, subscribe, watch, publish. It uses the
+// JavaScript client that the broker serves under ./client/.
+import { BrokerClient, CloseCodes } from './client/index.js';
+
+const $ = (id) => document.getElementById(id);
+const MAX_ROWS = 2000;
+const KEY = 'brokerd-console:';
+
+const ui = {
+  url: $('url'), token: $('token'), connectBtn: $('connect-btn'), disconnectBtn: $('disconnect-btn'),
+  state: $('state'), stateText: $('state-text'),
+  topics: $('topics'), topicsNote: $('topics-note'), subs: $('subs'),
+  subTopic: $('sub-topic'), subFrom: $('sub-from'), subOffset: $('sub-offset'),
+  rows: $('rows'), log: $('log'), logEmpty: $('log-empty'), count: $('count'), follow: $('follow'),
+  pubTopic: $('pub-topic'), pubKey: $('pub-key'), pubData: $('pub-data'), pubResult: $('pub-result'), outbox: $('outbox'),
+};
+
+let client = null;
+/** topic → {topic, from, sub}: what the console subscribes to, across reconnects and reloads. */
+const specs = new Map();
+let received = 0;
+let pendingRows = [];
+let flushQueued = false;
+let reconnectTimer = null;
+
+// ---- helpers ----
+
+function store(name, value) {
+  try {
+    if (value === undefined) sessionStorage.removeItem(KEY + name);
+    else sessionStorage.setItem(KEY + name, JSON.stringify(value));
+  } catch {
+    // storage disabled: the console still works, it just forgets
+  }
+}
+
+function load(name) {
+  try {
+    const v = sessionStorage.getItem(KEY + name);
+    return v === null ? undefined : JSON.parse(v);
+  } catch {
+    return undefined;
+  }
+}
+
+function defaultURL() {
+  return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
+}
+
+function httpBase(wsUrl) {
+  const u = new URL(wsUrl, location.href);
+  u.protocol = u.protocol === 'wss:' ? 'https:' : u.protocol === 'ws:' ? 'http:' : u.protocol;
+  return `${u.protocol}//${u.host}`;
+}
+
+function clock(ms) {
+  const d = new Date(ms);
+  const p = (n, w = 2) => String(n).padStart(w, '0');
+  return `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}.${p(d.getMilliseconds(), 3)}`;
+}
+
+function el(tag, props = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === 'class') e.className = v;
+    else if (k === 'data') for (const [dk, dv] of Object.entries(v)) e.dataset[dk] = dv;
+    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) if (c !== null && c !== undefined) e.append(c);
+  return e;
+}
+
+function shortEpoch(e) {
+  return e ? e.slice(0, 8) : '';
+}
+
+// ---- the log of messages and events ----
+
+function addRow(tr) {
+  pendingRows.push(tr);
+  if (pendingRows.length > MAX_ROWS) pendingRows = pendingRows.slice(-MAX_ROWS);
+  if (!flushQueued) {
+    flushQueued = true;
+    // Animation frames pause in background tabs; the timer catches up there.
+    const t = setTimeout(flushRows, 250);
+    requestAnimationFrame(() => {
+      clearTimeout(t);
+      flushRows();
+    });
+  }
+}
+
+function flushRows() {
+  if (!flushQueued) return;
+  flushQueued = false;
+  const rows = pendingRows;
+  pendingRows = [];
+  if (rows.length === 0) return;
+  const frag = document.createDocumentFragment();
+  for (const r of rows) frag.append(r);
+  ui.rows.append(frag);
+  while (ui.rows.childElementCount > MAX_ROWS) ui.rows.firstElementChild.remove();
+  ui.logEmpty.hidden = true;
+  ui.count.textContent = `${received} message${received === 1 ? '' : 's'}`;
+  if (ui.follow.checked) ui.log.scrollTop = ui.log.scrollHeight;
+}
+
+function messageRow(m) {
+  let text = JSON.stringify(m.data);
+  const full = text;
+  if (text.length > 400) text = `${text.slice(0, 400)}…`;
+  return el('tr', { class: 'msg', data: { topic: m.topic, offset: String(m.offset), epoch: m.epoch || '' } },
+    el('td', { class: 't' }, clock(m.ts)),
+    el('td', { class: 'topic', title: m.pattern ? `via ${m.pattern}` : '' }, m.topic),
+    el('td', { class: 'num' }, String(m.offset)),
+    el('td', { class: 'data', title: full.length > 400 ? full.slice(0, 4000) : '' }, text));
+}
+
+function event(text, kind = '') {
+  addRow(el('tr', { class: `event ${kind}`, data: { event: kind || 'info' } },
+    el('td', { class: 't' }, clock(Date.now())),
+    el('td', { colspan: '3' }, text)));
+}
+
+// ---- connection ----
+
+function setState(state, text) {
+  ui.state.dataset.state = state;
+  ui.stateText.textContent = text;
+  ui.disconnectBtn.disabled = !client;
+}
+
+function connect() {
+  if (client) disconnect(true);
+  const url = ui.url.value.trim();
+  const token = ui.token.value.trim();
+  try {
+    localStorage.setItem(KEY + 'url', url);
+  } catch {
+    // not remembered
+  }
+  let c;
+  try {
+    c = new BrokerClient(url, {
+      token: token || undefined,
+      outbox: ui.outbox.checked && 'indexedDB' in globalThis ? 'indexeddb' : 'memory',
+      outboxName: 'brokerd-console-outbox',
+      positions: 'session',
+      positionsPrefix: KEY + 'pos:',
+    });
+  } catch (err) {
+    setState('closed', err.message);
+    return;
+  }
+  client = c;
+  c.on('statechange', ({ state }) => {
+    if (client !== c) return;
+    if (state === 'connecting') setState(state, `connecting to ${c.url}`);
+    else if (state === 'open') setState(state, `open · ${c.welcome.node} · session ${c.session.slice(0, 8)}`);
+    else if (state === 'closed') setState(state, 'closed');
+  });
+  c.on('open', ({ node, version, heartbeat }) => {
+    if (client !== c) return;
+    event(`connected to ${node} (brokerd ${version}, heartbeat ${heartbeat} s)`, 'good');
+    refreshTopics();
+  });
+  c.on('closed', ({ code, reason, message, willReconnect, retryAfterMs }) => {
+    if (client !== c) return;
+    const name = CloseCodes[code] || (code === 1006 ? 'abnormal' : '');
+    const why = message || (reason && !reason.startsWith('{') ? reason : '');
+    let text = `connection closed: ${code}${name ? ` ${name}` : ''}${why ? ` — ${why}` : ''}`;
+    if (retryAfterMs) text += `; the broker asks to retry after ${(retryAfterMs / 1000).toFixed(1)} s`;
+    if (!willReconnect) text += '; not reconnecting';
+    event(text, willReconnect ? 'warn' : 'bad');
+  });
+  c.on('reconnecting', ({ delayMs, attempt }) => {
+    if (client !== c) return;
+    const until = Date.now() + delayMs;
+    clearInterval(reconnectTimer);
+    const tick = () => {
+      if (client !== c || c.state !== 'reconnecting') {
+        clearInterval(reconnectTimer);
+        return;
+      }
+      const s = Math.max(0, (until - Date.now()) / 1000);
+      setState('reconnecting', `reconnecting in ${s.toFixed(1)} s (attempt ${attempt})`);
+    };
+    tick();
+    reconnectTimer = setInterval(tick, 100);
+  });
+  c.on('error', ({ error }) => {
+    if (client !== c) return;
+    event(`error: ${error.code ? `${error.code}: ` : ''}${error.message}`, 'bad');
+  });
+  c.on('republished', ({ topic, key, offset, dup }) => {
+    event(`re-sent a publish from an earlier page to ${topic} (key ${key}): ${dup ? 'already stored at' : 'stored at'} offset ${offset}`, 'good');
+  });
+  for (const spec of specs.values()) startSub(spec, true);
+  renderSubs();
+}
+
+function disconnect(silent) {
+  const c = client;
+  if (!c) return;
+  client = null;
+  for (const spec of specs.values()) spec.sub = null;
+  c.close();
+  clearInterval(reconnectTimer);
+  if (!silent) {
+    event('disconnected', 'warn');
+    setState('closed', 'disconnected');
+  }
+  renderSubs();
+}
+
+// ---- subscriptions ----
+
+function saveSpecs() {
+  store('subs', [...specs.values()].map(({ topic, from }) => ({ topic, from })));
+}
+
+function startSub(spec, resume) {
+  const pattern = /(^|\.)(\*|>)(\.|$)/.test(spec.topic);
+  const opts = pattern ? {} : { from: spec.from, resume };
+  let sub;
+  try {
+    sub = client.subscribe(spec.topic, (m) => {
+      received++;
+      addRow(messageRow(m));
+      renderSubsSoon();
+    }, opts);
+  } catch (err) {
+    event(`cannot subscribe to ${spec.topic}: ${err.message}`, 'bad');
+    return false;
+  }
+  spec.sub = sub;
+  sub.on('subscribed', ({ from, head, epoch, resumed }) => {
+    if (pattern) event(`subscribed to the pattern ${spec.topic} (live only)`, 'good');
+    else if (resumed) event(`resumed ${spec.topic} from offset ${from} (epoch ${shortEpoch(epoch)})`, 'good');
+    else event(`subscribed to ${spec.topic} from offset ${from} (head ${head}, epoch ${shortEpoch(epoch)})`, 'good');
+    renderSubs();
+  });
+  sub.on('missed', ({ first, last }) => event(`${spec.topic}: offsets ${first}–${last} are no longer retained (missed)`, 'warn'));
+  sub.on('gap', ({ first, last }) => event(`${spec.topic}: gap, offsets ${first}–${last} never arrived`, 'bad'));
+  sub.on('epoch_mismatch', ({ previousEpoch, epoch }) => event(`${spec.topic}: the history was reset (epoch ${shortEpoch(previousEpoch)} → ${shortEpoch(epoch)}); starting over from its earliest message`, 'warn'));
+  sub.on('offset_out_of_range', ({ from, earliest, latest }) => event(`${spec.topic}: offset ${from ?? '?'} is outside the log${earliest !== undefined ? ` (${earliest}–${latest})` : ''}`, 'warn'));
+  sub.on('unsubbed', ({ code }) => event(`${spec.topic}: the broker ended the subscription (${code})`, 'warn'));
+  sub.on('end', ({ error }) => {
+    if (error) {
+      event(`${spec.topic}: subscription ended: ${error.code}: ${error.message}`, 'bad');
+      specs.delete(spec.topic);
+      saveSpecs();
+    }
+    renderSubs();
+  });
+  return true;
+}
+
+function subscribe(topic, from) {
+  if (!client) connect();
+  if (specs.has(topic)) {
+    event(`already subscribed to ${topic}`, 'warn');
+    return;
+  }
+  const spec = { topic, from, sub: null };
+  specs.set(topic, spec);
+  if (!startSub(spec, false)) {
+    specs.delete(topic);
+    return;
+  }
+  saveSpecs();
+  renderSubs();
+}
+
+function unsubscribe(topic) {
+  const spec = specs.get(topic);
+  if (!spec) return;
+  specs.delete(topic);
+  if (spec.sub) spec.sub.unsubscribe();
+  saveSpecs();
+  event(`unsubscribed from ${topic}`);
+  renderSubs();
+}
+
+let subsQueued = false;
+function renderSubsSoon() {
+  if (subsQueued) return;
+  subsQueued = true;
+  setTimeout(() => {
+    subsQueued = false;
+    renderSubs();
+  }, 200);
+}
+
+function renderSubs() {
+  ui.subs.replaceChildren();
+  if (specs.size === 0) {
+    ui.subs.append(el('li', { class: 'empty' }, 'none yet'));
+    return;
+  }
+  for (const spec of specs.values()) {
+    const s = spec.sub;
+    const state = s ? s.state : 'idle';
+    const meta = s && !s.pattern && s.epoch ? `offset ${s.offset} · epoch ${shortEpoch(s.epoch)}` : s && s.pattern ? 'pattern, live only' : '';
+    ui.subs.append(el('li', { class: 'sub', data: { topic: spec.topic, state, offset: s ? String(s.offset) : '0' } },
+      el('div', { class: 'sub-line' },
+        el('span', { class: 'name', title: spec.topic }, spec.topic),
+        el('button', { type: 'button', title: `Unsubscribe from ${spec.topic}`, 'aria-label': `Unsubscribe from ${spec.topic}`, onclick: () => unsubscribe(spec.topic) }, '×')),
+      el('div', { class: 'sub-line' },
+        el('span', { class: `badge ${state}` }, state),
+        el('span', { class: 'meta', title: s && s.epoch ? `epoch ${s.epoch}` : '' }, meta))));
+  }
+}
+
+// ---- topics ----
+
+async function refreshTopics() {
+  const url = ui.url.value.trim();
+  let base;
+  try {
+    base = httpBase(url);
+  } catch {
+    return;
+  }
+  const headers = {};
+  const token = ui.token.value.trim();
+  if (token) headers.Authorization = `Bearer ${token}`;
+  ui.topicsNote.className = 'note';
+  ui.topicsNote.textContent = 'loading…';
+  try {
+    const r = await fetch(`${base}/v1/topics?limit=1000`, { headers, cache: 'no-store' });
+    if (!r.ok) {
+      let msg = `${r.status} ${r.statusText}`;
+      try {
+        const body = await r.json();
+        if (body && body.message) msg = `${r.status}: ${body.message}`;
+      } catch {
+        // not JSON
+      }
+      throw new Error(msg);
+    }
+    const body = await r.json();
+    const list = Array.isArray(body.topics) ? body.topics : [];
+    ui.topics.replaceChildren();
+    for (const t of list) {
+      ui.topics.append(el('li', {
+        class: 'topic', data: { topic: t.topic }, title: `epoch ${t.epoch}\noffsets ${t.earliest}–${t.head}`,
+        onclick: () => {
+          ui.subTopic.value = t.topic;
+          ui.pubTopic.value = t.topic;
+          ui.subTopic.focus();
+        },
+      }, el('span', { class: 'name' }, t.topic), el('span', { class: 'meta' }, `${t.head}`)));
+    }
+    ui.topicsNote.textContent = list.length ? '' : 'no topics yet';
+  } catch (err) {
+    ui.topicsNote.className = 'note bad';
+    ui.topicsNote.textContent = `topic list unavailable: ${err.message}`;
+  }
+}
+
+// ---- publishing ----
+
+async function publish() {
+  const topic = ui.pubTopic.value.trim();
+  const key = ui.pubKey.value.trim();
+  let data;
+  try {
+    data = JSON.parse(ui.pubData.value);
+  } catch (err) {
+    ui.pubResult.className = 'note bad';
+    ui.pubResult.textContent = `not JSON: ${err.message}`;
+    return;
+  }
+  if (!client) connect();
+  const c = client;
+  ui.pubResult.className = 'note';
+  ui.pubResult.textContent = c.state === 'open' ? 'publishing…' : 'queued: will be sent when connected';
+  try {
+    const r = await c.publish(topic, data, key ? { key } : {});
+    ui.pubResult.className = 'note good';
+    ui.pubResult.textContent = r.dup ? `duplicate: already stored at offset ${r.offset}` : `stored at offset ${r.offset}`;
+    ui.pubResult.dataset.offset = String(r.offset);
+    if (!specs.has(topic)) refreshTopics();
+  } catch (err) {
+    ui.pubResult.className = 'note bad';
+    ui.pubResult.textContent = `${err.code ? `${err.code}: ` : ''}${err.message}`;
+  }
+}
+
+// ---- wiring ----
+
+ui.url.value = (() => {
+  try {
+    return localStorage.getItem(KEY + 'url') || defaultURL();
+  } catch {
+    return defaultURL();
+  }
+})();
+
+$('connect').addEventListener('submit', (e) => {
+  e.preventDefault();
+  connect();
+});
+ui.disconnectBtn.addEventListener('click', () => disconnect(false));
+$('subscribe').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const topic = ui.subTopic.value.trim();
+  if (!topic) return;
+  let from = ui.subFrom.value;
+  if (from === 'offset') from = Math.max(1, Number.parseInt(ui.subOffset.value, 10) || 1);
+  subscribe(topic, from);
+});
+ui.subFrom.addEventListener('change', () => {
+  ui.subOffset.hidden = ui.subFrom.value !== 'offset';
+});
+$('publish').addEventListener('submit', (e) => {
+  e.preventDefault();
+  publish();
+});
+ui.pubData.addEventListener('keydown', (e) => {
+  if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
+    e.preventDefault();
+    publish();
+  }
+});
+$('topics-refresh').addEventListener('click', refreshTopics);
+$('clear').addEventListener('click', () => {
+  pendingRows = [];
+  ui.rows.replaceChildren();
+  received = 0;
+  ui.count.textContent = '0 messages';
+  ui.logEmpty.hidden = false;
+});
+ui.log.addEventListener('scroll', () => {
+  const atBottom = ui.log.scrollHeight - ui.log.scrollTop - ui.log.clientHeight < 30;
+  if (ui.follow.checked !== atBottom) ui.follow.checked = atBottom;
+});
+document.addEventListener('visibilitychange', flushRows);
+
+for (const s of load('subs') || []) {
+  if (s && typeof s.topic === 'string') specs.set(s.topic, { topic: s.topic, from: s.from, sub: null });
+}
+renderSubs();
+connect();
