@@ -1,0 +1,41 @@
+// Package client is the Go client of brokerd, the WebSocket pub/sub broker.
+//
+// A [Client] holds one WebSocket connection (subprotocol brokerd.v1.json)
+// and keeps it alive: when the connection drops it reconnects with
+// exponential backoff and full jitter (waiting at least the retry_after_ms
+// a 1001, 1013 or 4029 close asks for), resumes every subscription from
+// the offset after the last message it delivered, in the same epoch, and
+// sends again every publish and ack that had no reply yet.
+//
+// # Publishing
+//
+// [Client.Publish] returns once the broker has stored the message durably
+// (its ok carries the offset). [Client.PublishAsync] pipelines: it returns
+// as soon as the publish is queued and calls back when the reply arrives;
+// at most the publish window (see [WithPublishWindow]) of publishes are in
+// flight, and PublishAsync blocks while the window is full. Every publish
+// carries an idempotency key — a random UUID unless [WithKey] gives one — so
+// a publish that was in flight when the connection dropped is sent again
+// with the same key and stored once.
+//
+// # Subscribing
+//
+// [Client.Subscribe] returns once the broker has accepted the subscription.
+// The handler runs on a goroutine of the subscription, one message at a
+// time, in offset order, with no gap and no duplicate across reconnects
+// (durable consumers excepted: unacknowledged messages come again, as the
+// protocol says). Messages of one subscription are buffered up to a bound;
+// past it the client stops reading the connection, which the broker
+// answers by feeding the subscription from its log: nothing is lost and
+// memory stays bounded. A handler should therefore not wait for the reply
+// of a command on the same Client (Publish, Ack, Subscribe): once the
+// buffer is full that reply cannot be read. Use PublishAsync, or another
+// goroutine.
+//
+// # Errors
+//
+// Errors the broker answers are [*Error] values carrying the protocol's
+// code; compare them with errors.Is against the sentinels ([ErrForbidden],
+// [ErrEpochMismatch], ...). A connection the broker closed is described by
+// a [*CloseError]. After [Client.Close], calls return [ErrClosed].
+package client

@@ -1,0 +1,378 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/brokerd/brokerd/subproto"
+)
+
+// Message is one message of a subscribed topic. It stays valid after the
+// handler returns.
+type Message struct {
+	Topic   string
+	Pattern string // the pattern subscription it came through, "" for a topic subscription
+	Offset  uint64
+	Time    time.Time // when the broker stored it (millisecond precision)
+	Data    []byte    // the published JSON value, byte for byte
+}
+
+// Handler receives the messages of a subscription, one at a time.
+type Handler func(m *Message)
+
+// Position is where a subscription starts: Latest (the default: only
+// messages stored after the subscription), Earliest, or Offset(n).
+type Position struct {
+	kind   subproto.FromKind
+	offset uint64
+}
+
+// Positions a subscription may start from.
+var (
+	Latest   = Position{kind: subproto.FromLatest}
+	Earliest = Position{kind: subproto.FromEarliest}
+)
+
+// Offset starts a subscription at offset n (inclusive).
+func Offset(n uint64) Position { return Position{kind: subproto.FromOffset, offset: n} }
+
+// SubOptions configures a subscription. The zero value subscribes to new
+// messages only.
+type SubOptions struct {
+	// From is where to start; the zero value is the broker's default:
+	// Latest, or after the acknowledged offset of a durable Consumer.
+	From Position
+	// Epoch, when set, makes the subscription fail with ErrEpochMismatch
+	// unless the topic's history is still that epoch (offsets of another
+	// epoch mean nothing).
+	Epoch string
+	// IfGone "earliest" starts at the earliest retained message when From
+	// is older; SubInfo.Missed then reports the hole. Otherwise such a
+	// subscription fails with ErrOffsetOutOfRange.
+	IfGone string
+	// Consumer names a durable consumer: the broker resumes it after its
+	// acknowledged offset (see Subscription.Ack), and delivers again what
+	// it has not acknowledged.
+	Consumer string
+	// MaxInflight bounds a consumer's delivered but unacknowledged
+	// messages (0: the broker's default).
+	MaxInflight int
+}
+
+// SubInfo is what the broker answered to the latest sub of a subscription.
+type SubInfo struct {
+	Epoch  string     // the topic's epoch
+	Head   uint64     // its last stored offset then
+	From   uint64     // the first offset delivered
+	Missed *[2]uint64 // the hole skipped by IfGone, nil when none
+}
+
+// Subscription is one subscription of a Client.
+type Subscription struct {
+	c       *Client
+	topic   string
+	pattern bool
+	h       Handler
+	opts    SubOptions
+	seq     uint64 // creation order, for resubscribing in order
+	ch      chan []Message
+	quit    chan struct{} // closed when the subscription ends
+	ready   chan struct{} // closed at the first ok, or at the end
+	next    atomic.Uint64 // next offset to deliver (topic subscriptions)
+
+	// guarded by c.mu:
+	started bool
+	ended   bool
+	err     error
+	info    SubInfo
+}
+
+// Subscribe subscribes to topic (a topic name, or a pattern with '*' and
+// '>' for live messages only) and returns once the broker has accepted it.
+// h receives the messages on a goroutine of the subscription, in order.
+// After a reconnect the subscription resumes at the offset after the last
+// message it delivered, in the same epoch: no gap, no duplicate. When the
+// topic's history was reset meanwhile, or the messages are gone from the
+// log, the subscription ends (see Err) rather than skip anything.
+func (c *Client) Subscribe(ctx context.Context, topic string, h Handler, opts SubOptions) (*Subscription, error) {
+	if h == nil {
+		return nil, errors.New("client: Subscribe needs a handler")
+	}
+	pattern := subproto.IsPattern(topic)
+	if !subproto.ValidPattern(topic) {
+		return nil, &Error{Code: CodeInvalidTopic, Message: "invalid topic or pattern " + strconv.Quote(topic)}
+	}
+	if pattern && (opts.From != Position{} || opts.Epoch != "" || opts.IfGone != "" || opts.Consumer != "" || opts.MaxInflight != 0) {
+		return nil, &Error{Code: CodeBadRequest, Message: "pattern subscriptions are live-only: From, Epoch, IfGone, Consumer and MaxInflight do not apply"}
+	}
+	if opts.IfGone != "" && opts.IfGone != "earliest" {
+		return nil, &Error{Code: CodeBadRequest, Message: `IfGone must be "" or "earliest"`}
+	}
+	if opts.MaxInflight != 0 && opts.Consumer == "" {
+		return nil, &Error{Code: CodeBadRequest, Message: "MaxInflight needs a Consumer"}
+	}
+	s := &Subscription{
+		c:       c,
+		topic:   topic,
+		pattern: pattern,
+		h:       h,
+		opts:    opts,
+		ch:      make(chan []Message, c.o.buffer),
+		quit:    make(chan struct{}),
+		ready:   make(chan struct{}),
+	}
+	c.mu.Lock()
+	if c.stopped {
+		err := c.err
+		c.mu.Unlock()
+		return nil, err
+	}
+	if _, dup := c.subs[topic]; dup {
+		c.mu.Unlock()
+		return nil, &Error{Code: CodeAlreadySubscribed, Message: "this client is already subscribed to " + topic}
+	}
+	s.seq = c.nextID.Add(1)
+	c.subs[topic] = s
+	cur := c.cur
+	if cur != nil {
+		c.sendSubLocked(s)
+	}
+	c.mu.Unlock()
+	if cur != nil {
+		cur.kickWriter()
+	}
+	go s.loop()
+	select {
+	case <-s.ready:
+		if err := s.Err(); err != nil {
+			return nil, err
+		}
+		return s, nil
+	case <-ctx.Done():
+		s.unsubscribe()
+		return nil, ctx.Err()
+	}
+}
+
+// sendSubLocked sends the sub command of s on the current connection:
+// the first time with the caller's options, afterwards resuming where
+// the subscription stands.
+func (c *Client) sendSubLocked(s *Subscription) {
+	cmd := subproto.Command{Op: subproto.OpSub, Topic: s.topic}
+	if !s.pattern {
+		cmd.Consumer = s.opts.Consumer
+		cmd.MaxInflight = s.opts.MaxInflight
+		cmd.IfGone = s.opts.IfGone
+		if s.started {
+			// Resume: from the next undelivered offset (a durable consumer
+			// resumes after its acknowledged offset whatever from says, or
+			// here when it has none yet), in the epoch it had.
+			cmd.Epoch = s.info.Epoch
+			next := s.next.Load()
+			if s.opts.Consumer != "" {
+				next = s.info.From
+			}
+			cmd.From = subproto.From{Kind: subproto.FromOffset, Offset: next}
+		} else {
+			cmd.Epoch = s.opts.Epoch
+			cmd.From = subproto.From{Kind: s.opts.From.kind, Offset: s.opts.From.offset}
+		}
+	}
+	cl := &call{kind: kSub, sub: s, cmd: cmd}
+	cl.done = func(ev *event, err error) { c.onSubReply(s, ev, err) }
+	cl.id = c.nextID.Add(1)
+	c.calls[cl.id] = cl
+	c.cur.appendLocked(cl)
+}
+
+// onSubReply handles the answer to a sub command.
+func (c *Client) onSubReply(s *Subscription, ev *event, err error) {
+	if errors.Is(err, errLost) {
+		return // sent again on the next connection
+	}
+	c.mu.Lock()
+	if s.ended {
+		c.mu.Unlock()
+		if err == nil {
+			// Unsubscribed or closed while the sub was in flight.
+			c.unsubCommand(s.topic)
+		}
+		return
+	}
+	if err != nil {
+		var e *Error
+		if errors.As(err, &e) && s.started && (e.Code == CodeUnavailable || e.Code == CodeInternal || e.Code == CodeRateLimited) {
+			c.mu.Unlock()
+			c.log.Warn("brokerd refused to resume a subscription; trying again", "topic", s.topic, "err", err)
+			time.AfterFunc(c.o.backoff(3, 0), func() {
+				c.mu.Lock()
+				cur := c.cur
+				if !s.ended && cur != nil {
+					c.sendSubLocked(s)
+				}
+				c.mu.Unlock()
+				if cur != nil {
+					cur.kickWriter()
+				}
+			})
+			return
+		}
+		c.log.Warn("brokerd subscription ended", "topic", s.topic, "err", err)
+		c.endSubLocked(s, err)
+		c.mu.Unlock()
+		return
+	}
+	info := SubInfo{Epoch: string(ev.epoch), Head: ev.head, From: ev.from}
+	if ev.hasMissed {
+		m := ev.missed
+		info.Missed = &m
+	}
+	if s.started && s.opts.Consumer != "" {
+		info.From = s.info.From // keep the first start for the next resume
+	}
+	s.info = info
+	if !s.pattern {
+		s.next.Store(ev.from)
+	}
+	if !s.started {
+		s.started = true
+		close(s.ready)
+	}
+	c.mu.Unlock()
+}
+
+// unsubbed handles the broker ending a subscription.
+func (c *Client) unsubbed(topic string, e *Error) {
+	c.mu.Lock()
+	if s := c.subs[topic]; s != nil {
+		c.endSubLocked(s, e)
+	}
+	c.mu.Unlock()
+}
+
+// endSubLocked ends s with err (nil for an unsubscribe).
+func (c *Client) endSubLocked(s *Subscription, err error) {
+	if s.ended {
+		return
+	}
+	s.ended = true
+	s.err = err
+	if c.subs[s.topic] == s {
+		delete(c.subs, s.topic)
+	}
+	close(s.quit)
+	if !s.started {
+		if err == nil {
+			s.err = errors.New("client: unsubscribed before the broker answered")
+		}
+		close(s.ready)
+	}
+}
+
+// unsubCommand sends an unsub without waiting for the reply.
+func (c *Client) unsubCommand(topic string) {
+	_ = c.start(&call{kind: kUnsub, topic: topic})
+}
+
+// unsubscribe ends s locally and tells the broker, without waiting.
+func (s *Subscription) unsubscribe() {
+	c := s.c
+	c.mu.Lock()
+	was := s.ended
+	c.endSubLocked(s, nil)
+	c.mu.Unlock()
+	if !was {
+		c.unsubCommand(s.topic)
+	}
+}
+
+// deliver hands a batch to the handler goroutine; it blocks while the
+// subscription's buffer is full, which stops the connection's reader.
+func (s *Subscription) deliver(msgs []Message) {
+	select {
+	case s.ch <- msgs:
+	case <-s.quit:
+	}
+}
+
+func (s *Subscription) loop() {
+	for {
+		select {
+		case batch := <-s.ch:
+			for i := range batch {
+				select {
+				case <-s.quit:
+					return
+				default:
+				}
+				s.h(&batch[i])
+			}
+		case <-s.quit:
+			return
+		}
+	}
+}
+
+// Topic returns the topic or pattern subscribed to.
+func (s *Subscription) Topic() string { return s.topic }
+
+// Info returns the broker's answer to the latest sub (first or resumed).
+func (s *Subscription) Info() SubInfo {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	return s.info
+}
+
+// Next returns the offset the subscription delivers next.
+func (s *Subscription) Next() uint64 { return s.next.Load() }
+
+// Done is closed when the subscription has ended: Unsubscribe, Close, or
+// the broker or a failed resume ended it (Err says why).
+func (s *Subscription) Done() <-chan struct{} { return s.quit }
+
+// Err returns why the subscription ended: nil while it runs or after
+// Unsubscribe, an *Error for the broker's reasons (ErrTakenOver,
+// ErrForbidden, ErrEpochMismatch, ...), ErrClosed after Close.
+func (s *Subscription) Err() error {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	return s.err
+}
+
+// Unsubscribe ends the subscription and waits for the broker's answer.
+// Messages not yet handed to the handler are dropped.
+func (s *Subscription) Unsubscribe(ctx context.Context) error {
+	c := s.c
+	c.mu.Lock()
+	if s.ended {
+		c.mu.Unlock()
+		return nil
+	}
+	c.endSubLocked(s, nil)
+	connected := c.cur != nil
+	c.mu.Unlock()
+	if !connected {
+		return nil // the broker forgot it with the connection
+	}
+	_, err := c.wait(ctx, &call{kind: kUnsub, topic: s.topic})
+	if errors.Is(err, errLost) || errors.Is(err, ErrNotSubscribed) {
+		return nil
+	}
+	return err
+}
+
+// Ack acknowledges, for the subscription's durable consumer, every
+// message up to and including offset, and waits until the broker has
+// stored it. After a reconnect the consumer resumes after the highest
+// acknowledged offset. Acks are cumulative: acknowledging every few
+// messages is enough.
+func (s *Subscription) Ack(ctx context.Context, offset uint64) error {
+	if s.opts.Consumer == "" {
+		return &Error{Code: CodeBadRequest, Message: "Ack needs a subscription with a Consumer"}
+	}
+	_, err := s.c.wait(ctx, &call{kind: kAck, retry: true, topic: s.topic, consumer: s.opts.Consumer, offset: offset})
+	return err
+}
