@@ -18,8 +18,9 @@ func (f fakeAuth) Verify(token string) (*Grant, error) {
 		return nil, fmt.Errorf("%w: test", ErrTokenInvalid)
 	}
 	cp := *g
-	if cp.Expires.IsZero() {
-		cp.Expires = time.Now().Add(time.Hour)
+	cp.Expires = time.Now().Add(time.Hour)
+	if token == "short" {
+		cp.Expires = time.Now().Add(300 * time.Millisecond)
 	}
 	return &cp, nil
 }
@@ -28,7 +29,7 @@ var testGrants = fakeAuth{
 	"alice":  {Subject: "alice", Publish: []string{"chat.>"}, Subscribe: []string{"chat.*", "news"}},
 	"alice2": {Subject: "alice", Publish: []string{"chat.>"}, Subscribe: []string{"news"}},
 	"bob":    {Subject: "bob", Publish: []string{">"}, Subscribe: []string{">"}},
-	"short":  {Subject: "carol", Subscribe: []string{">"}, Expires: time.Now().Add(300 * time.Millisecond)},
+	"short":  {Subject: "carol", Subscribe: []string{">"}}, // expires 300 ms after Verify
 }
 
 func authServer(t *testing.T) *Server {

@@ -52,7 +52,7 @@ type Config struct {
 	AuthTimeout time.Duration
 	// CommandRate bounds the commands per second one connection may send,
 	// with bursts up to CommandBurst; past it the connection is closed
-	// with 4029. Defaults 10,000/s and 20,000; a negative rate turns the
+	// with 4029. Defaults 50,000/s and 100,000; a negative rate turns the
 	// limit off.
 	CommandRate  float64
 	CommandBurst int
@@ -90,7 +90,7 @@ func (c Config) withDefaults() Config {
 		c.Heartbeat = 25 * time.Second
 	}
 	if c.CommandRate == 0 {
-		c.CommandRate = 10000
+		c.CommandRate = 50000
 	}
 	if c.CommandBurst == 0 {
 		c.CommandBurst = 2 * int(c.CommandRate)

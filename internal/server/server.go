@@ -43,7 +43,7 @@ type Config struct {
 	MaxConnections int
 	// ConnRatePerIP bounds new connections per second from one IP, with
 	// bursts of ConnBurstPerIP; past it the upgrade is refused with HTTP
-	// 429 (defaults 20/s and 40; negative rate: no limit).
+	// 429 (defaults 50/s and 100; negative rate: no limit).
 	ConnRatePerIP  float64
 	ConnBurstPerIP int
 	// TrustedProxies lists the CIDRs of reverse proxies whose
@@ -145,6 +145,9 @@ func New(cfg Config, b *broker.Server) (*Server, error) {
 	s.wsHandler = &wsHandler{srv: s}
 	s.upgrader = gws.NewUpgrader(s.wsHandler, &gws.ServerOption{
 		ReadMaxPayloadSize: cfg.MaxFrameBytes,
+		// Each connection holds its read buffer for life: keep it small
+		// (larger payloads are read into their own buffer anyway).
+		ReadBufferSize: 1024,
 		// Without context takeover a connection keeps no compression
 		// window between messages, so compression costs no idle memory.
 		PermessageDeflate: gws.PermessageDeflate{Enabled: cfg.Compression},
