@@ -278,7 +278,9 @@ func (s *Session) nextLaggingLocked() *subscription {
 		sub := s.lagging[0]
 		copy(s.lagging, s.lagging[1:])
 		s.lagging[len(s.lagging)-1] = sub
-		if sub.windowLocked() > 0 && s.roomLocked(sub, 0) {
+		// Room for at least one more byte: a queue full to the byte
+		// must drain before the log is read again.
+		if sub.windowLocked() > 0 && s.roomLocked(sub, 1) {
 			return sub
 		}
 	}
@@ -425,6 +427,14 @@ func (s *Session) pump(sub *subscription) {
 		return
 	}
 	full := len(recs) >= n
+	if len(recs) == 0 {
+		// Nothing at from: either the subscription is at the head, or
+		// retention removed everything from from on.
+		if info, ok, err := s.srv.store.Topic(sub.topic); err == nil && ok && info.Earliest > from {
+			s.endSub(sub, subproto.CodeOffsetOutOfRange)
+			return
+		}
+	}
 	s.mu.Lock()
 	if s.closed || sub.ended || sub.live || sub.next != from {
 		s.mu.Unlock()

@@ -220,7 +220,20 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// The offer may span several header lines (RFC 6455 4.1); gws reads
 	// only the first. We have checked that ours is offered: select it.
 	r.Header.Set("Sec-WebSocket-Protocol", subproto.Subprotocol)
-	c, err := s.upgrader.Upgrade(w, r)
+	// Hijack here rather than in gws: its Upgrade drops the bytes the HTTP
+	// server has read ahead, and with them a first frame that a client
+	// sent right behind its request.
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		http.Error(w, "the WebSocket endpoint needs HTTP/1.1", http.StatusHTTPVersionNotSupported)
+		return
+	}
+	netConn, brw, err := hj.Hijack()
+	if err != nil {
+		s.log.Debug("websocket upgrade failed", "remote", r.RemoteAddr, "err", err)
+		return
+	}
+	c, err := s.upgrader.UpgradeFromConn(netConn, brw.Reader, r)
 	if err != nil {
 		s.log.Debug("websocket upgrade failed", "remote", r.RemoteAddr, "err", err)
 		return
