@@ -34,7 +34,7 @@ func BenchmarkFanout(b *testing.B) {
 	for _, n := range []int{1, 100, 1000} {
 		b.Run(fmt.Sprintf("subs=%d", n), func(b *testing.B) {
 			st := newMemStore()
-			srv, err := New(Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, st)
+			srv, err := New(Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), CommandRate: -1}, st)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -89,7 +89,7 @@ func BenchmarkFanout(b *testing.B) {
 // (in-memory store), ok encoded and written.
 func BenchmarkPubRoundTrip(b *testing.B) {
 	st := newMemStore()
-	srv, err := New(Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, st)
+	srv, err := New(Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), CommandRate: -1}, st)
 	if err != nil {
 		b.Fatal(err)
 	}
