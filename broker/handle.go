@@ -314,13 +314,22 @@ func (s *Session) handleSub(cmd *subproto.Command) {
 
 func (s *Session) subscribePattern(cmd *subproto.Command) {
 	sub := &subscription{sess: s, topic: cmd.Topic, pattern: true, live: true}
+	if in, ok := s.srv.store.(Interested); ok {
+		if err := in.Interest(cmd.Topic, true); err != nil {
+			s.replyErr(storeError(cmd.ID, err), nil)
+			return
+		}
+		sub.interested = true
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
+		s.srv.loseInterest(sub)
 		return
 	}
 	if _, dup := s.subs[cmd.Topic]; dup {
 		s.mu.Unlock()
+		s.srv.loseInterest(sub)
 		s.replyErr(&subproto.Error{Code: subproto.CodeAlreadySubscribed, ID: cmd.ID, Message: "already subscribed to " + cmd.Topic + " on this connection"}, nil)
 		return
 	}
@@ -334,6 +343,17 @@ func (s *Session) subscribePattern(cmd *subproto.Command) {
 	s.srv.patterns.insert(cmd.Topic, sub)
 	s.srv.npatterns.Store(int64(s.srv.patterns.n))
 	s.srv.pmu.Unlock()
+	// A close that raced with the insert has detached the subscription
+	// already: take it out of the tree again.
+	s.mu.Lock()
+	ended := sub.ended
+	s.mu.Unlock()
+	if ended {
+		s.srv.pmu.Lock()
+		s.srv.patterns.remove(cmd.Topic, sub)
+		s.srv.npatterns.Store(int64(s.srv.patterns.n))
+		s.srv.pmu.Unlock()
+	}
 }
 
 func (s *Session) handleUnsub(cmd *subproto.Command) {

@@ -66,6 +66,9 @@ type topicState struct {
 	subs []*subscription
 	refs int    // subscriptions holding this state (guarded by the shard lock)
 	last uint64 // highest offset dispatched or known durable when created
+	// interested: the store was told of this topic (Interested); set once
+	// before the state is used.
+	interested bool
 }
 
 type consumerTopic struct{ consumer, topic string }
@@ -145,6 +148,17 @@ func (srv *Server) acquireTopic(topic string) (*topicState, error) {
 	t.mu.Lock()
 	sh.topics[topic] = t
 	sh.mu.Unlock()
+	var err error
+	if in, ok := srv.store.(Interested); ok {
+		// Live records committed elsewhere must reach the hook before the
+		// head is read below.
+		if err = in.Interest(topic, true); err != nil {
+			t.mu.Unlock()
+			srv.releaseTopic(t)
+			return nil, err
+		}
+		t.interested = true
+	}
 	info, ok, err := srv.store.Topic(topic)
 	if err == nil && ok && info.Head > t.last {
 		t.last = info.Head
@@ -161,10 +175,16 @@ func (srv *Server) releaseTopic(t *topicState) {
 	sh := srv.shard(t.name)
 	sh.mu.Lock()
 	t.refs--
-	if t.refs == 0 && sh.topics[t.name] == t {
+	drop := t.refs == 0
+	if drop && sh.topics[t.name] == t {
 		delete(sh.topics, t.name)
 	}
 	sh.mu.Unlock()
+	if drop && t.interested {
+		if in, ok := srv.store.(Interested); ok {
+			_ = in.Interest(t.name, false)
+		}
+	}
 }
 
 func (srv *Server) lookupTopic(topic string) *topicState {

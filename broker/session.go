@@ -78,6 +78,8 @@ type subscription struct {
 	acked   uint64 // consumer's acknowledged offset
 	queued  int    // msg items of this subscription in the queue
 	lagging bool   // listed in sess.lagging
+
+	interested bool // pattern: the store was told (Interested); set before use
 }
 
 var newline = []byte{'\n'}
@@ -513,6 +515,7 @@ func (srv *Server) detach(sub *subscription) {
 		srv.patterns.remove(sub.topic, sub)
 		srv.npatterns.Store(int64(srv.patterns.n))
 		srv.pmu.Unlock()
+		srv.loseInterest(sub)
 		return
 	}
 	t := sub.t
@@ -580,4 +583,14 @@ func (s *Session) closeLocked(code uint16, reason []byte, err error) {
 // closeReason is the JSON close reason for code with a message for humans.
 func closeReason(code subproto.CloseCode, msg string) []byte {
 	return subproto.AppendCloseReason(nil, code.String(), msg, 0)
+}
+
+// loseInterest pairs the Interest call of a pattern subscription.
+func (srv *Server) loseInterest(sub *subscription) {
+	if !sub.interested {
+		return
+	}
+	if in, ok := srv.store.(Interested); ok {
+		_ = in.Interest(sub.topic, false)
+	}
 }

@@ -117,3 +117,14 @@ type Store interface {
 	// It must be called before the first append.
 	SetCommitHook(fn func(batch []Committed))
 }
+
+// Interested is implemented by a Store that must know which topics and
+// patterns this node's subscribers want: a cluster subscribes to their
+// live records committed on other nodes and hands them to the commit hook
+// like local ones. Interest(x, true) returns once records of x committed
+// elsewhere from then on will reach the hook. Calls come in pairs, one
+// true and later one false for each, possibly interleaved for the same x:
+// the implementation counts them.
+type Interested interface {
+	Interest(topicOrPattern string, on bool) error
+}
