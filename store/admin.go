@@ -14,10 +14,12 @@ import (
 const truncateBudget = 10_000
 
 // writeTx runs fn alone in a write transaction of the committer, ordered
-// with the appends queued before and after it.
-func (db *DB) writeTx(fn func(*bbolt.Tx) error) error {
+// with the appends queued before and after it; once the transaction is
+// committed, after (which may be nil) runs on the committer, where it may
+// change the idempotency key index.
+func (db *DB) writeTx(fn func(*bbolt.Tx) error, after func()) error {
 	o := newOp(opWrite)
-	o.fn = fn
+	o.fn, o.after = fn, after
 	return db.runSync(o)
 }
 
@@ -47,12 +49,13 @@ func (db *DB) TruncateAfter(topic string, offset uint64) error {
 	}
 	for {
 		more := false
+		var head uint64
 		err := db.writeTx(func(tx *bbolt.Tx) error {
 			t, err := loadTopic(tx, topic)
 			if err != nil {
 				return err
 			}
-			if offset >= t.m.head {
+			if head = t.m.head; offset >= head {
 				return nil
 			}
 			c := t.log.Cursor()
@@ -80,20 +83,9 @@ func (db *DB) TruncateAfter(topic string, offset uint64) error {
 			} else if k != nil {
 				t.m.lastTime = recordTime(v)
 			}
-			ic := t.ix.Cursor()
-			for ik, iv := ic.Last(); ik != nil && getOffset(ik) > t.m.head; ik, iv = ic.Last() {
-				if off, _, ok := t.lookupKey(iv); ok && off == getOffset(ik) {
-					if err := t.keys.Delete(iv); err != nil {
-						return err
-					}
-				}
-				if err := ic.Delete(); err != nil {
-					return err
-				}
-				t.m.keys--
-			}
+			head = t.m.head
 			return t.b.Put(metaKey, t.m.encode())
-		})
+		}, func() { db.keys.trimAbove(topic, head) })
 		if err != nil {
 			return fmt.Errorf("store: truncate %q after %d: %w", topic, offset, err)
 		}
@@ -120,13 +112,11 @@ func (db *DB) ResetTopic(topic string) (newEpoch string, err error) {
 		if err != nil {
 			return err
 		}
-		for _, n := range [][]byte{logName, keysName, idxName} {
-			if err := t.b.DeleteBucket(n); err != nil {
-				return err
-			}
-			if _, err := t.b.CreateBucket(n); err != nil {
-				return err
-			}
+		if err := t.b.DeleteBucket(logName); err != nil {
+			return err
+		}
+		if _, err := t.b.CreateBucket(logName); err != nil {
+			return err
 		}
 		m := meta{epoch: epoch, earliest: 1, ret: t.m.ret}
 		if err := t.b.Put(metaKey, m.encode()); err != nil {
@@ -134,7 +124,7 @@ func (db *DB) ResetTopic(topic string) (newEpoch string, err error) {
 		}
 		newEpoch = epoch
 		return nil
-	})
+	}, func() { db.keys.drop(topic) })
 	if err != nil {
 		return "", fmt.Errorf("store: reset %q: %w", topic, err)
 	}
@@ -157,7 +147,7 @@ func (db *DB) DeleteTopic(topic string) error {
 			return fmt.Errorf("%w: %q", broker.ErrTopicNotFound, topic)
 		}
 		return err
-	})
+	}, func() { db.keys.drop(topic) })
 	if err != nil {
 		return fmt.Errorf("store: delete %q: %w", topic, err)
 	}
@@ -180,7 +170,7 @@ func (db *DB) SetRetention(topic string, r Retention) error {
 		}
 		t.m.ret = r
 		return t.b.Put(metaKey, t.m.encode())
-	})
+	}, nil)
 	if err != nil {
 		return fmt.Errorf("store: set retention of %q: %w", topic, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/brokerd/brokerd/broker"
 )
@@ -132,29 +133,23 @@ func (db *DB) applyAppend(b *batch, o *op) error {
 	if err != nil {
 		return err
 	}
-	var kb []byte
-	if o.key != "" && db.dedupOn() {
-		kb = b.alloc(len(o.key))
-		copy(kb, o.key)
-		if off, ms, ok := t.lookupKey(kb); ok {
+	keyed := o.key != "" && db.dedupOn()
+	if keyed {
+		if off, ms, ok := db.keys.lookup(o.topic, o.key); ok {
 			if b.nowMs-ms < db.opts.DedupWindow.Milliseconds() {
 				o.app = broker.Appended{Topic: o.topic, Epoch: t.m.epoch, Offset: off, Time: ms, Dup: true}
 				return nil
 			}
-			if err := t.forgetKey(kb, off); err != nil {
-				return err
-			}
+			db.keys.forget(o.topic, o.key)
 		}
 	}
 	off, ms := t.m.head+1, max(b.nowMs, t.m.lastTime)
-	lk, at, err := t.put(b, off, ms, o.key, o.data)
+	at, err := t.put(b, off, ms, o.key, o.data)
 	if err != nil {
 		return err
 	}
-	if kb != nil {
-		if err := db.rememberKey(b, t, kb, lk, off, ms); err != nil {
-			return err
-		}
+	if keyed {
+		db.rememberKey(o.topic, strings.Clone(o.key), off, ms)
 	}
 	o.app = broker.Appended{Topic: o.topic, Epoch: t.m.epoch, Offset: off, Time: ms}
 	b.recs = append(b.recs, pending{t: t, rec: broker.Record{Offset: off, Time: ms, Key: o.key, Data: at}})
@@ -162,78 +157,27 @@ func (db *DB) applyAppend(b *batch, o *op) error {
 }
 
 // put writes the record at offset off = head+1 and advances head. It returns
-// the log key and the stored copy of data (both in the arena).
-func (t *topicTx) put(b *batch, off uint64, ms int64, key string, data []byte) (lk, stored []byte, err error) {
-	lk = putOffset(b.alloc(8), off)
+// the stored copy of data (in the arena).
+func (t *topicTx) put(b *batch, off uint64, ms int64, key string, data []byte) (stored []byte, err error) {
+	lk := putOffset(b.alloc(8), off)
 	val, at := putRecord(b.alloc(recordSize(key, data)), ms, key, data)
 	if err := t.log.Put(lk, val); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	t.m.head = off
 	t.m.count++
 	t.m.bytes += int64(len(data))
 	t.m.lastTime = max(t.m.lastTime, ms)
 	t.dirty = true
-	return lk, val[at:], nil
+	return val[at:], nil
 }
 
-// lookupKey returns the offset and time stored for an idempotency key.
-func (t *topicTx) lookupKey(kb []byte) (off uint64, ms int64, ok bool) {
-	return decodeKeyVal(t.keys.Get(kb))
-}
-
-// forgetKey removes an idempotency key and its index entry.
-func (t *topicTx) forgetKey(kb []byte, off uint64) error {
-	var ik [8]byte
-	if err := t.keys.Delete(kb); err != nil {
-		return err
-	}
-	if err := t.ix.Delete(putOffset(ik[:], off)); err != nil {
-		return err
-	}
-	t.m.keys--
-	t.dirty = true
-	return nil
-}
-
-// rememberKey stores an idempotency key for the record at off (log key lk),
-// first forgetting the oldest key when the topic holds DedupMaxKeys.
-func (db *DB) rememberKey(b *batch, t *topicTx, kb, lk []byte, off uint64, ms int64) error {
-	for t.m.keys >= int64(db.opts.DedupMaxKeys) {
-		if ok, err := t.evictOldestKey(); err != nil || !ok {
-			return err
-		}
-	}
-	if err := t.keys.Put(kb, putKeyVal(b.alloc(16), off, ms)); err != nil {
-		return err
-	}
-	if err := t.ix.Put(lk, kb); err != nil {
-		return err
-	}
-	t.m.keys++
-	t.dirty = true
-	return nil
-}
-
-// evictOldestKey removes the key of the lowest offset; ok is false when
-// there is none.
-func (t *topicTx) evictOldestKey() (ok bool, err error) {
-	c := t.ix.Cursor()
-	k, v := c.First()
-	if k == nil {
-		return false, nil
-	}
-	if off, _, found := t.lookupKey(v); found && off == getOffset(k) {
-		if err := t.keys.Delete(v); err != nil {
-			return false, err
-		}
-	}
-	if err := c.Delete(); err != nil {
-		return false, err
-	}
-	t.m.keys--
-	t.dirty = true
-	return true, nil
+// rememberKey remembers an idempotency key (which the index keeps: it must
+// not pin a larger buffer) for the record at off, within the bounds of
+// DedupMaxKeys and DedupMaxKeysTotal. If the transaction fails, the
+// committer forgets it again.
+func (db *DB) rememberKey(topic, key string, off uint64, ms int64) {
+	db.keys.add(topic, key, off, ms, db.opts.DedupMaxKeys, db.opts.DedupMaxKeysTotal)
 }
 
 // AppendAt stores records at the offsets they carry, for replication: a
@@ -316,26 +260,24 @@ func (db *DB) applyAppendAt(b *batch, o *op) error {
 		t.m.earliest, t.m.head = recs[0].Offset, recs[0].Offset-1
 		t.dirty = true
 	}
+	keyCut := db.keyCut(b.nowMs)
 	for i := range recs {
 		r := &recs[i]
-		lk, stored, err := t.put(b, r.Offset, r.Time, r.Key, r.Data)
+		stored, err := t.put(b, r.Offset, r.Time, r.Key, r.Data)
 		if err != nil {
 			return err
 		}
-		if r.Key != "" && db.dedupOn() {
-			kb := b.alloc(len(r.Key))
-			copy(kb, r.Key)
-			off, ms, ok := t.lookupKey(kb)
-			if ok && b.nowMs-ms >= db.opts.DedupWindow.Milliseconds() {
-				if err := t.forgetKey(kb, off); err != nil {
-					return err
-				}
+		// A key already remembered within the window keeps its first
+		// record; one whose record is already past the window is not
+		// remembered (it would be expired at once).
+		if r.Key != "" && db.dedupOn() && r.Time > keyCut {
+			_, ms, ok := db.keys.lookup(o.topic, r.Key)
+			if ok && ms <= keyCut {
+				db.keys.forget(o.topic, r.Key)
 				ok = false
 			}
 			if !ok {
-				if err := db.rememberKey(b, t, kb, lk, r.Offset, r.Time); err != nil {
-					return err
-				}
+				db.rememberKey(o.topic, strings.Clone(r.Key), r.Offset, r.Time)
 			}
 		}
 		b.recs = append(b.recs, pending{t: t, rec: broker.Record{Offset: r.Offset, Time: r.Time, Key: r.Key, Data: stored}})

@@ -29,8 +29,9 @@ const (
 	opCommit                 // a consumer offset (CommitAsync)
 	opEnsure                 // create a topic's log when missing (Ensure)
 	opMaint                  // retention and key expiry for one topic
-	opWrite                  // fn alone in its own write transaction
+	opWrite                  // fn alone in its own write transaction, then after
 	opView                   // fn alone in a read transaction while no writer runs
+	opExpire                 // forget expired idempotency keys; no transaction
 )
 
 // grouped reports whether ops of kind k share transactions.
@@ -50,6 +51,7 @@ type op struct {
 	data     []byte
 	recs     []broker.Record
 	fn       func(*bbolt.Tx) error
+	after    func() // opWrite: runs on the committer once fn is committed
 
 	appendDone func(broker.Appended, error)
 	commitDone func(broker.ConsumerOffset, error)
@@ -106,11 +108,11 @@ func (o *op) arenaSize() int {
 	}
 	switch o.kind {
 	case opAppend:
-		return 8 + recordSize(o.key, o.data) + len(o.key) + 16
+		return 8 + recordSize(o.key, o.data)
 	case opAppendAt:
 		n := 0
 		for i := range o.recs {
-			n += 8 + recordSize(o.recs[i].Key, o.recs[i].Data) + len(o.recs[i].Key) + 16
+			n += 8 + recordSize(o.recs[i].Key, o.recs[i].Data)
 		}
 		return n
 	case opCommit:
@@ -185,7 +187,7 @@ type pending struct {
 // topicTx is a topic's buckets and metadata inside the open transaction.
 type topicTx struct {
 	name             string
-	b, log, keys, ix *bbolt.Bucket
+	b, log           *bbolt.Bucket
 	m                meta
 	base             uint64 // head before the transaction: retention removes no later record
 	dirty            bool   // m must be written back
@@ -231,10 +233,8 @@ func (b *batch) create(name, epoch string) (*topicTx, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create topic %q: %w", name, err)
 	}
-	for _, n := range [][]byte{logName, keysName, idxName} {
-		if _, err := tb.CreateBucket(n); err != nil {
-			return nil, fmt.Errorf("create topic %q: %w", name, err)
-		}
+	if _, err := tb.CreateBucket(logName); err != nil {
+		return nil, fmt.Errorf("create topic %q: %w", name, err)
 	}
 	t := &topicTx{name: name, b: tb, m: meta{epoch: epoch, earliest: 1}, dirty: true}
 	if err := t.open(); err != nil {
@@ -252,15 +252,14 @@ func (b *batch) add(t *topicTx) {
 	b.order = append(b.order, t)
 }
 
-// open finds the topic's sub-buckets. The log and the key index grow only at
-// their end, so their pages are filled completely.
+// open finds the topic's log. It grows only at its end, so its pages are
+// filled completely.
 func (t *topicTx) open() error {
-	t.log, t.keys, t.ix = t.b.Bucket(logName), t.b.Bucket(keysName), t.b.Bucket(idxName)
-	if t.log == nil || t.keys == nil || t.ix == nil {
+	t.log = t.b.Bucket(logName)
+	if t.log == nil {
 		return fmt.Errorf("%w: topic %q: bucket missing", ErrCorrupt, t.name)
 	}
 	t.log.FillPercent = 1
-	t.ix.FillPercent = 1
 	return nil
 }
 
@@ -334,9 +333,14 @@ func (db *DB) runAlone(b *batch) {
 	case opWrite:
 		began := time.Now()
 		o.err = db.bolt.Update(o.fn)
+		if o.err == nil && o.after != nil {
+			o.after()
+		}
 		if o.err == nil && db.opts.OnCommit != nil {
 			db.opts.OnCommit(0, time.Since(began))
 		}
+	case opExpire:
+		db.keys.expire(db.keyCut(db.opts.Now().UnixMilli()))
 	}
 }
 
@@ -356,6 +360,7 @@ func (db *DB) runGrouped(b *batch) (carry *op) {
 		return carry
 	}
 	b.tx, b.nowMs = tx, db.opts.Now().UnixMilli()
+	db.keys.expire(db.keyCut(b.nowMs))
 	began := time.Now()
 	for applied := 0; ; {
 		if err = db.apply(b, b.ops[applied:]); err != nil || carry != nil {
@@ -376,6 +381,11 @@ func (db *DB) runGrouped(b *batch) (carry *op) {
 	}
 	b.tx, b.topics = nil, nil
 	if err != nil {
+		// Forget the keys of records that were not stored. Keys forgotten
+		// to make room for them stay forgotten.
+		for _, t := range b.order {
+			db.keys.trimAbove(t.name, t.base)
+		}
 		b.fail(err)
 		return carry
 	}

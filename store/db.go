@@ -39,6 +39,7 @@ type DB struct {
 	bolt *bbolt.DB
 
 	queue  chan *op    // operations waiting for the committer
+	keys   *keyIndex   // idempotency keys; the committer's alone (see keyIndex)
 	notify chan *batch // finished batches, in commit order
 	hook   atomic.Pointer[func([]broker.Committed)]
 
@@ -82,7 +83,7 @@ func Open(dir string, opts *Options) (*DB, error) {
 	if err != nil {
 		return nil, explainOpen(dir, path, err)
 	}
-	if err := initFormat(bdb); err != nil {
+	if err := initFormat(bdb, o.Logger); err != nil {
 		_ = bdb.Close()
 		return nil, explainOpen(dir, path, err)
 	}
@@ -91,10 +92,15 @@ func Open(dir string, opts *Options) (*DB, error) {
 		log:      o.Logger,
 		path:     path,
 		bolt:     bdb,
+		keys:     newKeyIndex(),
 		queue:    make(chan *op, 2*max(o.MaxBatchRecords, 1)),
 		notify:   make(chan *batch, notifyDepth),
 		quitting: make(chan struct{}),
 		stop:     make(chan struct{}),
+	}
+	if err := db.rebuildKeys(); err != nil {
+		_ = bdb.Close()
+		return nil, explainOpen(dir, path, err)
 	}
 	db.wg.Add(2)
 	go db.commitLoop()
@@ -143,9 +149,10 @@ func explainOpen(dir, path string, err error) error {
 }
 
 // initFormat checks the format marker, writing it with the top-level
-// buckets when the file is new (a bbolt file without any bucket).
-func initFormat(bdb *bbolt.DB) error {
-	var fresh bool
+// buckets when the file is new (a bbolt file without any bucket), and
+// migrates a store of format 1.
+func initFormat(bdb *bbolt.DB, log *slog.Logger) error {
+	var fresh, v1 bool
 	err := bdb.View(func(tx *bbolt.Tx) error {
 		root := tx.Bucket(rootName)
 		if root == nil {
@@ -156,14 +163,21 @@ func initFormat(bdb *bbolt.DB) error {
 			fresh = true
 			return nil
 		}
-		if v := root.Get(formatKey); string(v) != formatVersion {
-			return fmt.Errorf("%w: format %q, this brokerd reads %q", ErrFormat, v, formatVersion)
+		switch v := root.Get(formatKey); string(v) {
+		case formatVersion:
+		case formatV1:
+			v1 = true
+		default:
+			return fmt.Errorf("%w: format %q, this brokerd reads %q and %q", ErrFormat, v, formatVersion, formatV1)
 		}
 		if tx.Bucket(topicsName) == nil || tx.Bucket(consumersName) == nil {
 			return fmt.Errorf("%w: top-level buckets missing", ErrCorrupt)
 		}
 		return nil
 	})
+	if err == nil && v1 {
+		err = migrateV1(bdb, log)
+	}
 	if err != nil || !fresh {
 		return err
 	}
@@ -181,6 +195,66 @@ func initFormat(bdb *bbolt.DB) error {
 		_, err = tx.CreateBucket(consumersName)
 		return err
 	})
+}
+
+// migrateV1Topics is how many topics one transaction of migrateV1 rewrites.
+const migrateV1Topics = 256
+
+// migrateV1 turns a store of format 1 into format 2: it deletes each topic's
+// idempotency key buckets (k and x; the keys are rebuilt in memory from the
+// records, which carry them) and zeroes the key count of its metadata, a
+// few topics per transaction, then writes the new format marker. A crash
+// midway leaves format 1 with some topics done, which the next Open
+// finishes.
+func migrateV1(bdb *bbolt.DB, log *slog.Logger) error {
+	after, topics := "", 0
+	for done := false; !done; {
+		err := bdb.Update(func(tx *bbolt.Tx) error {
+			tb := tx.Bucket(topicsName)
+			c := tb.Cursor()
+			k, v := c.Seek([]byte(after))
+			if k != nil && after != "" && string(k) == after {
+				k, v = c.Next()
+			}
+			// Collect first: a bucket must not change under its cursor.
+			var names []string
+			for ; k != nil && len(names) < migrateV1Topics; k, v = c.Next() {
+				if v == nil {
+					names = append(names, string(k))
+				}
+			}
+			done = k == nil
+			for _, name := range names {
+				t := tb.Bucket([]byte(name))
+				for _, n := range [][]byte{keysNameV1, idxNameV1} {
+					if err := t.DeleteBucket(n); err != nil && !errors.Is(err, bberrors.ErrBucketNotFound) {
+						return fmt.Errorf("migrate topic %q: %w", name, err)
+					}
+				}
+				m, err := decodeMeta(t.Get(metaKey))
+				if err != nil {
+					return fmt.Errorf("migrate topic %q: %w", name, err)
+				}
+				if m.keys != 0 {
+					m.keys = 0
+					if err := t.Put(metaKey, m.encode()); err != nil {
+						return err
+					}
+				}
+				after = name
+			}
+			topics += len(names)
+			if done {
+				return tx.Bucket(rootName).Put(formatKey, []byte(formatVersion))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	log.Info("store: migrated to format "+formatVersion+": idempotency keys are now kept in memory", "topics", topics)
+	return nil
 }
 
 // Close commits the operations already queued, fails any that arrive later
@@ -227,8 +301,8 @@ func (db *DB) Path() string { return db.path }
 
 // Check verifies the file's consistency (bbolt's page checks) and the store's
 // invariants for every topic: the log holds exactly the offsets earliest..head
-// with no gap, and the record, byte and idempotency key counts match the
-// topic's metadata. It reads the whole
+// with no gap, and the record and byte counts match the topic's metadata; it
+// also checks the in-memory idempotency key index. It reads the whole
 // file and runs while no write transaction is open, so it pauses commits for
 // its duration; call it rarely on a large store.
 func (db *DB) Check() error {
@@ -243,6 +317,9 @@ func (db *DB) Check() error {
 		}
 		if len(errs) > 0 {
 			return fmt.Errorf("%w: %w", ErrCorrupt, errors.Join(errs...))
+		}
+		if err := db.keys.check(); err != nil {
+			return err
 		}
 		return checkTopics(tx)
 	}
@@ -260,7 +337,7 @@ func checkTopics(tx *bbolt.Tx) error {
 			return fmt.Errorf("%w: topic %q: bad metadata", ErrCorrupt, name)
 		}
 		lb := tb.Bucket(logName)
-		if lb == nil || tb.Bucket(keysName) == nil || tb.Bucket(idxName) == nil {
+		if lb == nil {
 			return fmt.Errorf("%w: topic %q: bucket missing", ErrCorrupt, name)
 		}
 		var n, size int64
@@ -291,9 +368,6 @@ func checkTopics(tx *bbolt.Tx) error {
 			return fmt.Errorf("%w: topic %q: empty log with earliest %d head %d", ErrCorrupt, name, m.earliest, m.head)
 		case n > 0 && (first != m.earliest || last != m.head):
 			return fmt.Errorf("%w: topic %q: log holds %d..%d, metadata says %d..%d", ErrCorrupt, name, first, last, m.earliest, m.head)
-		}
-		if keys := int64(tb.Bucket(keysName).Stats().KeyN); keys != m.keys || int64(tb.Bucket(idxName).Stats().KeyN) != m.keys {
-			return fmt.Errorf("%w: topic %q: %d idempotency keys, metadata says %d", ErrCorrupt, name, keys, m.keys)
 		}
 		return nil
 	})

@@ -5,29 +5,72 @@
 //
 // Top-level buckets of the bbolt file:
 //
-//	brokerd/format             "brokerd-store/1", written at creation; Open
+//	brokerd/format             "brokerd-store/2", written at creation; Open
 //	                           refuses a file without it (ErrNotStore) or
-//	                           with another value (ErrFormat)
+//	                           with another value (ErrFormat), except
+//	                           "brokerd-store/1", which it migrates
 //	topics/<topic>/m           the topic's metadata: epoch (a random UUID
 //	                           chosen when the log is created), earliest,
-//	                           head, count, bytes, idempotency key count, the
-//	                           head record's time and the topic's own
-//	                           Retention (see encoding.go)
+//	                           head, count, bytes, a field unused since
+//	                           format 2 (0), the head record's time and the
+//	                           topic's own Retention (see encoding.go)
 //	topics/<topic>/l/<offset>  the log: 8-byte big-endian offset → record
 //	                           (8-byte time in ms, uvarint key length, key,
 //	                           data)
-//	topics/<topic>/k/<key>     idempotency keys: key → first record's offset
-//	                           and time
-//	topics/<topic>/x/<offset>  the keys' expiry index: offset → key, oldest
-//	                           first
 //	consumers/<c><topic>       durable consumers: (2-byte length of the
 //	                           consumer name, name, topic) → epoch, offset,
 //	                           updated time
+//
+// Format 1 also kept each topic's idempotency keys in buckets
+// topics/<topic>/k (key → offset, time) and topics/<topic>/x (offset → key).
+// Open migrates such a store before anything else: it deletes those buckets,
+// 256 topics per transaction, and then writes "brokerd-store/2" (a crash
+// midway leaves format 1, which the next Open finishes). A brokerd that
+// reads only format 1 refuses a migrated store with ErrFormat.
 //
 // A topic's retained offsets are exactly earliest..head; count is
 // head-earliest+1, and earliest is head+1 when nothing is retained. Record
 // times never decrease within a topic (an append is stamped with the later of
 // now and the head record's time), so the oldest records are also the first.
+//
+// # Idempotency keys
+//
+// Idempotency keys are kept in memory, not on disk: each record stores its
+// key, and the index is rebuilt from the logs when the store opens. Per
+// topic, a map holds key → the first record's offset and time, and a ring
+// buffer holds the keys in offset order, which is time order; a heap orders
+// the topics by their oldest key. Every transaction first forgets the keys
+// older than DedupWindow (RunRetention does too, for a store without
+// appends); remembering a key first forgets the topic's oldest beyond
+// DedupMaxKeys, then the oldest of all topics beyond DedupMaxKeysTotal. All
+// of it is O(1) per key (O(log topics) when a topic's oldest key goes), and
+// no key touches the bbolt file.
+//
+// Memory: about 90 bytes per key plus the key's own copy, rounded up to Go's
+// size classes (48 bytes for a 36-byte UUID): the map slot with its share of
+// the map's spare room, and the 32-byte ring entry (up to twice that just
+// after a ring grows). Measured with UUID keys: ≈ 137 bytes per key, up to
+// ≈ 170 after growth. The default DedupMaxKeysTotal of 1,000,000 keys thus
+// bounds the index at roughly 140–170 MB whatever the number of topics; it
+// only grows that far with a million distinct keys within DedupWindow.
+//
+// The index belongs to the committer goroutine: lookups and changes happen
+// only in operations the committer runs (and in Open before it starts), so
+// it takes no lock. Keys remembered by a transaction that then fails are
+// forgotten again; keys forgotten to make room for them stay forgotten.
+// TruncateAfter forgets the keys of the records it removes, ResetTopic and
+// DeleteTopic all of the topic's keys; retention trimming forgets none, so a
+// duplicate of a trimmed record still gets the first record's offset and
+// time while the store stays open.
+//
+// When it opens, the store reads each topic's log backwards from the head
+// until the records are older than DedupWindow, DedupMaxKeys keys are found
+// or 8×DedupMaxKeys records are read, and remembers the newest record of
+// each key, keeping the newest keys of all topics within DedupMaxKeysTotal.
+// So after a restart, keys within the window are duplicates again, except
+// those whose records retention already removed, and those beyond the scan
+// bound in a topic with many more key-less records than keyed ones; those
+// are forgotten.
 //
 // # Group commit
 //

@@ -13,15 +13,21 @@ var (
 	topicsName    = []byte("topics")
 	consumersName = []byte("consumers")
 
-	metaKey  = []byte("m")
-	logName  = []byte("l")
-	keysName = []byte("k")
-	idxName  = []byte("x")
+	metaKey = []byte("m")
+	logName = []byte("l")
+
+	// The idempotency key buckets of format 1, removed by migrateV1.
+	keysNameV1 = []byte("k")
+	idxNameV1  = []byte("x")
 )
 
 // formatVersion is written under brokerd/format when a store is created and
-// checked by Open.
-const formatVersion = "brokerd-store/1"
+// checked by Open. formatV1 is the format before idempotency keys moved to
+// memory; Open migrates it.
+const (
+	formatVersion = "brokerd-store/2"
+	formatV1      = "brokerd-store/1"
+)
 
 // putOffset writes offset as the 8-byte big-endian key used by the log and
 // the key index, so that byte order is offset order.
@@ -100,7 +106,7 @@ type meta struct {
 	head     uint64 // last stored offset; 0 when nothing was ever stored
 	count    int64  // retained records
 	bytes    int64  // retained record data bytes
-	keys     int64  // idempotency keys remembered (entries of k and of x)
+	keys     int64  // format 1: idempotency keys in k and x; 0 since format 2
 	lastTime int64  // the head record's time (ms); records' times never go back
 	ret      Retention
 }
@@ -171,19 +177,4 @@ func decodeConsumerVal(v []byte) (epoch string, offset uint64, updated int64, er
 	}
 	n := 1 + int(v[0])
 	return string(v[1:n]), binary.BigEndian.Uint64(v[n:]), int64(binary.BigEndian.Uint64(v[n+8:])), nil
-}
-
-// A value of the idempotency keys bucket k is the first record's offset and
-// time (8 bytes each, big-endian).
-func putKeyVal(dst []byte, offset uint64, ms int64) []byte {
-	binary.BigEndian.PutUint64(dst, offset)
-	binary.BigEndian.PutUint64(dst[8:], uint64(ms))
-	return dst[:16:16]
-}
-
-func decodeKeyVal(v []byte) (offset uint64, ms int64, ok bool) {
-	if len(v) != 16 {
-		return 0, 0, false
-	}
-	return binary.BigEndian.Uint64(v), int64(binary.BigEndian.Uint64(v[8:])), true
 }

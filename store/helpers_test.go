@@ -224,6 +224,22 @@ func topicMeta(t testing.TB, db *DB, topic string) meta {
 	return m
 }
 
+// keyCount returns how many idempotency keys the index holds for topic (""
+// for all topics), read on the committer, which owns the index.
+func keyCount(t testing.TB, db *DB, topic string) int {
+	t.Helper()
+	n := 0
+	o := newOp(opView)
+	o.fn = func(*bbolt.Tx) error {
+		n = db.keys.count(topic)
+		return nil
+	}
+	if err := db.runSync(o); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 // waitFor polls cond until it holds, failing the test after 10 s.
 func waitFor(t testing.TB, cond func() bool) {
 	t.Helper()

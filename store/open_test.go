@@ -170,12 +170,15 @@ func TestOptionsDefaults(t *testing.T) {
 	}
 	if o.LockTimeout != DefaultLockTimeout || o.MaxBatchRecords != DefaultMaxBatchRecords || o.MaxBatchBytes != DefaultMaxBatchBytes ||
 		o.MaxRecordBytes != DefaultMaxRecordBytes || o.DedupWindow != DefaultDedupWindow || o.DedupMaxKeys != DefaultDedupMaxKeys ||
-		o.RetentionInterval != DefaultRetentionInterval || o.Now == nil || o.Logger == nil ||
+		o.DedupMaxKeysTotal != DefaultDedupMaxKeysTotal || o.RetentionInterval != DefaultRetentionInterval || o.Now == nil || o.Logger == nil ||
 		o.Retention != (Retention{MaxAge: DefaultMaxAge, MaxBytes: DefaultMaxBytes, MaxMessages: DefaultMaxMessages}) {
 		t.Fatalf("defaults %+v", o)
 	}
 	o, _ = (&Options{Retention: Retention{MaxAge: -1, MaxMessages: 5}}).withDefaults()
 	if o.Retention != (Retention{MaxAge: -1, MaxBytes: DefaultMaxBytes, MaxMessages: 5}) {
 		t.Fatalf("retention %+v", o.Retention)
+	}
+	if _, err := (&Options{DedupMaxKeysTotal: -1}).withDefaults(); err == nil {
+		t.Fatal("negative DedupMaxKeysTotal accepted")
 	}
 }

@@ -14,6 +14,7 @@ const (
 	DefaultMaxRecordBytes    = 1 << 20
 	DefaultDedupWindow       = 2 * time.Minute
 	DefaultDedupMaxKeys      = 100_000
+	DefaultDedupMaxKeysTotal = 1_000_000
 	DefaultRetentionInterval = 30 * time.Second
 
 	// DefaultMaxAge, DefaultMaxBytes and DefaultMaxMessages are the
@@ -86,16 +87,21 @@ type Options struct {
 
 	// DedupWindow is how long an idempotency key is remembered; negative
 	// turns idempotency off. DedupMaxKeys bounds the remembered keys per
-	// topic; beyond it the oldest key is forgotten first.
-	DedupWindow  time.Duration
-	DedupMaxKeys int
+	// topic and DedupMaxKeysTotal those of all topics together; beyond
+	// either, the oldest key (of the topic, or of all topics) is forgotten
+	// first. Keys are held in memory, about 90 bytes plus the key's length
+	// each (≈ 140 bytes for a UUID; see the package documentation), so
+	// DedupMaxKeysTotal bounds that memory whatever the number of topics.
+	DedupWindow       time.Duration
+	DedupMaxKeys      int
+	DedupMaxKeysTotal int
 
 	// Retention is the default retention of every topic (see Retention);
 	// SetRetention overrides it per topic.
 	Retention Retention
 
 	// RetentionInterval is how often the background loop applies retention
-	// and expires idempotency keys. Negative turns the loop off; call
+	// and expires idempotency keys (which every commit expires as well). Negative turns the loop off; call
 	// RunRetention yourself then.
 	RetentionInterval time.Duration
 
@@ -143,6 +149,9 @@ func (o *Options) withDefaults() (Options, error) {
 	if r.DedupMaxKeys == 0 {
 		r.DedupMaxKeys = DefaultDedupMaxKeys
 	}
+	if r.DedupMaxKeysTotal == 0 {
+		r.DedupMaxKeysTotal = DefaultDedupMaxKeysTotal
+	}
 	r.Retention = r.Retention.over(Retention{
 		MaxAge:      DefaultMaxAge,
 		MaxBytes:    DefaultMaxBytes,
@@ -168,6 +177,8 @@ func (o *Options) withDefaults() (Options, error) {
 		return r, fmt.Errorf("store: options: MaxRecordBytes %d is outside 1..%d", r.MaxRecordBytes, maxRecordLimit)
 	case r.DedupMaxKeys < 0:
 		return r, fmt.Errorf("store: options: DedupMaxKeys %d is negative", r.DedupMaxKeys)
+	case r.DedupMaxKeysTotal < 0:
+		return r, fmt.Errorf("store: options: DedupMaxKeysTotal %d is negative", r.DedupMaxKeysTotal)
 	}
 	return r, nil
 }

@@ -11,13 +11,15 @@ import (
 // inspects.
 const maintScanPage = 256
 
-// RunRetention applies retention to every topic and forgets expired
-// idempotency keys, then returns. The background loop calls it every
+// RunRetention forgets expired idempotency keys and applies retention to
+// every topic, then returns. The background loop calls it every
 // RetentionInterval; tests call it directly. Work is done by the committer
 // in transactions of at most 1,024 deletions per topic, which share their
 // fsync with the appends queued at the same time, so appends keep flowing.
 // Trimming advances a topic's earliest offset, never its head; a topic
-// trimmed empty keeps its head and has earliest = head+1.
+// trimmed empty keeps its head and has earliest = head+1. Trimming does not
+// forget keys: a duplicate of a trimmed record still gets its offset, until
+// the key expires (or the store is reopened, see the package documentation).
 func (db *DB) RunRetention() error {
 	after := ""
 	for {
@@ -31,7 +33,9 @@ func (db *DB) RunRetention() error {
 			}
 		}
 		if last == "" {
-			return nil
+			// Every commit expires keys too; this covers a store
+			// without appends.
+			return db.runSync(newOp(opExpire))
 		}
 		after = last
 	}
@@ -101,35 +105,22 @@ func (db *DB) maintCandidates(after string) (todo []string, last string, err err
 	return todo, last, err
 }
 
-// limits returns the topic's effective retention and key expiry cut-offs:
-// records with time < ageCut and keys with time <= keyCut are due.
-func (db *DB) limits(t *topicTx, nowMs int64) (r Retention, ageCut, keyCut int64) {
+// limits returns the topic's effective retention and its age cut-off:
+// records with time < ageCut are due.
+func (db *DB) limits(t *topicTx, nowMs int64) (r Retention, ageCut int64) {
 	r = t.m.ret.over(db.opts.Retention)
 	ageCut = math.MinInt64
 	if r.MaxAge > 0 {
 		ageCut = nowMs - r.MaxAge.Milliseconds()
 	}
-	keyCut = math.MaxInt64 // idempotency off: forget every key
-	if db.dedupOn() {
-		keyCut = nowMs - db.opts.DedupWindow.Milliseconds()
-	}
-	return r, ageCut, keyCut
+	return r, ageCut
 }
 
-// needsMaint reports whether the topic's oldest record or key is due.
+// needsMaint reports whether the topic's oldest record is due.
 func (db *DB) needsMaint(t *topicTx, nowMs int64) bool {
-	r, ageCut, keyCut := db.limits(t, nowMs)
-	if _, v := t.log.Cursor().First(); v != nil && db.recordDue(t, r, ageCut, v) {
-		return true
-	}
-	if t.m.keys > int64(db.opts.DedupMaxKeys) {
-		return true
-	}
-	if k, v := t.ix.Cursor().First(); k != nil {
-		_, ms, ok := t.lookupKey(v)
-		return !ok || ms <= keyCut
-	}
-	return false
+	r, ageCut := db.limits(t, nowMs)
+	_, v := t.log.Cursor().First()
+	return v != nil && db.recordDue(t, r, ageCut, v)
 }
 
 // recordDue reports whether the oldest record, v, must go.
@@ -139,14 +130,13 @@ func (db *DB) recordDue(t *topicTx, r Retention, ageCut int64, v []byte) bool {
 		recordTime(v) < ageCut
 }
 
-// applyMaint trims the topic's oldest records and forgets its expired or
-// excess idempotency keys, at most maintBudget deletions in all.
+// applyMaint trims the topic's oldest records, at most maintBudget of them.
 func (db *DB) applyMaint(b *batch, o *op) error {
 	t, err := b.topic(o.topic)
 	if err != nil || t == nil {
 		return err
 	}
-	r, ageCut, keyCut := db.limits(t, b.nowMs)
+	r, ageCut := db.limits(t, b.nowMs)
 	budget := maintBudget
 	c := t.log.Cursor()
 	for k, v := c.First(); k != nil && budget > 0; k, v = c.First() {
@@ -160,24 +150,6 @@ func (db *DB) applyMaint(b *batch, o *op) error {
 		t.m.count--
 		t.m.bytes -= n
 		t.m.earliest = off + 1
-		t.dirty = true
-		budget--
-	}
-	ic := t.ix.Cursor()
-	for k, v := ic.First(); k != nil && budget > 0; k, v = ic.First() {
-		off, ms, ok := t.lookupKey(v)
-		if ok && ms > keyCut && t.m.keys <= int64(db.opts.DedupMaxKeys) {
-			break
-		}
-		if ok && off == getOffset(k) {
-			if err := t.keys.Delete(v); err != nil {
-				return err
-			}
-		}
-		if err := ic.Delete(); err != nil {
-			return err
-		}
-		t.m.keys--
 		t.dirty = true
 		budget--
 	}

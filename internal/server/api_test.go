@@ -280,4 +280,3 @@ func TestConnectionRatePerIP(t *testing.T) {
 		t.Fatalf("rate rejections %d, want 1", n)
 	}
 }
-

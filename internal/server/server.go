@@ -147,7 +147,7 @@ func New(cfg Config, b *broker.Server) (*Server, error) {
 		ReadMaxPayloadSize: cfg.MaxFrameBytes,
 		// Each connection holds its read buffer for life: keep it small
 		// (larger payloads are read into their own buffer anyway).
-		ReadBufferSize: 1024,
+		ReadBufferSize: readBufferSize,
 		// Without context takeover a connection keeps no compression
 		// window between messages, so compression costs no idle memory.
 		PermessageDeflate: gws.PermessageDeflate{Enabled: cfg.Compression},

@@ -1,8 +1,11 @@
 package server
 
 import (
+	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -233,7 +236,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.log.Debug("websocket upgrade failed", "remote", r.RemoteAddr, "err", err)
 		return
 	}
-	c, err := s.upgrader.UpgradeFromConn(netConn, brw.Reader, r)
+	c, err := s.upgrader.UpgradeFromConn(netConn, smallReader(netConn, brw.Reader), r)
 	if err != nil {
 		s.log.Debug("websocket upgrade failed", "remote", r.RemoteAddr, "err", err)
 		return
@@ -284,4 +287,19 @@ func (s *Server) readLoop(c *gws.Conn, sess *broker.Session) {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// readBufferSize is the read buffer each connection keeps for life.
+const readBufferSize = 1024
+
+// smallReader returns a reader of readBufferSize over conn that first
+// yields what the HTTP server's reader (4 KiB, which would otherwise stay
+// with the connection for life) had already read ahead.
+func smallReader(conn net.Conn, br *bufio.Reader) *bufio.Reader {
+	n := br.Buffered()
+	if n == 0 {
+		return bufio.NewReaderSize(conn, readBufferSize)
+	}
+	ahead, _ := br.Peek(n)
+	return bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(ahead)), conn), readBufferSize)
 }
