@@ -418,3 +418,38 @@ func TestShutdownAnswersPendingPublishes(t *testing.T) {
 		t.Fatalf("head %d, want 2", info.Head)
 	}
 }
+
+// reset starts topic over in a new epoch, as a cluster failover does.
+func (m *memStore) reset(topic string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.topics, topic)
+	m.topicLocked(topic)
+}
+
+// A live subscription does not take a new epoch's records as the sequel
+// of its own: it ends with unsubbed epoch_mismatch.
+func TestEpochChangeEndsSubscriptions(t *testing.T) {
+	srv, st := newTestServer(t, nil)
+	publishN(t, srv, "t", 3)
+	s, c := connect(t, srv)
+	s.HandleFrame([]byte(`{"op":"sub","id":1,"topic":"t","from":1}`))
+	c.wait(t, "old epoch", func(evs []map[string]any) bool { return len(msgs(evs, "t")) == 3 })
+	st.reset("t")
+	publishN(t, srv, "t", 2)
+	evs := c.wait(t, "unsubbed", func(evs []map[string]any) bool {
+		for _, ev := range evs {
+			if ev["op"] == "unsubbed" && ev["code"] == "epoch_mismatch" {
+				return true
+			}
+		}
+		return false
+	})
+	if got := msgs(evs, "t"); len(got) != 3 {
+		t.Fatalf("messages %v: the new epoch's records reached the old subscription", got)
+	}
+	// A lagging subscription finds out on its next log read.
+	s2, c2 := connect(t, srv)
+	s2.HandleFrame([]byte(`{"op":"sub","id":1,"topic":"t","from":1}`))
+	c2.wait(t, "new epoch", func(evs []map[string]any) bool { return len(msgs(evs, "t")) == 2 })
+}

@@ -151,6 +151,8 @@ func storeError(id uint64, err error) *subproto.Error {
 	switch {
 	case errors.Is(err, ErrTooLarge):
 		return &subproto.Error{Code: subproto.CodeMessageTooLarge, ID: id, Message: err.Error()}
+	case errors.Is(err, ErrUnavailable):
+		return &subproto.Error{Code: subproto.CodeUnavailable, ID: id, Message: "unavailable now, retry: " + err.Error()}
 	case errors.Is(err, ErrClosed):
 		return &subproto.Error{Code: subproto.CodeUnavailable, ID: id, Message: "the broker is shutting down"}
 	default:

@@ -16,6 +16,11 @@ import (
 // ErrDraining is returned by Connect once Shutdown has begun.
 var ErrDraining = errors.New("broker: draining")
 
+// ErrUnavailable is what a Store wraps when it cannot serve a request now
+// (in a cluster: no node owns the topic at the moment). Clients get
+// unavailable and retry.
+var ErrUnavailable = errors.New("broker: unavailable")
+
 const topicShards = 64
 
 // Server is the hub: it owns topics, subscriptions and sessions, and
@@ -66,6 +71,9 @@ type topicState struct {
 	subs []*subscription
 	refs int    // subscriptions holding this state (guarded by the shard lock)
 	last uint64 // highest offset dispatched or known durable when created
+	// epoch of last: the topic's epoch when created, then of each
+	// dispatched run.
+	epoch string
 	// interested: the store was told of this topic (Interested); set once
 	// before the state is used.
 	interested bool
@@ -160,8 +168,8 @@ func (srv *Server) acquireTopic(topic string) (*topicState, error) {
 		t.interested = true
 	}
 	info, ok, err := srv.store.Topic(topic)
-	if err == nil && ok && info.Head > t.last {
-		t.last = info.Head
+	if err == nil && ok {
+		t.last, t.epoch = info.Head, info.Epoch
 	}
 	t.mu.Unlock()
 	if err != nil {
@@ -200,12 +208,24 @@ func (srv *Server) lookupTopic(topic string) *topicState {
 // subscription without blocking. The msg bytes of a record are encoded
 // once and shared by every exact subscription.
 func (srv *Server) onCommit(batch []Committed) {
-	var matches []*subscription
+	var matches, stale []*subscription
 	var arena []byte
 	for i := range batch {
 		c := &batch[i]
 		if t := srv.lookupTopic(c.Topic); t != nil {
 			t.mu.Lock()
+			if c.Epoch != t.epoch && t.epoch != "" {
+				// The topic's history was reset (a cluster failover, a
+				// reset): offsets start over. Subscriptions of the old
+				// epoch must not take the new records as their sequel.
+				t.last = 0
+				for _, sub := range t.subs {
+					if sub.epoch != c.Epoch {
+						stale = append(stale, sub)
+					}
+				}
+			}
+			t.epoch = c.Epoch
 			if len(t.subs) > 0 {
 				arena = arena[:0]
 				ends := make([]int, len(c.Records))
@@ -223,7 +243,9 @@ func (srv *Server) onCommit(batch []Committed) {
 					start = ends[j]
 					off := c.Records[j].Offset
 					for _, sub := range t.subs {
-						sub.sess.offer(sub, off, enc)
+						if sub.epoch == c.Epoch {
+							sub.sess.offer(sub, off, enc)
+						}
 					}
 				}
 			}
@@ -231,6 +253,10 @@ func (srv *Server) onCommit(batch []Committed) {
 				t.last = c.Records[n-1].Offset
 			}
 			t.mu.Unlock()
+			for _, sub := range stale {
+				sub.sess.endSub(sub, subproto.CodeEpochMismatch)
+			}
+			stale = stale[:0]
 		}
 		if srv.npatterns.Load() == 0 {
 			continue

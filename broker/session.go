@@ -429,10 +429,15 @@ func (s *Session) pump(sub *subscription) {
 		return
 	}
 	full := len(recs) >= n
-	if len(recs) == 0 {
-		// Nothing at from: either the subscription is at the head, or
-		// retention removed everything from from on.
-		if info, ok, err := s.srv.store.Topic(sub.topic); err == nil && ok && info.Earliest > from {
+	// The page must belong to the subscription's epoch (a reset starts
+	// offsets over), and an empty page tells whether retention removed
+	// everything from from on.
+	if info, ok, err := s.srv.store.Topic(sub.topic); err == nil && ok {
+		if info.Epoch != sub.epoch {
+			s.endSub(sub, subproto.CodeEpochMismatch)
+			return
+		}
+		if len(recs) == 0 && info.Earliest > from {
 			s.endSub(sub, subproto.CodeOffsetOutOfRange)
 			return
 		}

@@ -61,6 +61,11 @@ type config struct {
 	RetentionMsgs  int64
 	DedupWindow    time.Duration
 
+	NATS       string
+	Cluster    string
+	Partitions int
+	LeaseTTL   time.Duration
+
 	// fromEnv maps the name of each flag whose value came from the
 	// environment to its variable, so that errors name what the user set.
 	fromEnv map[string]string
@@ -115,6 +120,10 @@ func parseConfig(args []string, getenv func(string) string) (*config, error) {
 	fs.Int64Var(&c.RetentionBytes, "retention-max-bytes", 1<<30, "default per-topic retention: retained data bytes")
 	fs.Int64Var(&c.RetentionMsgs, "retention-max-messages", 10_000_000, "default per-topic retention: retained messages")
 	fs.DurationVar(&c.DedupWindow, "dedup-window", 2*time.Minute, "how long a publish's idempotency key is remembered")
+	fs.StringVar(&c.NATS, "nats", "", "comma-separated NATS server URLs (JetStream enabled); set, this node joins the cluster --cluster; unset, it runs alone")
+	fs.StringVar(&c.Cluster, "cluster", "brokerd", "cluster name: namespaces the NATS subjects and KV buckets, so that clusters can share one NATS")
+	fs.IntVar(&c.Partitions, "partitions", 64, "with --nats: partitions topics are hashed into, each with one owner node; the same on every node")
+	fs.DurationVar(&c.LeaseTTL, "lease-ttl", 5*time.Second, "with --nats: a dead node's partitions move to others after about this long")
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -254,6 +263,9 @@ func (c *config) validate() error {
 	}
 	if c.RetentionBytes <= 0 || c.RetentionMsgs <= 0 {
 		errs = append(errs, errors.New("--retention-max-bytes and --retention-max-messages must be positive"))
+	}
+	if c.NATS != "" {
+		errs = append(errs, c.validateCluster()...)
 	}
 	if c.Heartbeat > 0 && c.Heartbeat < time.Second {
 		errs = append(errs, fmt.Errorf("%s must be at least 1s, got %v", c.optName("heartbeat"), c.Heartbeat))

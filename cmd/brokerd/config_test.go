@@ -37,6 +37,9 @@ func defaultConfig() config {
 		RetentionBytes:   1 << 30,
 		RetentionMsgs:    10_000_000,
 		DedupWindow:      2 * time.Minute,
+		Cluster:          "brokerd",
+		Partitions:       64,
+		LeaseTTL:         5 * time.Second,
 	}
 }
 
@@ -153,7 +156,7 @@ func TestEveryFlagHasEnv(t *testing.T) {
 		}[name]
 		if env[envName(name)] == "" {
 			env[envName(name)] = "3" // an int
-			if strings.HasSuffix(name, "timeout") || name == "heartbeat" || strings.HasSuffix(name, "window") || strings.HasSuffix(name, "age") {
+			if strings.HasSuffix(name, "timeout") || name == "heartbeat" || strings.HasSuffix(name, "window") || strings.HasSuffix(name, "age") || strings.HasSuffix(name, "ttl") {
 				env[envName(name)] = "3s"
 			}
 		}

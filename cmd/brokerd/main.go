@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/brokerd/brokerd/broker"
+	"github.com/brokerd/brokerd/cluster"
 	"github.com/brokerd/brokerd/internal/metrics"
 	"github.com/brokerd/brokerd/internal/server"
 	"github.com/brokerd/brokerd/store"
@@ -69,7 +70,16 @@ func run(cfg *config) error {
 	}
 	defer st.Close()
 
-	b, err := broker.New(cfg.brokerConfig(log, authn, m), st)
+	var bst broker.Store = st
+	var node *cluster.Node
+	if cfg.NATS != "" {
+		if node, err = joinCluster(cfg, log, st); err != nil {
+			return err
+		}
+		defer node.Close()
+		bst = node
+	}
+	b, err := broker.New(cfg.brokerConfig(log, authn, m), bst)
 	if err != nil {
 		return err
 	}
@@ -112,6 +122,11 @@ func run(cfg *config) error {
 
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
+	if node != nil {
+		// Hand the partitions over first: clients still connected are
+		// served by forwarding until they are closed.
+		drainCluster(ctx, node, log)
+	}
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- hs.Shutdown(ctx) }()
 	// Shutdown returns once every client has been handed its 1001 close.
@@ -120,6 +135,9 @@ func run(cfg *config) error {
 	}
 	if err := <-httpDone; err != nil {
 		log.Warn("http shutdown did not finish", "err", err)
+	}
+	if node != nil {
+		_ = node.Close()
 	}
 	if err := st.Close(); err != nil {
 		return fmt.Errorf("closing the store: %w", err)

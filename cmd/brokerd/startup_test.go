@@ -209,6 +209,10 @@ var helpFlags = map[string]string{
 	"retention-max-bytes":    "1073741824",
 	"retention-max-messages": "10000000",
 	"dedup-window":           "2m0s",
+	"nats":                   "",
+	"cluster":                "brokerd",
+	"partitions":             "64",
+	"lease-ttl":              "5s",
 }
 
 func TestHelp(t *testing.T) {

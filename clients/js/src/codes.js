@@ -15,7 +15,7 @@ export const ErrorCodes = Object.freeze({
   unauthorized: "The connection is not authenticated (only auth and ping are allowed before), or the token of an auth is invalid; on a live connection the old token stays in force.",
   forbidden: "The token does not allow this pub, sub or ack. As an unsubbed code: a new token no longer allows the subscription.",
   offset_out_of_range: "The offset is outside the topic's log: from older than the earliest retained offset (without if_gone \"earliest\") or beyond the head, or an ack beyond the head. The err carries earliest and latest. As an unsubbed code: retention removed messages a lagging subscription had not received yet; subscribe again (with if_gone \"earliest\" to accept the hole).",
-  epoch_mismatch: "The epoch of the sub (or of the consumer's acked offset) is not the topic's current epoch: its history was reset. The err carries epoch, earliest and latest.",
+  epoch_mismatch: "The epoch of the sub (or of the consumer's acked offset) is not the topic's current epoch: its history was reset. The err carries epoch, earliest and latest. As an unsubbed code: the topic's history was reset under a live subscription; subscribe again to learn the new epoch.",
   not_subscribed: "An unsub for a topic or pattern this connection is not subscribed to.",
   already_subscribed: "A sub for a topic or pattern this connection is already subscribed to.",
   too_many_subscriptions: "The connection holds as many subscriptions as it may.",

@@ -242,6 +242,12 @@ export class Subscription extends EventTarget {
     this._sent = false;
     this.state = 'pending';
     const code = ev.code;
+    if (code === 'epoch_mismatch') {
+      // The history was reset under this subscription: subscribe again with
+      // the old position, so the err epoch_mismatch brings the new epoch and
+      // the usual handling (event, then the documented restart) applies.
+      return true;
+    }
     if (code === 'offset_out_of_range') {
       // Retention overtook this subscription while it caught up.
       const e = this._emit('offset_out_of_range', {

@@ -1,0 +1,94 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/brokerd/brokerd/store"
+)
+
+// Config configures a Node. Local and Node are required, and one of
+// NATSURLs and Conn; everything else has a default.
+type Config struct {
+	// NATSURLs are the NATS servers to connect to. The Node opens its own
+	// connection (with NoEcho) and closes it in Close.
+	NATSURLs []string
+	// Conn is an established connection to use instead of NATSURLs. The
+	// Node does not close it.
+	Conn *nats.Conn
+	// Cluster namespaces the NATS subjects (brokerd.<Cluster>.…) and the
+	// KV buckets (brokerd_<Cluster>_…), so that clusters can share a NATS.
+	// Default "brokerd".
+	Cluster string
+	// Node is this node's name, unique in the cluster: letters, digits,
+	// '-' and '_'.
+	Node string
+	// Local is this node's store. The Node installs its own commit hook on
+	// it, so it must not have seen an append yet.
+	Local *store.DB
+	// Partitions is the number of partitions topics are hashed into; each
+	// has one owner at a time. Every node of a cluster must use the same
+	// number. Default 64.
+	Partitions int
+	// LeaseTTL is how long a partition lease lasts without renewal; an
+	// owner renews every LeaseTTL/3, and a dead owner's partitions move
+	// after about LeaseTTL. Default 5s.
+	LeaseTTL time.Duration
+	// RequestTimeout bounds one request to another node, and how long an
+	// operation waits for its partition to get an owner. Default
+	// 2×LeaseTTL.
+	RequestTimeout time.Duration
+	Logger         *slog.Logger
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+func (c Config) withDefaults() Config {
+	if c.Cluster == "" {
+		c.Cluster = "brokerd"
+	}
+	if c.Partitions == 0 {
+		c.Partitions = 64
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 5 * time.Second
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = 2 * c.LeaseTTL
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if !nameRE.MatchString(c.Cluster) {
+		errs = append(errs, fmt.Errorf("cluster: cluster name %q: want 1 to 64 letters, digits, '-' or '_'", c.Cluster))
+	}
+	if !nameRE.MatchString(c.Node) {
+		errs = append(errs, fmt.Errorf("cluster: node name %q: want 1 to 64 letters, digits, '-' or '_'", c.Node))
+	}
+	if c.Local == nil {
+		errs = append(errs, errors.New("cluster: Config.Local is required"))
+	}
+	if c.Conn == nil && len(c.NATSURLs) == 0 {
+		errs = append(errs, errors.New("cluster: give NATSURLs or Conn"))
+	}
+	if c.Partitions < 1 || c.Partitions > 4096 {
+		errs = append(errs, fmt.Errorf("cluster: partitions %d: want 1 to 4096", c.Partitions))
+	}
+	if c.LeaseTTL < 300*time.Millisecond {
+		errs = append(errs, fmt.Errorf("cluster: lease TTL %v: want at least 300ms", c.LeaseTTL))
+	}
+	if c.RequestTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("cluster: request timeout %v must be positive", c.RequestTimeout))
+	}
+	return errors.Join(errs...)
+}

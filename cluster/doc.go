@@ -1,0 +1,30 @@
+// Package cluster joins several brokerd nodes over NATS into one broker.
+//
+// A Node is the broker.Store (and broker.Interested) of its node's broker,
+// in front of the node's local store, so the broker runs unchanged:
+//
+//   - Topics are hashed into a fixed number of partitions. Each partition
+//     has one owner, which assigns its topics' offsets. Ownership is a
+//     lease in the JetStream KV bucket brokerd_<cluster>_leases (key
+//     p<partition>, value "<node> <term>"), taken with Create, renewed
+//     with Update against the last revision every LeaseTTL/3, and deleted
+//     on Drain. The term, the revision that created the lease, is the
+//     fencing token. A lease whose revision has not changed for LeaseTTL,
+//     as observed by the node itself, is stale and may be taken over with
+//     Update against that revision; no clocks are compared. Live nodes
+//     heartbeat in brokerd_<cluster>_nodes (entries expire after LeaseTTL);
+//     each node takes at most its share, ceil(partitions/nodes), and hands
+//     back what is over it.
+//   - Writes and reads of a topic go to its owner: locally, or by NATS
+//     request-reply on brokerd.<cluster>.rpc.<node>. Listings (Topics,
+//     Consumers) ask every live node for the partitions it owns.
+//   - The owner publishes each committed record on
+//     brokerd.<cluster>.live.<topic>; a node subscribes there only to the
+//     topics and patterns its own clients want (Interest).
+//   - There is no replication yet: a topic's log lives only on its owner.
+//     A node that takes a partition under a term its local data does not
+//     belong to starts every local topic of it in a new epoch, so clients
+//     see epoch_mismatch rather than a gap or a reused offset. The term
+//     the local data belongs to is kept in cluster-<cluster>.json beside
+//     the store.
+package cluster

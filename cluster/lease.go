@@ -1,0 +1,411 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// part is this node's view of one partition's lease. Guarded by Node.mu.
+type part struct {
+	owner string    // the lease holder as last seen; "" when free or unknown
+	term  uint64    // the holder's term: the KV revision that created its lease
+	rev   uint64    // the lease entry's revision as last seen (ours when mine)
+	seen  time.Time // when rev was first seen here: a revision unchanged for LeaseTTL is stale
+	mine  bool      // this node holds the lease, and rev is its last write
+	ready bool      // mine, and the local data belongs to term: requests are served
+	sent  time.Time // mine: when the last successful write of the lease was sent
+}
+
+// A lease value is "<node> <term>". A term of 0 means "the revision of
+// this entry": the value written when a lease is taken, before its
+// revision is known.
+func leaseValue(node string, term uint64) []byte {
+	return []byte(node + " " + strconv.FormatUint(term, 10))
+}
+
+func parseLease(e jetstream.KeyValueEntry) (owner string, term uint64) {
+	owner, t, _ := strings.Cut(string(e.Value()), " ")
+	term, _ = strconv.ParseUint(t, 10, 64)
+	if term == 0 {
+		term = e.Revision()
+	}
+	return owner, term
+}
+
+func leaseKey(p int) string { return "p" + strconv.Itoa(p) }
+
+// leaseLoop keeps the leases: it renews this node's, takes free and stale
+// ones while the node holds less than its share, and releases what is
+// over its share.
+func (n *Node) leaseLoop() {
+	defer n.wg.Done()
+	tick := time.NewTicker(n.cfg.LeaseTTL / 6)
+	defer tick.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-tick.C:
+		case <-n.kick:
+		}
+		n.pass()
+	}
+}
+
+// poke asks the lease loop for an early pass.
+func (n *Node) poke() {
+	select {
+	case n.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (n *Node) opCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), n.cfg.LeaseTTL/3)
+}
+
+// pass runs one round over every partition. Passes and Drain are
+// serialised by passMu.
+func (n *Node) pass() {
+	n.passMu.Lock()
+	defer n.passMu.Unlock()
+	if n.closed.Load() {
+		return
+	}
+	draining := n.draining.Load()
+	if !draining {
+		ctx, cancel := n.opCtx()
+		if _, err := n.nodes.Put(ctx, n.cfg.Node, []byte(strconv.Itoa(n.cfg.Partitions))); err != nil {
+			n.log.Warn("cluster: heartbeat", "err", err)
+		}
+		cancel()
+	}
+	live := n.liveNodes()
+	share := (n.cfg.Partitions + max(len(live), 1) - 1) / max(len(live), 1)
+	ttl := n.cfg.LeaseTTL
+	start := rand.IntN(n.cfg.Partitions)
+	for i := range n.cfg.Partitions {
+		if n.closed.Load() {
+			return
+		}
+		p := (start + i) % n.cfg.Partitions
+		key := leaseKey(p)
+		ctx, cancel := n.opCtx()
+		e, err := n.leases.Get(ctx, key)
+		cancel()
+		now := time.Now()
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			n.mu.Lock()
+			st := &n.parts[p]
+			if st.mine {
+				n.log.Warn("cluster: lease vanished", "partition", p)
+			}
+			*st = part{}
+			n.mu.Unlock()
+			if !draining && n.owned() < share {
+				n.take(p, 0)
+			}
+			continue
+		}
+		if err != nil {
+			n.log.Warn("cluster: reading lease", "partition", p, "err", err)
+			continue
+		}
+		owner, term := parseLease(e)
+		n.mu.Lock()
+		st := &n.parts[p]
+		if e.Revision() != st.rev {
+			st.rev, st.seen = e.Revision(), now
+		}
+		mine, sent := st.mine, st.sent
+		if owner != n.cfg.Node {
+			if st.mine {
+				n.log.Warn("cluster: lease lost", "partition", p, "to", owner)
+			}
+			st.mine, st.ready = false, false
+			st.owner, st.term = owner, term
+		}
+		stale := now.Sub(st.seen) >= ttl+ttl/10
+		n.mu.Unlock()
+		switch {
+		case owner == n.cfg.Node && mine && e.Revision() == n.partRev(p):
+			if now.Sub(sent) >= ttl/3 {
+				n.renew(p, term, e.Revision())
+			}
+		case owner == n.cfg.Node:
+			// Written by an earlier run of this node (or a renewal whose
+			// answer was lost): nobody took it since, so it is ours.
+			if !draining {
+				n.claim(p, e.Revision(), term)
+			}
+		case stale && !draining && n.owned() < share:
+			n.take(p, e.Revision())
+		}
+	}
+	if draining || len(live) < 2 {
+		return
+	}
+	if excess := n.owned() - share; excess > 0 {
+		n.release(n.pick(excess))
+	}
+}
+
+func (n *Node) partRev(p int) uint64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.parts[p].rev
+}
+
+// owned counts the partitions this node holds.
+func (n *Node) owned() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c := 0
+	for i := range n.parts {
+		if n.parts[i].mine {
+			c++
+		}
+	}
+	return c
+}
+
+// pick returns up to k partitions this node holds, chosen at random.
+func (n *Node) pick(k int) []int {
+	n.mu.Lock()
+	var list []int
+	for i := range n.parts {
+		if n.parts[i].mine {
+			list = append(list, i)
+		}
+	}
+	n.mu.Unlock()
+	rand.Shuffle(len(list), func(i, j int) { list[i], list[j] = list[j], list[i] })
+	return list[:min(k, len(list))]
+}
+
+// liveNodes lists the nodes whose heartbeat has not expired.
+func (n *Node) liveNodes() []string {
+	ctx, cancel := n.opCtx()
+	defer cancel()
+	kl, err := n.nodes.ListKeys(ctx)
+	if err != nil {
+		return []string{n.cfg.Node}
+	}
+	defer func() { _ = kl.Stop() }()
+	var out []string
+	for k := range kl.Keys() {
+		out = append(out, k)
+	}
+	return out
+}
+
+// take creates the lease of a free partition (rev 0), or replaces a stale
+// one whose last revision is rev.
+func (n *Node) take(p int, rev uint64) {
+	ctx, cancel := n.opCtx()
+	defer cancel()
+	sent := time.Now()
+	var (
+		nrev uint64
+		err  error
+	)
+	if rev == 0 {
+		nrev, err = n.leases.Create(ctx, leaseKey(p), leaseValue(n.cfg.Node, 0))
+	} else {
+		nrev, err = n.leases.Update(ctx, leaseKey(p), leaseValue(n.cfg.Node, 0), rev)
+	}
+	if err != nil {
+		return // another node was faster
+	}
+	n.acquire(p, nrev, nrev, sent)
+}
+
+// claim takes back a lease that names this node.
+func (n *Node) claim(p int, rev, term uint64) {
+	ctx, cancel := n.opCtx()
+	defer cancel()
+	sent := time.Now()
+	nrev, err := n.leases.Update(ctx, leaseKey(p), leaseValue(n.cfg.Node, term), rev)
+	if err != nil {
+		return
+	}
+	n.acquire(p, nrev, term, sent)
+}
+
+func (n *Node) renew(p int, term, rev uint64) {
+	ctx, cancel := n.opCtx()
+	defer cancel()
+	sent := time.Now()
+	nrev, err := n.leases.Update(ctx, leaseKey(p), leaseValue(n.cfg.Node, term), rev)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st := &n.parts[p]
+	if err != nil {
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) {
+			// Somebody else wrote the lease: stop serving at once; the
+			// next pass sees who holds it.
+			st.mine, st.ready = false, false
+		}
+		n.log.Warn("cluster: renewing lease", "partition", p, "err", err)
+		return
+	}
+	if st.mine && st.term == term {
+		st.rev, st.seen, st.sent = nrev, time.Now(), sent
+	}
+}
+
+// acquire makes a lease just written by this node its own, and gets the
+// local data ready for its term: data of another term (or of no record) is
+// history this node cannot vouch for, so every local topic of the
+// partition starts a new epoch.
+func (n *Node) acquire(p int, rev, term uint64, sent time.Time) {
+	n.mu.Lock()
+	n.parts[p] = part{owner: n.cfg.Node, term: term, rev: rev, seen: time.Now(), mine: true, sent: sent}
+	n.mu.Unlock()
+	if err := n.prepare(p, term); err != nil {
+		n.log.Error("cluster: preparing partition; releasing it", "partition", p, "err", err)
+		n.release([]int{p})
+		return
+	}
+	n.mu.Lock()
+	st := &n.parts[p]
+	if st.mine && st.term == term {
+		st.ready = true
+	}
+	n.mu.Unlock()
+	n.log.Debug("cluster: partition acquired", "partition", p, "term", term)
+}
+
+func (n *Node) prepare(p int, term uint64) error {
+	n.tmu.Lock()
+	same := n.terms.Terms[p] == term
+	n.tmu.Unlock()
+	if same {
+		return nil
+	}
+	after := ""
+	for {
+		list, err := n.local.Topics(after, 1000)
+		if err != nil {
+			return err
+		}
+		for _, ti := range list {
+			if n.partition(ti.Topic) != p {
+				continue
+			}
+			epoch, err := n.local.ResetTopic(ti.Topic)
+			if err != nil {
+				return err
+			}
+			n.log.Info("cluster: topic history not held for this term: new epoch", "topic", ti.Topic, "partition", p, "term", term, "epoch", epoch)
+		}
+		if len(list) < 1000 {
+			break
+		}
+		after = list[len(list)-1].Topic
+	}
+	n.tmu.Lock()
+	defer n.tmu.Unlock()
+	n.terms.Terms[p] = term
+	return n.terms.save(n.termsPath)
+}
+
+// release hands partitions over: it stops serving them, waits (briefly)
+// for local appends in flight, and deletes their leases so that another
+// node takes them at once.
+func (n *Node) release(ps []int) {
+	if len(ps) == 0 {
+		return
+	}
+	n.mu.Lock()
+	revs := make([]uint64, len(ps))
+	for i, p := range ps {
+		n.parts[p].ready = false
+		revs[i] = n.parts[p].rev
+	}
+	n.mu.Unlock()
+	for deadline := time.Now().Add(n.cfg.LeaseTTL / 3); n.inflight.Load() > 0 && time.Now().Before(deadline); {
+		time.Sleep(2 * time.Millisecond)
+	}
+	for i, p := range ps {
+		ctx, cancel := n.opCtx()
+		err := n.leases.Delete(ctx, leaseKey(p), jetstream.LastRevision(revs[i]))
+		cancel()
+		n.mu.Lock()
+		n.parts[p] = part{}
+		n.mu.Unlock()
+		if err != nil {
+			n.log.Warn("cluster: releasing lease", "partition", p, "err", err)
+		}
+	}
+	n.log.Debug("cluster: partitions released", "count", len(ps))
+}
+
+// terms records which lease term the local data of each partition belongs
+// to, so that a node that takes back a lease of the same term keeps its
+// data. It is a small JSON file beside the store.
+type terms struct {
+	Cluster    string         `json:"cluster"`
+	Partitions int            `json:"partitions"`
+	Terms      map[int]uint64 `json:"terms"`
+}
+
+func loadTerms(path, cluster string, partitions int) (*terms, error) {
+	t := &terms{Cluster: cluster, Partitions: partitions, Terms: map[int]uint64{}}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return t, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var f terms
+	if err := json.Unmarshal(b, &f); err != nil {
+		return nil, fmt.Errorf("cluster: %s: %w", filepath.Base(path), err)
+	}
+	if f.Cluster == cluster && f.Partitions == partitions && f.Terms != nil {
+		t.Terms = f.Terms
+	}
+	return t, nil
+}
+
+// save writes the record durably before the partition is served.
+func (t *terms) save(path string) error {
+	b, err := json.Marshal(t)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err = f.Write(b); err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		_ = d.Sync()
+		_ = d.Close()
+	}
+	return nil
+}

@@ -1,0 +1,161 @@
+package cluster
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/brokerd/brokerd/broker"
+)
+
+// Live records travel on brokerd.<cluster>.live.<topic>, one NATS message
+// per record: the origin node, the epoch, the offset, the time, then the
+// data. Topic patterns are NATS subject patterns already, so a pattern
+// subscription maps onto a NATS wildcard subscription as it is.
+
+// interest is one NATS subscription shared by the broker's subscriptions
+// to a topic or pattern. Guarded by Node.imu.
+type interest struct {
+	sub  *nats.Subscription
+	refs int
+}
+
+// liveMark is the last live record of a topic handed to the hook, so that
+// a record that arrives through two subscriptions (a topic and a pattern
+// covering it) is delivered once.
+type liveMark struct {
+	epoch string
+	off   uint64
+	at    time.Time
+}
+
+func (n *Node) liveSubject(topicOrPattern string) string { return n.prefix + "live." + topicOrPattern }
+
+// Interest subscribes on NATS to the live records of topicOrPattern that
+// other nodes commit (first call), or drops the subscription (last call).
+// A call with on returns once the subscription is in place on the NATS
+// server this node is connected to.
+func (n *Node) Interest(topicOrPattern string, on bool) error {
+	if n.closed.Load() {
+		return broker.ErrClosed
+	}
+	n.imu.Lock()
+	in := n.interest[topicOrPattern]
+	if !on {
+		if in != nil {
+			if in.refs--; in.refs == 0 {
+				delete(n.interest, topicOrPattern)
+				_ = in.sub.Unsubscribe()
+			}
+		}
+		n.imu.Unlock()
+		return nil
+	}
+	if in == nil {
+		sub, err := n.nc.Subscribe(n.liveSubject(topicOrPattern), n.onLive)
+		if err != nil {
+			n.imu.Unlock()
+			return fmt.Errorf("cluster: subscribing to %s: %w", topicOrPattern, err)
+		}
+		_ = sub.SetPendingLimits(-1, 64<<20)
+		in = &interest{sub: sub}
+		n.interest[topicOrPattern] = in
+	}
+	in.refs++
+	n.imu.Unlock()
+	if err := n.nc.FlushTimeout(n.cfg.RequestTimeout); err != nil {
+		// Keep the count paired: the broker calls Interest(x, false) only
+		// for a successful Interest(x, true).
+		_ = n.Interest(topicOrPattern, false)
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	return nil
+}
+
+// onLive hands a record committed on another node to the broker's hook.
+// Each NATS subscription calls it from its own goroutine in arrival order;
+// the records of one topic come from its one owner, in offset order.
+func (n *Node) onLive(m *nats.Msg) {
+	topic, ok := strings.CutPrefix(m.Subject, n.prefix+"live.")
+	if !ok {
+		return
+	}
+	r := &reader{b: m.Data}
+	origin := r.string()
+	epoch := r.string()
+	rec := broker.Record{Offset: r.uvarint(), Time: r.varint()}
+	rec.Data = r.rest()
+	if r.err != nil || origin == n.cfg.Node {
+		return
+	}
+	if _, _, local := n.where(n.partition(topic)); local {
+		return // a former owner's late record: this node's log is the topic's now
+	}
+	fp := n.hook.Load()
+	if fp == nil {
+		return
+	}
+	n.hookMu.Lock()
+	defer n.hookMu.Unlock()
+	if mk, ok := n.lastLive[topic]; ok && mk.epoch == epoch && rec.Offset <= mk.off {
+		return
+	}
+	n.lastLive[topic] = liveMark{epoch: epoch, off: rec.Offset, at: time.Now()}
+	(*fp)([]broker.Committed{{Topic: topic, Epoch: epoch, Records: []broker.Record{rec}}})
+	if len(n.lastLive) > 4096 {
+		n.forgetLiveLocked()
+	}
+}
+
+// forgetLiveLocked drops the marks not updated for a minute.
+func (n *Node) forgetLiveLocked() {
+	cut := time.Now().Add(-time.Minute)
+	for t, mk := range n.lastLive {
+		if mk.at.Before(cut) {
+			delete(n.lastLive, t)
+		}
+	}
+}
+
+// onLocalCommit is the local store's commit hook: the records of the
+// partitions this node owns go to the broker and, on NATS, to the other
+// nodes. Records committed after their partition's lease was lost are
+// neither: they were not acknowledged and belong to no one's history.
+func (n *Node) onLocalCommit(batch []broker.Committed) {
+	keep := batch[:0:0]
+	for i := range batch {
+		if n.ownsNow(batch[i].Topic) {
+			keep = append(keep, batch[i])
+		}
+	}
+	if len(keep) == 0 {
+		return
+	}
+	n.deliver(keep)
+	var b []byte
+	for i := range keep {
+		c := &keep[i]
+		subject := n.liveSubject(c.Topic)
+		for j := range c.Records {
+			rec := &c.Records[j]
+			b = make([]byte, 0, 32+len(n.cfg.Node)+len(c.Epoch)+len(rec.Data))
+			b = putString(b, n.cfg.Node)
+			b = putString(b, c.Epoch)
+			b = putUvarint(b, rec.Offset)
+			b = putVarint(b, rec.Time)
+			b = append(b, rec.Data...)
+			if err := n.nc.Publish(subject, b); err != nil {
+				n.log.Warn("cluster: publishing a live record", "topic", c.Topic, "offset", rec.Offset, "err", err)
+			}
+		}
+	}
+}
+
+// ownsNow reports whether this node holds the lease of topic's partition.
+func (n *Node) ownsNow(topic string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.parts[n.partition(topic)].mine
+}

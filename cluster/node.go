@@ -1,0 +1,320 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/brokerd/brokerd/broker"
+	"github.com/brokerd/brokerd/store"
+)
+
+var (
+	_ broker.Store      = (*Node)(nil)
+	_ broker.Interested = (*Node)(nil)
+)
+
+// ErrUnavailable is returned when a topic's partition has no reachable
+// owner within the request timeout, or its owner lost the lease while a
+// write was in flight. It wraps broker.ErrUnavailable, which the broker answers
+// with the wire code unavailable.
+var ErrUnavailable = fmt.Errorf("cluster: no owner reachable for the topic: %w", broker.ErrUnavailable)
+
+// Node is one broker node of a cluster over NATS. It is the broker.Store
+// of its broker: it serves the topics of the partitions it owns from its
+// local store, forwards everything else to their owners, and delivers the
+// live records of other owners to the broker's commit hook for the topics
+// and patterns its subscribers want (broker.Interested).
+//
+// Lock order (outer first): passMu → mu; passMu → tmu. imu, pmu, hookMu
+// and mu are leaves. The broker's commit hook runs with hookMu held and
+// nothing else; hookMu is never taken by a method the broker calls.
+type Node struct {
+	cfg       Config
+	log       *slog.Logger
+	local     *store.DB
+	nc        *nats.Conn
+	ownConn   bool
+	leases    jetstream.KeyValue
+	nodes     jetstream.KeyValue
+	prefix    string // "brokerd.<cluster>."
+	termsPath string
+
+	passMu sync.Mutex // serialises lease passes and Drain
+
+	mu    sync.Mutex
+	parts []part // guarded by mu
+
+	tmu   sync.Mutex
+	terms *terms // guarded by tmu
+
+	hook     atomic.Pointer[func([]broker.Committed)]
+	hookMu   sync.Mutex
+	lastLive map[string]liveMark // guarded by hookMu
+
+	imu      sync.Mutex
+	interest map[string]*interest // guarded by imu
+
+	pmu     sync.Mutex
+	pending map[uint64]*call // guarded by pmu
+	nextID  uint64           // guarded by pmu
+	inbox   string
+
+	rpcSub, replySub *nats.Subscription
+	sem              chan struct{} // bounds requests served concurrently
+	inflight         atomic.Int64  // local writes of owned partitions in flight
+
+	kick     chan struct{}
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	closed   atomic.Bool
+	draining atomic.Bool
+}
+
+// New connects to NATS, joins the cluster and starts taking its share of
+// the partitions. The first round of leases is done when New returns.
+func New(cfg Config) (*Node, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	n := &Node{
+		cfg:       cfg,
+		log:       cfg.Logger.With("cluster", cfg.Cluster),
+		local:     cfg.Local,
+		nc:        cfg.Conn,
+		prefix:    "brokerd." + cfg.Cluster + ".",
+		termsPath: filepath.Join(filepath.Dir(cfg.Local.Path()), "cluster-"+cfg.Cluster+".json"),
+		parts:     make([]part, cfg.Partitions),
+		lastLive:  make(map[string]liveMark),
+		interest:  make(map[string]*interest),
+		pending:   make(map[uint64]*call),
+		sem:       make(chan struct{}, 64),
+		kick:      make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+	}
+	var err error
+	if n.terms, err = loadTerms(n.termsPath, cfg.Cluster, cfg.Partitions); err != nil {
+		return nil, err
+	}
+	if n.nc == nil {
+		n.nc, err = nats.Connect(strings.Join(cfg.NATSURLs, ","),
+			nats.Name("brokerd "+cfg.Cluster+"/"+cfg.Node), nats.NoEcho(),
+			nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond),
+			nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+				n.log.Warn("cluster: nats", "err", err)
+			}))
+		if err != nil {
+			return nil, fmt.Errorf("cluster: connecting to NATS: %w", err)
+		}
+		n.ownConn = true
+	}
+	if err := n.start(); err != nil {
+		n.shut()
+		return nil, err
+	}
+	return n, nil
+}
+
+func (n *Node) start() error {
+	js, err := jetstream.New(n.nc)
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	bucket := "brokerd_" + n.cfg.Cluster + "_"
+	if n.leases, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: bucket + "leases", Description: "brokerd partition leases: partition → owner and term",
+	}); err != nil {
+		return fmt.Errorf("cluster: lease bucket: %w", err)
+	}
+	if n.nodes, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: bucket + "nodes", Description: "brokerd live nodes: node → heartbeat", TTL: n.cfg.LeaseTTL,
+	}); err != nil {
+		return fmt.Errorf("cluster: node bucket: %w", err)
+	}
+	n.local.SetCommitHook(n.onLocalCommit)
+	if n.rpcSub, err = n.nc.Subscribe(n.rpcSubject(n.cfg.Node), n.serve); err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	n.inbox = nats.NewInbox()
+	if n.replySub, err = n.nc.Subscribe(n.inbox+".*", n.onReply); err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	for _, s := range []*nats.Subscription{n.rpcSub, n.replySub} {
+		_ = s.SetPendingLimits(-1, 256<<20)
+	}
+	if err := n.nc.FlushTimeout(5 * time.Second); err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	n.pass()
+	n.wg.Add(1)
+	go n.leaseLoop()
+	n.log.Info("cluster: joined", "partitions", n.cfg.Partitions, "owned", n.owned())
+	return nil
+}
+
+// Drain hands this node's partitions over before it stops: it stops
+// serving them, lets local writes in flight finish, and deletes their
+// leases so that the other nodes take them at once. When no other node is
+// alive the leases are kept, so that a restart of this node finds its
+// data valid. The node keeps forwarding to the new owners until Close.
+func (n *Node) Drain(ctx context.Context) error {
+	if n.closed.Load() {
+		return broker.ErrClosed
+	}
+	n.draining.Store(true)
+	n.passMu.Lock()
+	defer n.passMu.Unlock()
+	c, cancel := n.opCtx()
+	_ = n.nodes.Delete(c, n.cfg.Node)
+	cancel()
+	others := false
+	for _, name := range n.liveNodes() {
+		if name != n.cfg.Node {
+			others = true
+		}
+	}
+	if !others {
+		return nil
+	}
+	n.release(n.pick(n.cfg.Partitions))
+	return ctx.Err()
+}
+
+// Close leaves the cluster without handing leases over (the other nodes
+// take them once they expire), stops serving other nodes and closes the
+// NATS connection when the Node opened it. It does not close the local
+// store. Operations in flight fail with broker.ErrClosed.
+func (n *Node) Close() error {
+	if n.closed.Swap(true) {
+		return nil
+	}
+	close(n.stop)
+	n.wg.Wait()
+	n.passMu.Lock() // a pass in progress ends with its current request
+	n.passMu.Unlock()
+	n.shut()
+	return nil
+}
+
+func (n *Node) shut() {
+	n.closed.Store(true)
+	for _, s := range []*nats.Subscription{n.rpcSub, n.replySub} {
+		if s != nil {
+			_ = s.Unsubscribe()
+		}
+	}
+	n.imu.Lock()
+	for x, in := range n.interest {
+		_ = in.sub.Unsubscribe()
+		delete(n.interest, x)
+	}
+	n.imu.Unlock()
+	n.pmu.Lock()
+	calls := n.pending
+	n.pending = map[uint64]*call{}
+	n.pmu.Unlock()
+	for _, c := range calls {
+		c.timer.Stop()
+		c.done(nil, broker.ErrClosed)
+	}
+	if n.ownConn && n.nc != nil {
+		n.nc.Close()
+	}
+}
+
+// Owned returns the partitions this node serves now.
+func (n *Node) Owned() []int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []int
+	for i := range n.parts {
+		if n.parts[i].ready {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// Owner returns the owner and term of topic's partition as this node
+// sees them; owner is "" when the partition has none.
+func (n *Node) Owner(topic string) (owner string, term uint64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st := n.parts[n.partition(topic)]
+	return st.owner, st.term
+}
+
+// Partition returns topic's partition.
+func (n *Node) Partition(topic string) int { return n.partition(topic) }
+
+func (n *Node) partition(topic string) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(topic))
+	return int(h.Sum32() % uint32(n.cfg.Partitions))
+}
+
+func (n *Node) rpcSubject(node string) string { return n.prefix + "rpc." + node }
+
+// where tells how partition p is served now: by this node (local), by
+// owner, or by nobody yet (owner "").
+func (n *Node) where(p int) (owner string, term uint64, local bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st := &n.parts[p]
+	if st.mine {
+		if st.ready && time.Since(st.sent) < n.cfg.LeaseTTL-n.cfg.LeaseTTL/10 {
+			return n.cfg.Node, st.term, true
+		}
+		return "", 0, false
+	}
+	return st.owner, st.term, false
+}
+
+// holds reports whether this node still holds p's lease of term.
+func (n *Node) holds(p int, term uint64) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st := &n.parts[p]
+	return st.mine && st.term == term && time.Since(st.sent) < n.cfg.LeaseTTL
+}
+
+// SetCommitHook installs the broker's hook. It sees the records of the
+// partitions this node owns as they are committed, and the live records of
+// other owners for the topics and patterns of Interest.
+func (n *Node) SetCommitHook(fn func(batch []broker.Committed)) {
+	if fn == nil {
+		n.hook.Store(nil)
+		return
+	}
+	n.hook.Store(&fn)
+}
+
+// deliver calls the broker's hook; calls are serialised.
+func (n *Node) deliver(batch []broker.Committed) {
+	if fp := n.hook.Load(); fp != nil {
+		n.hookMu.Lock()
+		(*fp)(batch)
+		n.hookMu.Unlock()
+	}
+}
+
+func backoff(attempt int) time.Duration {
+	return min(10*time.Millisecond<<min(attempt, 6), 250*time.Millisecond)
+}
+
+// errRetry marks an answer after which the operation is tried again: the
+// node asked does not own the partition, or nobody answers its subject.
+var errRetry = errors.New("cluster: retry")

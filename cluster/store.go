@@ -1,0 +1,333 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/brokerd/brokerd/broker"
+)
+
+// AppendAsync appends to topic's log on the owner of its partition: here
+// when this node owns it, else forwarded over NATS. While the partition
+// has no owner (a failover) it retries for up to RequestTimeout, then
+// fails with ErrUnavailable. A forwarded append that got no answer is not
+// retried (it may have been stored): it fails with ErrUnavailable.
+func (n *Node) AppendAsync(topic string, data []byte, key string, done func(broker.Appended, error)) {
+	n.appendTry(topic, data, key, done, time.Now().Add(n.cfg.RequestTimeout), 0)
+}
+
+func (n *Node) appendTry(topic string, data []byte, key string, done func(broker.Appended, error), deadline time.Time, attempt int) {
+	if n.closed.Load() {
+		go done(broker.Appended{}, broker.ErrClosed)
+		return
+	}
+	p := n.partition(topic)
+	owner, term, local := n.where(p)
+	again := func() { n.appendTry(topic, data, key, done, deadline, attempt+1) }
+	fail := func(err error) { done(broker.Appended{}, err) }
+	if local {
+		n.appendLocal(p, term, topic, data, key, done)
+		return
+	}
+	if owner == "" || owner == n.cfg.Node {
+		n.retry(deadline, attempt, again, fail)
+		return
+	}
+	b := make([]byte, 0, 16+len(topic)+len(key)+len(data))
+	b = append(b, opAppend)
+	b = putString(b, topic)
+	b = putString(b, key)
+	b = append(b, data...)
+	n.send(owner, b, func(r *reader, err error) {
+		if err == errRetry {
+			n.retry(deadline, attempt, again, fail)
+			return
+		}
+		if err != nil {
+			done(broker.Appended{}, err)
+			return
+		}
+		a := broker.Appended{Topic: topic, Epoch: r.string(), Offset: r.uvarint(), Time: r.varint(), Dup: r.bool()}
+		if r.err != nil {
+			done(broker.Appended{}, r.err)
+			return
+		}
+		done(a, nil)
+	})
+}
+
+// appendLocal appends to the local store as the owner of p in term. An
+// append that becomes durable after the lease was lost is reported as
+// ErrUnavailable: its offset belongs to a history the new owner does not
+// have.
+func (n *Node) appendLocal(p int, term uint64, topic string, data []byte, key string, done func(broker.Appended, error)) {
+	n.inflight.Add(1)
+	n.local.AppendAsync(topic, data, key, func(a broker.Appended, err error) {
+		n.inflight.Add(-1)
+		if err == nil && !n.holds(p, term) {
+			err = fmt.Errorf("%w: the lease of partition %d was lost during the append", ErrUnavailable, p)
+		}
+		done(a, err)
+	})
+}
+
+// Append is AppendAsync waiting for done or ctx.
+func (n *Node) Append(ctx context.Context, topic string, data []byte, key string) (broker.Appended, error) {
+	type result struct {
+		a   broker.Appended
+		err error
+	}
+	ch := make(chan result, 1)
+	n.AppendAsync(topic, data, key, func(a broker.Appended, err error) { ch <- result{a, err} })
+	select {
+	case r := <-ch:
+		return r.a, r.err
+	case <-ctx.Done():
+		return broker.Appended{}, ctx.Err()
+	}
+}
+
+// Ensure creates topic's log on its owner when it does not exist.
+func (n *Node) Ensure(ctx context.Context, topic string) (ti broker.TopicInfo, err error) {
+	body := putString([]byte{opEnsure}, topic)
+	err = n.request(ctx, topic, body, func() error {
+		ti, err = n.local.Ensure(ctx, topic)
+		return err
+	}, func(r *reader) error {
+		ti = r.info()
+		return r.err
+	})
+	return ti, err
+}
+
+// Read reads topic's log on its owner, one page (a page from another node
+// is bounded by the NATS message size too).
+func (n *Node) Read(topic string, from uint64, max, maxBytes int) (recs []broker.Record, err error) {
+	body := putString([]byte{opRead}, topic)
+	body = putUvarint(body, from)
+	body = putUvarint(body, uint64(max))
+	body = putUvarint(body, uint64(maxBytes))
+	err = n.request(context.Background(), topic, body, func() error {
+		recs, err = n.local.Read(topic, from, max, maxBytes)
+		return err
+	}, func(r *reader) error {
+		k := r.uvarint()
+		if k > uint64(len(r.b)) {
+			return errShort
+		}
+		recs = make([]broker.Record, 0, k)
+		for range k {
+			recs = append(recs, r.record())
+		}
+		return r.err
+	})
+	return recs, err
+}
+
+// Topic returns topic's metadata from its owner.
+func (n *Node) Topic(topic string) (ti broker.TopicInfo, ok bool, err error) {
+	body := putString([]byte{opTopic}, topic)
+	err = n.request(context.Background(), topic, body, func() error {
+		ti, ok, err = n.local.Topic(topic)
+		return err
+	}, func(r *reader) error {
+		ok = r.bool()
+		ti = r.info()
+		return r.err
+	})
+	return ti, ok, err
+}
+
+// CommitAsync stores a consumer's offset with the topic's owner.
+func (n *Node) CommitAsync(consumer, topic, epoch string, offset uint64, done func(broker.ConsumerOffset, error)) {
+	n.commitTry(consumer, topic, epoch, offset, done, time.Now().Add(n.cfg.RequestTimeout), 0)
+}
+
+func (n *Node) commitTry(consumer, topic, epoch string, offset uint64, done func(broker.ConsumerOffset, error), deadline time.Time, attempt int) {
+	if n.closed.Load() {
+		go done(broker.ConsumerOffset{}, broker.ErrClosed)
+		return
+	}
+	p := n.partition(topic)
+	owner, term, local := n.where(p)
+	again := func() { n.commitTry(consumer, topic, epoch, offset, done, deadline, attempt+1) }
+	fail := func(err error) { done(broker.ConsumerOffset{}, err) }
+	if local {
+		n.commitLocal(p, term, consumer, topic, epoch, offset, done)
+		return
+	}
+	if owner == "" || owner == n.cfg.Node {
+		n.retry(deadline, attempt, again, fail)
+		return
+	}
+	b := putString([]byte{opCommit}, topic)
+	b = putString(b, consumer)
+	b = putString(b, epoch)
+	b = putUvarint(b, offset)
+	n.send(owner, b, func(r *reader, err error) {
+		if err == errRetry {
+			n.retry(deadline, attempt, again, fail)
+			return
+		}
+		if err != nil {
+			fail(err)
+			return
+		}
+		co := r.consumer()
+		if r.err != nil {
+			fail(r.err)
+			return
+		}
+		done(co, nil)
+	})
+}
+
+func (n *Node) commitLocal(p int, term uint64, consumer, topic, epoch string, offset uint64, done func(broker.ConsumerOffset, error)) {
+	n.inflight.Add(1)
+	n.local.CommitAsync(consumer, topic, epoch, offset, func(co broker.ConsumerOffset, err error) {
+		n.inflight.Add(-1)
+		if err == nil && !n.holds(p, term) {
+			err = fmt.Errorf("%w: the lease of partition %d was lost during the commit", ErrUnavailable, p)
+		}
+		done(co, err)
+	})
+}
+
+// Consumer returns a consumer's position from the topic's owner.
+func (n *Node) Consumer(consumer, topic string) (co broker.ConsumerOffset, ok bool, err error) {
+	body := putString([]byte{opConsumer}, topic)
+	body = putString(body, consumer)
+	err = n.request(context.Background(), topic, body, func() error {
+		co, ok, err = n.local.Consumer(consumer, topic)
+		return err
+	}, func(r *reader) error {
+		ok = r.bool()
+		co = r.consumer()
+		return r.err
+	})
+	return co, ok, err
+}
+
+// Topics lists topics across the cluster: every live node answers for the
+// partitions it owns, and the answers are merged in name order. A node
+// that does not answer in time is left out (and logged).
+func (n *Node) Topics(after string, max int) ([]broker.TopicInfo, error) {
+	body := putString([]byte{opTopics}, after)
+	body = putUvarint(body, uint64(max))
+	var all []broker.TopicInfo
+	err := n.gather(body, func() error {
+		list, err := n.ownedTopics(after, max)
+		all = append(all, list...)
+		return err
+	}, func(r *reader) {
+		k := r.uvarint()
+		for i := uint64(0); i < k && r.err == nil; i++ {
+			all = append(all, r.info())
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(all, func(a, b broker.TopicInfo) int { return strings.Compare(a.Topic, b.Topic) })
+	all = slices.CompactFunc(all, func(a, b broker.TopicInfo) bool { return a.Topic == b.Topic })
+	return all[:min(len(all), max)], nil
+}
+
+// Consumers lists a consumer's positions across the cluster.
+func (n *Node) Consumers(consumer string) ([]broker.ConsumerOffset, error) {
+	body := putString([]byte{opConsumers}, "")
+	body = putString(body, consumer)
+	var all []broker.ConsumerOffset
+	err := n.gather(body, func() error {
+		list, err := n.ownedConsumers(consumer)
+		all = append(all, list...)
+		return err
+	}, func(r *reader) {
+		k := r.uvarint()
+		for i := uint64(0); i < k && r.err == nil; i++ {
+			all = append(all, r.consumer())
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(all, func(a, b broker.ConsumerOffset) int { return strings.Compare(a.Topic, b.Topic) })
+	return all, nil
+}
+
+// gather asks every live node, this one through local, and hands each
+// answer to add, one at a time.
+func (n *Node) gather(body []byte, local func() error, add func(r *reader)) error {
+	if n.closed.Load() {
+		return broker.ErrClosed
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, node := range n.liveNodes() {
+		if node == n.cfg.Node {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RequestTimeout)
+			defer cancel()
+			m, err := n.nc.RequestWithContext(ctx, n.rpcSubject(node), body)
+			var r *reader
+			if err == nil {
+				r, err = answer(m)
+			}
+			if err != nil {
+				n.log.Warn("cluster: node left out of a listing", "node", node, "err", err)
+				return
+			}
+			mu.Lock()
+			add(r)
+			mu.Unlock()
+		}()
+	}
+	mu.Lock()
+	err := local()
+	mu.Unlock()
+	wg.Wait()
+	return err
+}
+
+// ownedTopics lists local topics of the partitions this node serves.
+func (n *Node) ownedTopics(after string, max int) ([]broker.TopicInfo, error) {
+	var out []broker.TopicInfo
+	for len(out) < max {
+		list, err := n.local.Topics(after, 1000)
+		if err != nil {
+			return nil, err
+		}
+		for _, ti := range list {
+			if _, _, ok := n.where(n.partition(ti.Topic)); ok && len(out) < max {
+				out = append(out, ti)
+			}
+		}
+		if len(list) < 1000 {
+			break
+		}
+		after = list[len(list)-1].Topic
+	}
+	return out, nil
+}
+
+func (n *Node) ownedConsumers(consumer string) ([]broker.ConsumerOffset, error) {
+	list, err := n.local.Consumers(consumer)
+	if err != nil {
+		return nil, err
+	}
+	out := list[:0]
+	for _, co := range list {
+		if _, _, ok := n.where(n.partition(co.Topic)); ok {
+			out = append(out, co)
+		}
+	}
+	return out, nil
+}

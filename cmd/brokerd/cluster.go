@@ -1,0 +1,58 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"time"
+
+	"github.com/brokerd/brokerd/cluster"
+	"github.com/brokerd/brokerd/store"
+)
+
+var clusterNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// validateCluster checks the cluster flags; only called with --nats.
+func (c *config) validateCluster() []error {
+	var errs []error
+	if !clusterNameRE.MatchString(c.Cluster) {
+		errs = append(errs, fmt.Errorf("%s must be 1 to 64 letters, digits, '-' or '_', got %q", c.optName("cluster"), c.Cluster))
+	}
+	if !clusterNameRE.MatchString(c.Node) {
+		errs = append(errs, fmt.Errorf("in a cluster, %s must be 1 to 64 letters, digits, '-' or '_', got %q", c.optName("node"), c.Node))
+	}
+	if c.Partitions < 1 || c.Partitions > 4096 {
+		errs = append(errs, fmt.Errorf("%s must be 1 to 4096, got %d", c.optName("partitions"), c.Partitions))
+	}
+	if c.LeaseTTL < 300*time.Millisecond {
+		errs = append(errs, fmt.Errorf("%s must be at least 300ms, got %v", c.optName("lease-ttl"), c.LeaseTTL))
+	}
+	return errs
+}
+
+// joinCluster connects to --nats and joins --cluster; the Node it returns
+// is the broker's store, in front of st.
+func joinCluster(c *config, log *slog.Logger, st *store.DB) (*cluster.Node, error) {
+	n, err := cluster.New(cluster.Config{
+		NATSURLs:   splitList(c.NATS),
+		Cluster:    c.Cluster,
+		Node:       c.Node,
+		Local:      st,
+		Partitions: c.Partitions,
+		LeaseTTL:   c.LeaseTTL,
+		Logger:     log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("--nats %s: %w", c.NATS, err)
+	}
+	return n, nil
+}
+
+// drainCluster hands this node's partitions to the other nodes.
+func drainCluster(ctx context.Context, n *cluster.Node, log *slog.Logger) {
+	if err := n.Drain(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		log.Warn("handing partitions over did not finish", "err", err)
+	}
+}
