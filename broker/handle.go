@@ -174,7 +174,7 @@ func (s *Session) handleSub(cmd *subproto.Command) {
 	n := len(s.subs)
 	s.mu.Unlock()
 	if dup {
-		s.replyErr(&subproto.Error{Code: subproto.CodeAlreadySubscribed, ID: id, Message: "already subscribed to " + topic + " on this connection"}, nil)
+		s.replyErr(errAlreadySubscribed(id, topic), nil)
 		return
 	}
 	if n >= s.srv.cfg.MaxSubscriptions {
@@ -281,7 +281,7 @@ func (s *Session) handleSub(cmd *subproto.Command) {
 	if _, dup := s.subs[topic]; dup {
 		s.mu.Unlock()
 		s.srv.releaseTopic(t)
-		s.replyErr(&subproto.Error{Code: subproto.CodeAlreadySubscribed, ID: id, Message: "already subscribed to " + topic + " on this connection"}, nil)
+		s.replyErr(errAlreadySubscribed(id, topic), nil)
 		return
 	}
 	if id != 0 {
@@ -332,7 +332,7 @@ func (s *Session) subscribePattern(cmd *subproto.Command) {
 	if _, dup := s.subs[cmd.Topic]; dup {
 		s.mu.Unlock()
 		s.srv.loseInterest(sub)
-		s.replyErr(&subproto.Error{Code: subproto.CodeAlreadySubscribed, ID: cmd.ID, Message: "already subscribed to " + cmd.Topic + " on this connection"}, nil)
+		s.replyErr(errAlreadySubscribed(cmd.ID, cmd.Topic), nil)
 		return
 	}
 	if cmd.ID != 0 {
@@ -437,4 +437,8 @@ func (s *Session) rateLimited() {
 	s.srv.stats.RateLimited.Add(1)
 	s.log.Info("closing connection: command rate limit", "rate", s.srv.cfg.CommandRate)
 	s.Close(uint16(subproto.CloseRateLimited), subproto.AppendCloseReason(nil, "rate_limited", "too many commands per second", 1000+s.srv.RetryAfter()))
+}
+
+func errAlreadySubscribed(id uint64, topic string) *subproto.Error {
+	return &subproto.Error{Code: subproto.CodeAlreadySubscribed, ID: id, Message: "already subscribed to " + topic + " on this connection"}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 
@@ -114,6 +115,21 @@ func (s *Server) topicParam(w http.ResponseWriter, r *http.Request) (string, boo
 		return "", false
 	}
 	return topic, true
+}
+
+// limitParam reads the limit query parameter: default defaultPageLimit,
+// values above max taken as max. On a bad value it has answered.
+func (s *Server) limitParam(w http.ResponseWriter, q url.Values, max int) (int, bool) {
+	v := q.Get("limit")
+	if v == "" {
+		return defaultPageLimit, true
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		s.writeErr(w, subproto.CodeBadRequest, "limit must be a positive integer", nil)
+		return 0, false
+	}
+	return min(n, max), true
 }
 
 // servePublish: POST /v1/topics/{topic} with the data JSON as body.
@@ -224,14 +240,9 @@ func (s *Server) serveMessages(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	limit := defaultPageLimit
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			s.writeErr(w, subproto.CodeBadRequest, "limit must be a positive integer", nil)
-			return
-		}
-		limit = min(n, maxPageLimit)
+	limit, ok := s.limitParam(w, q, maxPageLimit)
+	if !ok {
+		return
 	}
 	st := s.broker.Store()
 	info, exists, err := st.Topic(topic)
@@ -333,14 +344,9 @@ func (s *Server) serveTopics(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	limit := defaultPageLimit
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			s.writeErr(w, subproto.CodeBadRequest, "limit must be a positive integer", nil)
-			return
-		}
-		limit = min(n, maxTopicsLimit)
+	limit, ok := s.limitParam(w, q, maxTopicsLimit)
+	if !ok {
+		return
 	}
 	after := q.Get("after")
 	out := make([]apiTopic, 0, min(limit, 64))
