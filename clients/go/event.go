@@ -157,22 +157,18 @@ func skipWS(b []byte, i int) int {
 // scanString returns the index after the string starting at b[i] == '"',
 // and whether it holds escapes.
 func scanString(b []byte, i int) (end int, esc, ok bool) {
-	i++
-	for {
-		j := bytes.IndexAny(b[i:], "\"\\")
-		if j < 0 {
-			return 0, false, false
-		}
-		i += j
-		if b[i] == '"' {
+	// A plain loop: the strings of events are short, and bytes.IndexAny
+	// builds its byte set on every call.
+	for i++; i < len(b); i++ {
+		switch b[i] {
+		case '"':
 			return i + 1, esc, true
-		}
-		esc = true
-		i += 2
-		if i > len(b) {
-			return 0, false, false
+		case '\\':
+			esc = true
+			i++ // the escaped byte; \uXXXX's digits need no care
 		}
 	}
+	return 0, false, false
 }
 
 // skipValue returns the index after the JSON value starting at b[i].
