@@ -311,6 +311,14 @@ func (s *Session) handleSub(cmd *subproto.Command) {
 		if old := s.srv.takeOver(sub); old != nil && old != sub {
 			old.sess.endSub(old, subproto.CodeTakenOver)
 		}
+		// A close that raced with the take-over has detached sub before
+		// it was registered: do not leave it in the registry.
+		s.mu.Lock()
+		ended := sub.ended
+		s.mu.Unlock()
+		if ended {
+			s.srv.dropConsumer(sub)
+		}
 	}
 }
 
@@ -419,6 +427,7 @@ func (srv *Server) acked(consumerKey, topic string, co ConsumerOffset) {
 	if !sub.ended && co.Epoch == sub.epoch && co.Offset > sub.acked {
 		sub.acked = co.Offset
 		if sub.lagging {
+			sub.parked = false
 			s.kickLocked()
 		}
 	}

@@ -77,6 +77,7 @@ type topicState struct {
 	// interested: the store was told of this topic (Interested); set once
 	// before the state is used.
 	interested bool
+	failed     bool // set up failed; the state left the map (guarded by mu)
 }
 
 type consumerTopic struct{ consumer, topic string }
@@ -145,38 +146,84 @@ func (srv *Server) shard(topic string) *topicShard {
 // has already been dispatched.
 func (srv *Server) acquireTopic(topic string) (*topicState, error) {
 	sh := srv.shard(topic)
-	sh.mu.Lock()
-	t := sh.topics[topic]
-	if t != nil {
-		t.refs++
+	for {
+		sh.mu.Lock()
+		t := sh.topics[topic]
+		if t != nil {
+			t.refs++
+			sh.mu.Unlock()
+			// Wait for its creator to finish setting it up.
+			t.mu.Lock()
+			failed := t.failed
+			t.mu.Unlock()
+			if failed {
+				continue // the creator removed it: make a new one
+			}
+			return t, nil
+		}
+		t = &topicState{name: topic, refs: 1}
+		t.mu.Lock()
+		sh.topics[topic] = t
 		sh.mu.Unlock()
+		err := srv.initTopic(t)
+		if err != nil {
+			// Take the broken state out of the map before anyone else
+			// can use it; waiters see failed and start over.
+			t.failed = true
+			sh.mu.Lock()
+			if sh.topics[topic] == t {
+				delete(sh.topics, topic)
+			}
+			sh.mu.Unlock()
+			t.mu.Unlock()
+			if t.interested {
+				_ = srv.store.(Interested).Interest(topic, false)
+			}
+			return nil, err
+		}
+		t.mu.Unlock()
 		return t, nil
 	}
-	t = &topicState{name: topic, refs: 1}
-	t.mu.Lock()
-	sh.topics[topic] = t
-	sh.mu.Unlock()
-	var err error
+}
+
+// initTopic sets a new topic state up; t.mu is held.
+func (srv *Server) initTopic(t *topicState) error {
 	if in, ok := srv.store.(Interested); ok {
 		// Live records committed elsewhere must reach the hook before the
 		// head is read below.
-		if err = in.Interest(topic, true); err != nil {
-			t.mu.Unlock()
-			srv.releaseTopic(t)
-			return nil, err
+		if err := in.Interest(t.name, true); err != nil {
+			return err
 		}
 		t.interested = true
 	}
-	info, ok, err := srv.store.Topic(topic)
-	if err == nil && ok {
+	info, ok, err := srv.store.Topic(t.name)
+	if err != nil {
+		return err
+	}
+	if ok {
 		t.last, t.epoch = info.Head, info.Epoch
 	}
-	t.mu.Unlock()
-	if err != nil {
-		srv.releaseTopic(t)
-		return nil, err
+	return nil
+}
+
+// adoptEpoch brings a topic state to the store's view when the store has
+// started a new epoch that no commit has reported yet, and ends the
+// subscriptions of the old one.
+func (srv *Server) adoptEpoch(t *topicState, info TopicInfo) {
+	var stale []*subscription
+	t.mu.Lock()
+	if t.epoch != info.Epoch {
+		t.epoch, t.last = info.Epoch, info.Head
+		for _, sub := range t.subs {
+			if sub.epoch != info.Epoch {
+				stale = append(stale, sub)
+			}
+		}
 	}
-	return t, nil
+	t.mu.Unlock()
+	for _, sub := range stale {
+		sub.sess.endSub(sub, subproto.CodeEpochMismatch)
+	}
 }
 
 func (srv *Server) releaseTopic(t *topicState) {
@@ -314,6 +361,10 @@ func (srv *Server) Connect(c Conn, info ConnInfo) (*Session, error) {
 	}
 	s := newSession(srv, c, info)
 	srv.smu.Lock()
+	if srv.draining.Load() { // Shutdown takes its list under smu after setting draining
+		srv.smu.Unlock()
+		return nil, ErrDraining
+	}
 	srv.sessions[s] = struct{}{}
 	srv.smu.Unlock()
 	srv.stats.Connections.Add(1)

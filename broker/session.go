@@ -78,6 +78,7 @@ type subscription struct {
 	acked   uint64 // consumer's acknowledged offset
 	queued  int    // msg items of this subscription in the queue
 	lagging bool   // listed in sess.lagging
+	parked  bool   // lagging with nothing to read: skipped until dispatch or an ack wakes it
 
 	interested bool // pattern: the store was told (Interested); set before use
 }
@@ -243,7 +244,17 @@ func (s *Session) setLaggingLocked(sub *subscription) {
 func (s *Session) offer(sub *subscription, off uint64, enc []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || sub.ended || !sub.live || off < sub.next {
+	if s.closed || sub.ended {
+		return
+	}
+	if !sub.live {
+		if sub.parked {
+			sub.parked = false // something new to read from the log
+			s.kickLocked()
+		}
+		return
+	}
+	if off < sub.next {
 		return
 	}
 	if off > sub.next || sub.windowLocked() <= 0 || !s.roomLocked(sub, len(enc)) {
@@ -282,7 +293,7 @@ func (s *Session) nextLaggingLocked() *subscription {
 		s.lagging[len(s.lagging)-1] = sub
 		// Room for at least one more byte: a queue full to the byte
 		// must drain before the log is read again.
-		if sub.windowLocked() > 0 && s.roomLocked(sub, 1) {
+		if !sub.parked && sub.windowLocked() > 0 && s.roomLocked(sub, 1) {
 			return sub
 		}
 	}
@@ -422,6 +433,9 @@ func (s *Session) pump(sub *subscription) {
 	if n <= 0 || maxBytes <= 0 {
 		return
 	}
+	sub.t.mu.Lock()
+	lastBefore := sub.t.last
+	sub.t.mu.Unlock()
 	recs, err := s.srv.store.Read(sub.topic, from, n, maxBytes)
 	if err != nil && !errors.Is(err, ErrTopicNotFound) {
 		s.log.Error("reading topic log", "topic", sub.topic, "err", err)
@@ -432,15 +446,28 @@ func (s *Session) pump(sub *subscription) {
 	// The page must belong to the subscription's epoch (a reset starts
 	// offsets over), and an empty page tells whether retention removed
 	// everything from from on.
-	if info, ok, err := s.srv.store.Topic(sub.topic); err == nil && ok {
-		if info.Epoch != sub.epoch {
-			s.endSub(sub, subproto.CodeEpochMismatch)
-			return
-		}
-		if len(recs) == 0 && info.Earliest > from {
-			s.endSub(sub, subproto.CodeOffsetOutOfRange)
-			return
-		}
+	info, ok, err := s.srv.store.Topic(sub.topic)
+	switch {
+	case err != nil:
+		s.log.Error("reading topic metadata", "topic", sub.topic, "err", err)
+		s.endSub(sub, subproto.CodeInternal)
+		return
+	case !ok:
+		s.endSub(sub, subproto.CodeTopicDeleted)
+		return
+	case info.Epoch != sub.epoch:
+		s.srv.adoptEpoch(sub.t, info)
+		s.endSub(sub, subproto.CodeEpochMismatch)
+		return
+	case len(recs) == 0 && info.Earliest > from:
+		s.endSub(sub, subproto.CodeOffsetOutOfRange)
+		return
+	}
+	if len(recs) == 0 {
+		// A reset that no commit has reported yet leaves the topic state
+		// with the old epoch's head: adopt the store's view, or the
+		// subscription could never rejoin.
+		s.srv.adoptEpoch(sub.t, info)
 	}
 	s.mu.Lock()
 	if s.closed || sub.ended || sub.live || sub.next != from {
@@ -469,21 +496,33 @@ func (s *Session) pump(sub *subscription) {
 		arena = subproto.AppendMsg(arena, sub.topic, r.Offset, r.Time, r.Data, "")
 		s.pushMsgLocked(sub, arena[start:len(arena):len(arena)])
 	}
+	progress := sub.next != from
 	s.mu.Unlock()
 	if !full {
-		s.tryRejoin(sub)
+		// With nothing read, a subscription that cannot rejoin waits for
+		// dispatch of its topic (or an ack) instead of spinning.
+		s.tryRejoin(sub, !progress, lastBefore)
 	}
 }
 
 // tryRejoin switches a lagging subscription back to the live stream when
 // it has queued everything dispatch has already passed.
-func (s *Session) tryRejoin(sub *subscription) {
+//
+// When it cannot and park is set, the subscription is parked if nothing
+// was dispatched for the topic since lastBefore (read before the log was):
+// dispatch wakes it, so it waits instead of reading the log again and
+// again. Deciding under t.mu means no dispatch can slip in between.
+func (s *Session) tryRejoin(sub *subscription, park bool, lastBefore uint64) {
 	t := sub.t
 	t.mu.Lock()
 	s.mu.Lock()
-	if !s.closed && !sub.ended && !sub.live && sub.next > t.last && sub.windowLocked() > 0 {
+	switch {
+	case s.closed || sub.ended || sub.live:
+	case sub.next > t.last && sub.windowLocked() > 0:
 		sub.live = true
 		s.unlagLocked(sub)
+	case park && t.last == lastBefore:
+		sub.parked = true
 	}
 	s.mu.Unlock()
 	t.mu.Unlock()
