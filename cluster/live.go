@@ -54,12 +54,15 @@ func (n *Node) Interest(topicOrPattern string, on bool) error {
 		return nil
 	}
 	if in == nil {
-		sub, err := n.nc.Subscribe(n.liveSubject(topicOrPattern), n.onLive)
+		// Every interest feeds one channel read by one goroutine: the
+		// records then reach the hook in the order NATS read them, so a
+		// record arriving through a topic and a pattern subscription
+		// comes twice in a row and the second copy is recognised.
+		sub, err := n.nc.ChanSubscribe(n.liveSubject(topicOrPattern), n.liveCh)
 		if err != nil {
 			n.imu.Unlock()
 			return fmt.Errorf("cluster: subscribing to %s: %w", topicOrPattern, err)
 		}
-		_ = sub.SetPendingLimits(-1, 64<<20)
 		in = &interest{sub: sub}
 		n.interest[topicOrPattern] = in
 	}
@@ -74,9 +77,23 @@ func (n *Node) Interest(topicOrPattern string, on bool) error {
 	return nil
 }
 
+// liveLoop hands the records of every interest to onLive, in the order
+// NATS delivered them.
+func (n *Node) liveLoop() {
+	defer n.liveWG.Done()
+	for {
+		select {
+		case m := <-n.liveCh:
+			n.onLive(m)
+		case <-n.liveQuit:
+			return
+		}
+	}
+}
+
 // onLive hands a record committed on another node to the broker's hook.
-// Each NATS subscription calls it from its own goroutine in arrival order;
-// the records of one topic come from its one owner, in offset order.
+// It runs on liveLoop only; the records of one topic come from its one
+// owner, in offset order.
 func (n *Node) onLive(m *nats.Msg) {
 	topic, ok := strings.CutPrefix(m.Subject, n.prefix+"live.")
 	if !ok {
@@ -104,8 +121,11 @@ func (n *Node) onLive(m *nats.Msg) {
 	}
 	n.lastLive[topic] = liveMark{epoch: epoch, off: rec.Offset, at: time.Now()}
 	(*fp)([]broker.Committed{{Topic: topic, Epoch: epoch, Records: []broker.Record{rec}}})
-	if len(n.lastLive) > 4096 {
+	// Sweep old marks now and then, not on every record: a sweep walks
+	// the whole map.
+	if len(n.lastLive) > 4096 && time.Since(n.liveSwept) > 10*time.Second {
 		n.forgetLiveLocked()
+		n.liveSwept = time.Now()
 	}
 }
 
@@ -153,9 +173,11 @@ func (n *Node) onLocalCommit(batch []broker.Committed) {
 	}
 }
 
-// ownsNow reports whether this node holds the lease of topic's partition.
+// ownsNow reports whether this node holds the lease of topic's partition
+// and may still act on it, by the same rule appendLocal acknowledges with.
 func (n *Node) ownsNow(topic string) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.parts[n.partition(topic)].mine
+	st := &n.parts[n.partition(topic)]
+	return st.mine && time.Since(st.sent) < n.cfg.LeaseTTL
 }

@@ -58,9 +58,18 @@ type Node struct {
 	tmu   sync.Mutex
 	terms *terms // guarded by tmu
 
-	hook     atomic.Pointer[func([]broker.Committed)]
-	hookMu   sync.Mutex
-	lastLive map[string]liveMark // guarded by hookMu
+	hook      atomic.Pointer[func([]broker.Committed)]
+	hookMu    sync.Mutex
+	lastLive  map[string]liveMark // guarded by hookMu
+	liveSwept time.Time           // guarded by hookMu
+
+	// Live records of every interest, read by liveLoop. Its buffer bounds
+	// what waits: past it NATS drops records for this node (a slow
+	// consumer), which lagging subscriptions recover from the log.
+	liveCh   chan *nats.Msg
+	liveQuit chan struct{}
+	liveWG   sync.WaitGroup
+	liveStop sync.Once
 
 	imu      sync.Mutex
 	interest map[string]*interest // guarded by imu
@@ -97,6 +106,8 @@ func New(cfg Config) (*Node, error) {
 		termsPath: filepath.Join(filepath.Dir(cfg.Local.Path()), "cluster-"+cfg.Cluster+".json"),
 		parts:     make([]part, cfg.Partitions),
 		lastLive:  make(map[string]liveMark),
+		liveCh:    make(chan *nats.Msg, 1<<16),
+		liveQuit:  make(chan struct{}),
 		interest:  make(map[string]*interest),
 		pending:   make(map[uint64]*call),
 		sem:       make(chan struct{}, 64),
@@ -160,6 +171,8 @@ func (n *Node) start() error {
 	}
 	n.pass()
 	n.wg.Add(1)
+	n.liveWG.Add(1)
+	go n.liveLoop()
 	go n.leaseLoop()
 	n.log.Info("cluster: joined", "partitions", n.cfg.Partitions, "owned", n.owned())
 	return nil
@@ -222,6 +235,8 @@ func (n *Node) shut() {
 		delete(n.interest, x)
 	}
 	n.imu.Unlock()
+	n.liveStop.Do(func() { close(n.liveQuit) })
+	n.liveWG.Wait()
 	n.pmu.Lock()
 	calls := n.pending
 	n.pending = map[uint64]*call{}

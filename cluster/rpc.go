@@ -206,8 +206,8 @@ func respondErr(m *nats.Msg, err error) {
 		st = stNotFound
 	case errors.Is(err, broker.ErrTooLarge):
 		st = stTooLarge
-	case errors.Is(err, broker.ErrClosed):
-		st = stClosed
+	case errors.Is(err, broker.ErrClosed), errors.Is(err, broker.ErrUnavailable):
+		st = stClosed // the requester retries later: unavailable
 	}
 	_ = m.Respond(putString([]byte{st}, err.Error()))
 }

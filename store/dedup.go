@@ -97,7 +97,8 @@ func (x *keyIndex) add(topic, key string, off uint64, ms int64, maxTopic, maxTot
 func (x *keyIndex) evictFront(tk *topicKeys) bool {
 	for tk.q.len() > 0 {
 		seq, e := tk.q.popFront()
-		live := tk.keys[e.key] == seq
+		cur, ok := tk.keys[e.key]
+		live := ok && cur == seq
 		if live {
 			delete(tk.keys, e.key)
 			x.total--
@@ -152,7 +153,7 @@ func (x *keyIndex) trimAbove(topic string, off uint64) {
 			break
 		}
 		tk.q.popBack()
-		if tk.keys[e.key] == seq {
+		if cur, ok := tk.keys[e.key]; ok && cur == seq {
 			delete(tk.keys, e.key)
 			x.total--
 		}
