@@ -453,3 +453,22 @@ func TestEpochChangeEndsSubscriptions(t *testing.T) {
 	s2.HandleFrame([]byte(`{"op":"sub","id":1,"topic":"t","from":1}`))
 	c2.wait(t, "new epoch", func(evs []map[string]any) bool { return len(msgs(evs, "t")) == 2 })
 }
+
+// An ack from a subscription of an older epoch does not land in the new
+// history.
+func TestAckAfterResetIsRefused(t *testing.T) {
+	srv, st := newTestServer(t, nil)
+	publishN(t, srv, "jobs", 5)
+	s, c := connect(t, srv)
+	s.HandleFrame([]byte(`{"op":"sub","id":1,"topic":"jobs","consumer":"w","from":"earliest"}`))
+	c.wait(t, "messages", func(evs []map[string]any) bool { return len(msgs(evs, "jobs")) == 5 })
+	st.reset("jobs")
+	publishN(t, srv, "jobs", 5) // the new epoch reaches head 5 too
+	s.HandleFrame([]byte(`{"op":"ack","id":2,"topic":"jobs","consumer":"w","offset":5}`))
+	if r := reply(t, c, 2); r["code"] != "epoch_mismatch" {
+		t.Fatalf("ack after reset: %v, want epoch_mismatch", r)
+	}
+	if _, ok, _ := st.Consumer("w", "jobs"); ok {
+		t.Fatal("the ack of the old epoch was stored")
+	}
+}

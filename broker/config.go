@@ -93,7 +93,7 @@ func (c Config) withDefaults() Config {
 		c.CommandRate = 50000
 	}
 	if c.CommandBurst == 0 {
-		c.CommandBurst = 2 * int(c.CommandRate)
+		c.CommandBurst = max(1, 2*int(c.CommandRate))
 	}
 	if c.DrainGrace == 0 {
 		c.DrainGrace = 2 * time.Second
@@ -139,6 +139,12 @@ func (c Config) validate() error {
 	}
 	if c.DefaultMaxInflight > c.MaxInflight {
 		errs = append(errs, fmt.Errorf("broker: DefaultMaxInflight %d exceeds MaxInflight %d", c.DefaultMaxInflight, c.MaxInflight))
+	}
+	if c.QueueMessages < 2 {
+		errs = append(errs, fmt.Errorf("broker: QueueMessages must be at least 2, got %d", c.QueueMessages))
+	}
+	if c.CommandRate > 0 && c.CommandBurst < 1 {
+		errs = append(errs, fmt.Errorf("broker: CommandBurst must be at least 1, got %d", c.CommandBurst))
 	}
 	if c.MinShare > c.QueueMessages {
 		errs = append(errs, fmt.Errorf("broker: MinShare %d exceeds QueueMessages %d", c.MinShare, c.QueueMessages))

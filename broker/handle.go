@@ -308,6 +308,10 @@ func (s *Session) handleSub(cmd *subproto.Command) {
 	t.mu.Unlock()
 
 	if sub.consumerKey != "" {
+		if s.consumerEpochs == nil || len(s.consumerEpochs) >= 2*s.srv.cfg.MaxSubscriptions {
+			s.consumerEpochs = make(map[consumerTopic]string)
+		}
+		s.consumerEpochs[consumerTopic{sub.consumerKey, topic}] = sub.epoch
 		if old := s.srv.takeOver(sub); old != nil && old != sub {
 			old.sess.endSub(old, subproto.CodeTakenOver)
 		}
@@ -395,6 +399,16 @@ func (s *Session) handleAck(cmd *subproto.Command) {
 		return
 	}
 	key := s.consumerKey(cmd.Consumer)
+	// The ack has no epoch of its own. When this connection holds the
+	// consumer's subscription, the offsets it acknowledges are of that
+	// subscription's epoch: after a reset they must not land in the new
+	// history, where they would skip messages silently.
+	if e, ok := s.consumerEpochs[consumerTopic{key, topic}]; ok && e != info.Epoch {
+		s.replyErr(&subproto.Error{Code: subproto.CodeEpochMismatch, ID: id,
+			Message: "the topic's history was reset since this subscription began: its offsets no longer apply"},
+			&subproto.ErrContext{Epoch: info.Epoch, Earliest: info.Earliest, Latest: info.Head, HasRange: true})
+		return
+	}
 	select {
 	case s.pending <- struct{}{}:
 	case <-s.done:

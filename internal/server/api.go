@@ -134,6 +134,12 @@ func (s *Server) limitParam(w http.ResponseWriter, q url.Values, max int) (int, 
 
 // servePublish: POST /v1/topics/{topic} with the data JSON as body.
 func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
+	// A browser page of another origin must not publish through a user's
+	// browser (a no-CORS form or fetch): the WebSocket Origin rules apply.
+	if !s.checkOrigin(r) {
+		s.writeErr(w, subproto.CodeForbidden, "origin not allowed: "+r.Header.Get("Origin"), nil)
+		return
+	}
 	g, ok := s.grant(w, r)
 	if !ok {
 		return
@@ -184,6 +190,8 @@ func publishErr(err error) (subproto.Code, string) {
 	switch {
 	case errors.Is(err, broker.ErrTooLarge):
 		return subproto.CodeMessageTooLarge, err.Error()
+	case errors.Is(err, broker.ErrUnavailable):
+		return subproto.CodeUnavailable, "unavailable now; retry with the same Idempotency-Key"
 	case errors.Is(err, broker.ErrClosed):
 		return subproto.CodeUnavailable, "the broker is shutting down; retry with the same Idempotency-Key"
 	}

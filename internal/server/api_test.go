@@ -280,3 +280,16 @@ func TestConnectionRatePerIP(t *testing.T) {
 		t.Fatalf("rate rejections %d, want 1", n)
 	}
 }
+
+func TestHTTPPublishOrigin(t *testing.T) {
+	ts := startServer(t)
+	if code, m := ts.post("/v1/topics/o.t", `1`, http.Header{"Origin": {"https://evil.example"}}); code != 403 || m["code"] != "forbidden" {
+		t.Fatalf("foreign origin: %d %v", code, m)
+	}
+	if code, m := ts.post("/v1/topics/o.t", `1`, http.Header{"Origin": {"http://" + ts.Host}}); code != 200 {
+		t.Fatalf("same origin: %d %v", code, m)
+	}
+	if code, m := ts.post("/v1/topics/o.t", `1`, nil); code != 200 {
+		t.Fatalf("no origin (a backend): %d %v", code, m)
+	}
+}
