@@ -98,6 +98,9 @@ func (n *Node) pass() {
 		if n.closed.Load() {
 			return
 		}
+		// Taking partitions can take long (a new term resets local
+		// topics): keep the leases already held alive meanwhile.
+		n.renewDue()
 		p := (start + i) % n.cfg.Partitions
 		key := leaseKey(p)
 		ctx, cancel := n.opCtx()
@@ -240,6 +243,27 @@ func (n *Node) claim(p int, rev, term uint64) {
 		return
 	}
 	n.acquire(p, nrev, term, sent)
+}
+
+// renewDue renews every held lease whose last renewal is a third of the
+// TTL old.
+func (n *Node) renewDue() {
+	type due struct {
+		p         int
+		term, rev uint64
+	}
+	var list []due
+	n.mu.Lock()
+	for p := range n.parts {
+		st := &n.parts[p]
+		if st.mine && time.Since(st.sent) >= n.cfg.LeaseTTL/3 {
+			list = append(list, due{p, st.term, st.rev})
+		}
+	}
+	n.mu.Unlock()
+	for _, d := range list {
+		n.renew(d.p, d.term, d.rev)
+	}
 }
 
 func (n *Node) renew(p int, term, rev uint64) {

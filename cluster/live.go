@@ -154,9 +154,50 @@ func (n *Node) onLocalCommit(batch []broker.Committed) {
 		return
 	}
 	n.deliver(keep)
-	var b []byte
+	// The hook must not block, and a NATS write can (a stalled socket):
+	// the records go to a bounded queue that liveOutLoop publishes. When
+	// it is full they are dropped for the other nodes, whose exact
+	// subscriptions see the gap at the next record and read the log.
 	for i := range keep {
-		c := &keep[i]
+		size := committedBytes(&keep[i])
+		if n.liveOutBytes.Add(size) > maxLiveOutBytes {
+			n.liveOutBytes.Add(-size)
+			n.log.Warn("cluster: live queue full, records not sent to other nodes", "topic", keep[i].Topic, "records", len(keep[i].Records))
+			continue
+		}
+		select {
+		case n.liveOut <- keep[i]:
+		default:
+			n.liveOutBytes.Add(-size)
+			n.log.Warn("cluster: live queue full, records not sent to other nodes", "topic", keep[i].Topic, "records", len(keep[i].Records))
+		}
+	}
+}
+
+// maxLiveOutBytes bounds the record data waiting to be published to the
+// other nodes.
+const maxLiveOutBytes = 64 << 20
+
+func committedBytes(c *broker.Committed) int64 {
+	var n int64
+	for i := range c.Records {
+		n += int64(len(c.Records[i].Data)) + 32
+	}
+	return n
+}
+
+// liveOutLoop publishes this node's committed records for the other nodes.
+func (n *Node) liveOutLoop() {
+	defer n.liveWG.Done()
+	var b []byte
+	for {
+		var c broker.Committed
+		select {
+		case c = <-n.liveOut:
+		case <-n.liveQuit:
+			return
+		}
+		n.liveOutBytes.Add(-committedBytes(&c))
 		subject := n.liveSubject(c.Topic)
 		for j := range c.Records {
 			rec := &c.Records[j]

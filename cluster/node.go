@@ -66,10 +66,13 @@ type Node struct {
 	// Live records of every interest, read by liveLoop. Its buffer bounds
 	// what waits: past it NATS drops records for this node (a slow
 	// consumer), which lagging subscriptions recover from the log.
-	liveCh   chan *nats.Msg
-	liveQuit chan struct{}
-	liveWG   sync.WaitGroup
-	liveStop sync.Once
+	liveCh  chan *nats.Msg
+	liveOut chan broker.Committed // this node's records for the others, published by liveOutLoop
+	// liveOutBytes: record data queued in liveOut.
+	liveOutBytes atomic.Int64
+	liveQuit     chan struct{}
+	liveWG       sync.WaitGroup
+	liveStop     sync.Once
 
 	imu      sync.Mutex
 	interest map[string]*interest // guarded by imu
@@ -107,6 +110,7 @@ func New(cfg Config) (*Node, error) {
 		parts:     make([]part, cfg.Partitions),
 		lastLive:  make(map[string]liveMark),
 		liveCh:    make(chan *nats.Msg, 1<<16),
+		liveOut:   make(chan broker.Committed, 1<<14),
 		liveQuit:  make(chan struct{}),
 		interest:  make(map[string]*interest),
 		pending:   make(map[uint64]*call),
@@ -171,8 +175,9 @@ func (n *Node) start() error {
 	}
 	n.pass()
 	n.wg.Add(1)
-	n.liveWG.Add(1)
+	n.liveWG.Add(2)
 	go n.liveLoop()
+	go n.liveOutLoop()
 	go n.leaseLoop()
 	n.log.Info("cluster: joined", "partitions", n.cfg.Partitions, "owned", n.owned())
 	return nil
