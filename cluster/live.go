@@ -110,22 +110,78 @@ func (n *Node) onLive(m *nats.Msg) {
 	if _, _, local := n.where(n.partition(topic)); local {
 		return // a former owner's late record: this node's log is the topic's now
 	}
+	n.deliverLive(topic, epoch, []broker.Record{rec})
+}
+
+// deliverLive hands records of another owner to the broker's hook, past
+// the topic's mark only, and moves the mark.
+func (n *Node) deliverLive(topic, epoch string, recs []broker.Record) {
 	fp := n.hook.Load()
 	if fp == nil {
 		return
 	}
 	n.hookMu.Lock()
 	defer n.hookMu.Unlock()
-	if mk, ok := n.lastLive[topic]; ok && mk.epoch == epoch && rec.Offset <= mk.off {
+	if mk, ok := n.lastLive[topic]; ok && mk.epoch == epoch {
+		i := 0
+		for i < len(recs) && recs[i].Offset <= mk.off {
+			i++
+		}
+		recs = recs[i:]
+	}
+	if len(recs) == 0 {
 		return
 	}
-	n.lastLive[topic] = liveMark{epoch: epoch, off: rec.Offset, at: time.Now()}
-	(*fp)([]broker.Committed{{Topic: topic, Epoch: epoch, Records: []broker.Record{rec}}})
+	n.lastLive[topic] = liveMark{epoch: epoch, off: recs[len(recs)-1].Offset, at: time.Now()}
+	(*fp)([]broker.Committed{{Topic: topic, Epoch: epoch, Records: recs}})
 	// Sweep old marks now and then, not on every record: a sweep walks
 	// the whole map.
 	if len(n.lastLive) > 4096 && time.Since(n.liveSwept) > 10*time.Second {
 		n.forgetLiveLocked()
 		n.liveSwept = time.Now()
+	}
+}
+
+// repairLive runs after a reconnect to NATS: records other owners
+// committed while this node was cut off never arrived. For every topic of
+// interest it reads what the owner holds past the last record delivered
+// and hands it to the hook, so live subscriptions of a topic that went
+// quiet since do not wait for its next record. (Pattern subscriptions
+// are live-only: what they missed stays missed.)
+func (n *Node) repairLive() {
+	n.imu.Lock()
+	var topics []string
+	for x := range n.interest {
+		if !strings.ContainsAny(x, "*>") {
+			topics = append(topics, x)
+		}
+	}
+	n.imu.Unlock()
+	for _, topic := range topics {
+		if n.closed.Load() {
+			return
+		}
+		if _, _, local := n.where(n.partition(topic)); local {
+			continue
+		}
+		n.hookMu.Lock()
+		mk, ok := n.lastLive[topic]
+		n.hookMu.Unlock()
+		if !ok {
+			continue
+		}
+		info, exists, err := n.Topic(topic)
+		if err != nil || !exists || info.Epoch != mk.epoch {
+			continue // a new epoch announces itself with its first record
+		}
+		for from := mk.off + 1; from <= info.Head; {
+			recs, err := n.Read(topic, from, 1000, 1<<20)
+			if err != nil || len(recs) == 0 {
+				break
+			}
+			n.deliverLive(topic, info.Epoch, recs)
+			from = recs[len(recs)-1].Offset + 1
+		}
 	}
 }
 

@@ -178,6 +178,10 @@ func (n *Node) start() error {
 	n.liveWG.Add(2)
 	go n.liveLoop()
 	go n.liveOutLoop()
+	n.nc.SetReconnectHandler(func(*nats.Conn) {
+		n.log.Info("cluster: reconnected to NATS; repairing live records")
+		go n.repairLive()
+	})
 	go n.leaseLoop()
 	n.log.Info("cluster: joined", "partitions", n.cfg.Partitions, "owned", n.owned())
 	return nil
