@@ -430,6 +430,25 @@ describe('subscription events', () => {
     assert.equal(sub.epoch, 'e2');
   });
 
+  test('unsubbed epoch_mismatch (a reset under a live subscription): resubscribe, then the usual restart', async () => {
+    const broker = new FakeBroker();
+    const c = client();
+    const got = [];
+    const sub = c.subscribe('t', (m) => got.push([m.epoch, m.offset, m.data]), { from: 'earliest' });
+    await sub.ready;
+    broker.append('t', 'a');
+    await until(() => got.length === 1);
+    broker.reset('t', 'e2');
+    broker.append('t', 'new1');
+    const mismatch = once(sub, 'epoch_mismatch');
+    broker.current.recv({ op: 'unsubbed', topic: 't', code: 'epoch_mismatch' });
+    const d = await mismatch;
+    assert.equal(d.epoch, 'e2');
+    await until(() => got.length === 2);
+    assert.deepEqual(got, [['e-t-1', 1, 'a'], ['e2', 1, 'new1']]);
+    assert.equal(sub.state, 'active');
+  });
+
   test('epoch_mismatch with preventDefault ends the subscription with the error', async () => {
     new FakeBroker();
     const c = client();
