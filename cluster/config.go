@@ -43,7 +43,12 @@ type Config struct {
 	// operation waits for its partition to get an owner. Default
 	// 2×LeaseTTL.
 	RequestTimeout time.Duration
-	Logger         *slog.Logger
+	// Replicas is how many nodes hold each record before its publisher is
+	// answered ok: the owner and Replicas-1 followers. Default 1, no
+	// replication. With 2 or more, as many nodes must be alive for a
+	// publish to succeed. Every node of a cluster must use the same number.
+	Replicas int
+	Logger   *slog.Logger
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
@@ -60,6 +65,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = 2 * c.LeaseTTL
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -86,6 +94,9 @@ func (c Config) validate() error {
 	}
 	if c.LeaseTTL < 300*time.Millisecond {
 		errs = append(errs, fmt.Errorf("cluster: lease TTL %v: want at least 300ms", c.LeaseTTL))
+	}
+	if c.Replicas < 1 || c.Replicas > 16 {
+		errs = append(errs, fmt.Errorf("cluster: replicas %d: want 1 to 16", c.Replicas))
 	}
 	if c.RequestTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("cluster: request timeout %v must be positive", c.RequestTimeout))

@@ -21,10 +21,21 @@
 //   - The owner publishes each committed record on
 //     brokerd.<cluster>.live.<topic>; a node subscribes there only to the
 //     topics and patterns its own clients want (Interest).
-//   - There is no replication yet: a topic's log lives only on its owner.
-//     A node that takes a partition under a term its local data does not
-//     belong to starts every local topic of it in a new epoch, so clients
-//     see epoch_mismatch rather than a gap or a reused offset. The term
-//     the local data belongs to is kept in cluster-<cluster>.json beside
+//   - With Config.Replicas = 1 (the default) a topic's log lives only on
+//     its owner. With R ≥ 2 the owner sends each committed batch to the
+//     partition's R-1 followers (brokerd.<cluster>.repl.<node>), which
+//     store it at the same offsets, and a record is answered ok, handed
+//     to subscribers and published live only once they all hold it
+//     durably; the lease names the followers that hold every acknowledged
+//     record, and one of them takes the partition over with its history
+//     and epochs when the owner dies or drains. See repl.go.
+//   - A node that takes a partition under a term its local data does not
+//     belong to (and is not such a follower) starts every local topic of
+//     it in a new epoch, so clients see epoch_mismatch rather than a gap
+//     or a reused offset. The term the local data belongs to, and the term
+//     this node last followed, are kept in cluster-<cluster>.json beside
 //     the store.
+//   - A publish answered unavailable may still be stored (the owner
+//     committed it, or with replication it had not all its copies in
+//     time): publishers retry with the same key, which deduplicates.
 package cluster

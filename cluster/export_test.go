@@ -1,5 +1,7 @@
 package cluster
 
+import "github.com/brokerd/brokerd/broker"
+
 // SimulateLiveOutage makes this node miss the live records of topic, as
 // while it was cut off from NATS, until the returned function restores
 // the subscription and runs the repair a reconnect runs.
@@ -15,4 +17,35 @@ func (n *Node) SimulateLiveOutage(topic string) (reconnect func()) {
 		_ = n.nc.Flush()
 		n.repairLive()
 	}
+}
+
+// Followers returns the followers of topic's partition as its owner sees
+// them: those acknowledgements wait for, and those its lease names.
+func (n *Node) Followers(topic string) (want, listed []string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st := &n.parts[n.partition(topic)]
+	return append([]string(nil), st.want...), append([]string(nil), st.listed...)
+}
+
+// PauseFollowing makes this node miss the records owners send it as a
+// follower, as while its subscription was gone, until the returned
+// function restores the subscription.
+func (n *Node) PauseFollowing() (resume func()) {
+	_ = n.followSub.Unsubscribe()
+	return func() {
+		n.followSub, _ = n.nc.Subscribe(n.replSubject(n.cfg.Node), n.serveRepl)
+		_ = n.nc.Flush()
+	}
+}
+
+// SendReplica sends records of topic to node as an owner of term would,
+// and returns the node's answer: "ok", "gap", "stale" or "error", with
+// the offset it holds up to or misses from.
+func (n *Node) SendReplica(node, topic string, term uint64, epoch string, recs []broker.Record) (string, uint64, error) {
+	res, err := n.replCall(node, replEntry{topic: topic, term: term, epoch: epoch, recs: recs})
+	if err != nil {
+		return "", 0, err
+	}
+	return [...]string{"ok", "gap", "stale", "error"}[res.st], res.off, nil
 }

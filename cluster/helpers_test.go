@@ -65,6 +65,12 @@ type testNode struct {
 
 func startNode(t testing.TB, url, clusterName, name string) *testNode {
 	t.Helper()
+	return startNodeR(t, url, clusterName, name, 1)
+}
+
+// startNodeR starts a node keeping replicas copies of each record.
+func startNodeR(t testing.TB, url, clusterName, name string, replicas int) *testNode {
+	t.Helper()
 	st, err := store.Open(t.TempDir(), &store.Options{Logger: quiet, RetentionInterval: -1, NoSync: true})
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +80,7 @@ func startNode(t testing.TB, url, clusterName, name string) *testNode {
 		t.Fatal(err)
 	}
 	node, err := cluster.New(cluster.Config{Conn: nc, Cluster: clusterName, Node: name, Local: st,
-		Partitions: partitions, LeaseTTL: leaseTTL, RequestTimeout: 5 * time.Second, Logger: logger().With("n", name)})
+		Partitions: partitions, LeaseTTL: leaseTTL, RequestTimeout: 5 * time.Second, Replicas: replicas, Logger: logger().With("n", name)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,9 +113,13 @@ func (tn *testNode) kill() {
 }
 
 func startCluster(t testing.TB, url, name string, k int) []*testNode {
+	return startClusterR(t, url, name, k, 1)
+}
+
+func startClusterR(t testing.TB, url, name string, k, replicas int) []*testNode {
 	nodes := make([]*testNode, k)
 	for i := range nodes {
-		nodes[i] = startNode(t, url, name, fmt.Sprintf("n%d", i+1))
+		nodes[i] = startNodeR(t, url, name, fmt.Sprintf("n%d", i+1), replicas)
 	}
 	waitSpread(t, nodes)
 	return nodes

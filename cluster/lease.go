@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -24,22 +25,48 @@ type part struct {
 	mine  bool      // this node holds the lease, and rev is its last write
 	ready bool      // mine, and the local data belongs to term: requests are served
 	sent  time.Time // mine: when the last successful write of the lease was sent
+
+	// Replication (Replicas ≥ 2, see repl.go).
+	listed  []string        // the followers named in the lease: each holds every acknowledged record of term
+	want    []string        // mine: the followers whose confirmation an acknowledgement needs
+	synced  map[string]bool // mine: followers of want brought up to date with every topic of the partition in term
+	syncing map[string]bool // mine: followers being brought up to date
 }
 
-// A lease value is "<node> <term>". A term of 0 means "the revision of
-// this entry": the value written when a lease is taken, before its
-// revision is known.
-func leaseValue(node string, term uint64) []byte {
-	return []byte(node + " " + strconv.FormatUint(term, 10))
+// A lease value is "<node> <term>", followed with replication by
+// " <follower>,<follower>…": the followers that hold every record
+// acknowledged in that term (see repl.go). A term of 0 means "the revision
+// of this entry": the value written when a lease is taken, before its
+// revision is known. A node "~<node>" marks a lease that node handed back
+// (with replication, instead of deleting it, so that a follower named in
+// it keeps the history): it is free.
+func leaseValue(node string, term uint64, listed []string) []byte {
+	v := node + " " + strconv.FormatUint(term, 10)
+	if len(listed) > 0 {
+		v += " " + strings.Join(listed, ",")
+	}
+	return []byte(v)
 }
 
-func parseLease(e jetstream.KeyValueEntry) (owner string, term uint64) {
-	owner, t, _ := strings.Cut(string(e.Value()), " ")
-	term, _ = strconv.ParseUint(t, 10, 64)
+// freeMark starts the owner of a lease handed back; it is not a name
+// character.
+const freeMark = "~"
+
+func parseLease(e jetstream.KeyValueEntry) (owner string, term uint64, listed []string) {
+	f := strings.Fields(string(e.Value()))
+	if len(f) > 0 {
+		owner = f[0]
+	}
+	if len(f) > 1 {
+		term, _ = strconv.ParseUint(f[1], 10, 64)
+	}
+	if len(f) > 2 {
+		listed = strings.Split(f[2], ",")
+	}
 	if term == 0 {
 		term = e.Revision()
 	}
-	return owner, term
+	return owner, term, listed
 }
 
 func leaseKey(p int) string { return "p" + strconv.Itoa(p) }
@@ -90,10 +117,14 @@ func (n *Node) pass() {
 		}
 		cancel()
 	}
-	live := n.liveNodes()
+	live, liveOK := n.liveNodesOK()
+	if n.cfg.Replicas > 1 && liveOK && !draining {
+		n.updateFollowers(live)
+	}
 	share := (n.cfg.Partitions + max(len(live), 1) - 1) / max(len(live), 1)
 	ttl := n.cfg.LeaseTTL
 	start := rand.IntN(n.cfg.Partitions)
+	unsettled := false // a lease of a dead owner was seen
 	for i := range n.cfg.Partitions {
 		if n.closed.Load() {
 			return
@@ -116,7 +147,7 @@ func (n *Node) pass() {
 			*st = part{}
 			n.mu.Unlock()
 			if !draining && n.owned() < share {
-				n.take(p, 0)
+				n.take(p, 0, false)
 			}
 			continue
 		}
@@ -124,7 +155,12 @@ func (n *Node) pass() {
 			n.log.Warn("cluster: reading lease", "partition", p, "err", err)
 			continue
 		}
-		owner, term := parseLease(e)
+		owner, term, listed := parseLease(e)
+		prev, free := strings.CutPrefix(owner, freeMark)
+		if free {
+			owner = ""
+		}
+		followed := n.followed(p)
 		n.mu.Lock()
 		st := &n.parts[p]
 		if e.Revision() != st.rev {
@@ -136,14 +172,30 @@ func (n *Node) pass() {
 				n.log.Warn("cluster: lease lost", "partition", p, "to", owner)
 			}
 			st.mine, st.ready = false, false
-			st.owner, st.term = owner, term
+			st.owner, st.term, st.listed = owner, term, listed
+			n.fence[p] = max(n.fence[p], term)
 		}
-		stale := now.Sub(st.seen) >= ttl+ttl/10
+		stale := free || now.Sub(st.seen) >= ttl+ttl/10
+		// With replication a follower named in the lease takes it over
+		// with the history; the others leave it to such a follower while
+		// one is alive, for another LeaseTTL.
+		keep, wait := false, false
+		if n.cfg.Replicas > 1 && len(listed) > 0 {
+			keep = slices.Contains(listed, n.cfg.Node) && followed == term
+			if !keep && now.Sub(st.seen) < 2*ttl+ttl/10 {
+				for _, f := range listed {
+					wait = wait || slices.Contains(live, f)
+				}
+			}
+		}
 		n.mu.Unlock()
 		switch {
 		case owner == n.cfg.Node && mine && e.Revision() == n.partRev(p):
 			if now.Sub(sent) >= ttl/3 {
-				n.renew(p, term, e.Revision())
+				n.mu.Lock()
+				l := n.parts[p].listing()
+				n.mu.Unlock()
+				n.renew(p, term, e.Revision(), l)
 			}
 		case owner == n.cfg.Node:
 			// Written by an earlier run of this node (or a renewal whose
@@ -151,15 +203,31 @@ func (n *Node) pass() {
 			if !draining {
 				n.claim(p, e.Revision(), term)
 			}
-		case stale && !draining && n.owned() < share:
-			n.take(p, e.Revision())
+		// A follower takes over the partition of a dead or drained owner
+		// even past its share (it hands the excess back later); one handed
+		// back by a live node only within it, or partitions would go round
+		// between nodes.
+		case stale && !draining && !wait && (n.owned() < share || keep && (!free || !slices.Contains(live, prev))):
+			if n.take(p, e.Revision(), keep) {
+				n.tookAt = time.Now()
+			}
+		}
+		if stale && !free && owner != n.cfg.Node {
+			unsettled = true
 		}
 	}
 	if draining || len(live) < 2 {
 		return
 	}
+	// With replication, balance waits until a dead owner's partitions
+	// have all moved and its heartbeat has expired: a partition handed
+	// back meanwhile could find its follower counted as alive but gone,
+	// and start a new epoch.
+	if n.cfg.Replicas > 1 && (unsettled || time.Since(n.tookAt) < ttl) {
+		return
+	}
 	if excess := n.owned() - share; excess > 0 {
-		n.release(n.pick(excess))
+		n.release(n.pickExcess(excess))
 	}
 }
 
@@ -196,25 +264,54 @@ func (n *Node) pick(k int) []int {
 	return list[:min(k, len(list))]
 }
 
+// pickExcess returns up to k partitions to hand back for balance. With
+// replication only partitions whose lease names a follower qualify: the
+// others would start new epochs wherever they go, and get one as soon as
+// their followers are up to date.
+func (n *Node) pickExcess(k int) []int {
+	if n.cfg.Replicas < 2 {
+		return n.pick(k)
+	}
+	var out []int
+	for _, p := range n.pick(n.cfg.Partitions) {
+		n.mu.Lock()
+		ok := len(n.parts[p].listed) > 0
+		n.mu.Unlock()
+		if ok && len(out) < k {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // liveNodes lists the nodes whose heartbeat has not expired.
 func (n *Node) liveNodes() []string {
+	out, _ := n.liveNodesOK()
+	return out
+}
+
+// liveNodesOK is liveNodes, telling whether the list could be read (else
+// it is this node alone).
+func (n *Node) liveNodesOK() ([]string, bool) {
 	ctx, cancel := n.opCtx()
 	defer cancel()
 	kl, err := n.nodes.ListKeys(ctx)
 	if err != nil {
-		return []string{n.cfg.Node}
+		return []string{n.cfg.Node}, false
 	}
 	defer func() { _ = kl.Stop() }()
 	var out []string
 	for k := range kl.Keys() {
 		out = append(out, k)
 	}
-	return out
+	return out, true
 }
 
 // take creates the lease of a free partition (rev 0), or replaces a stale
-// one whose last revision is rev.
-func (n *Node) take(p int, rev uint64) {
+// one whose last revision is rev. keep: this node was a follower named in
+// the stale lease, so its local data holds every acknowledged record and
+// is kept, epochs included. It reports whether the lease was taken.
+func (n *Node) take(p int, rev uint64, keep bool) bool {
 	ctx, cancel := n.opCtx()
 	defer cancel()
 	sent := time.Now()
@@ -223,14 +320,18 @@ func (n *Node) take(p int, rev uint64) {
 		err  error
 	)
 	if rev == 0 {
-		nrev, err = n.leases.Create(ctx, leaseKey(p), leaseValue(n.cfg.Node, 0))
+		nrev, err = n.leases.Create(ctx, leaseKey(p), leaseValue(n.cfg.Node, 0, nil))
 	} else {
-		nrev, err = n.leases.Update(ctx, leaseKey(p), leaseValue(n.cfg.Node, 0), rev)
+		nrev, err = n.leases.Update(ctx, leaseKey(p), leaseValue(n.cfg.Node, 0, nil), rev)
 	}
 	if err != nil {
-		return // another node was faster
+		return false // another node was faster
 	}
-	n.acquire(p, nrev, nrev, sent)
+	if keep {
+		n.log.Info("cluster: taking over a partition as its follower, with its history", "partition", p, "term", nrev)
+	}
+	n.acquire(p, nrev, nrev, sent, keep)
+	return true
 }
 
 // claim takes back a lease that names this node.
@@ -238,39 +339,58 @@ func (n *Node) claim(p int, rev, term uint64) {
 	ctx, cancel := n.opCtx()
 	defer cancel()
 	sent := time.Now()
-	nrev, err := n.leases.Update(ctx, leaseKey(p), leaseValue(n.cfg.Node, term), rev)
+	nrev, err := n.leases.Update(ctx, leaseKey(p), leaseValue(n.cfg.Node, term, nil), rev)
 	if err != nil {
 		return
 	}
-	n.acquire(p, nrev, term, sent)
+	n.acquire(p, nrev, term, sent, false)
 }
 
 // renewDue renews every held lease whose last renewal is a third of the
-// TTL old.
+// TTL old, or whose followers to name have changed.
 func (n *Node) renewDue() {
 	type due struct {
 		p         int
 		term, rev uint64
+		listed    []string
 	}
 	var list []due
 	n.mu.Lock()
 	for p := range n.parts {
 		st := &n.parts[p]
-		if st.mine && time.Since(st.sent) >= n.cfg.LeaseTTL/3 {
-			list = append(list, due{p, st.term, st.rev})
+		if !st.mine {
+			continue
+		}
+		l := st.listing()
+		if time.Since(st.sent) >= n.cfg.LeaseTTL/3 || !slices.Equal(l, st.listed) {
+			list = append(list, due{p, st.term, st.rev, l})
 		}
 	}
 	n.mu.Unlock()
 	for _, d := range list {
-		n.renew(d.p, d.term, d.rev)
+		n.renew(d.p, d.term, d.rev, d.listed)
 	}
 }
 
-func (n *Node) renew(p int, term, rev uint64) {
+// listing returns the followers the lease of a held partition names: those
+// of want brought up to date. Called with Node.mu held.
+func (st *part) listing() []string {
+	var l []string
+	for _, f := range st.want {
+		if st.synced[f] {
+			l = append(l, f)
+		}
+	}
+	return l
+}
+
+// renew writes the lease of p again, naming listed as its followers, and
+// reports whether that succeeded.
+func (n *Node) renew(p int, term, rev uint64, listed []string) bool {
 	ctx, cancel := n.opCtx()
 	defer cancel()
 	sent := time.Now()
-	nrev, err := n.leases.Update(ctx, leaseKey(p), leaseValue(n.cfg.Node, term), rev)
+	nrev, err := n.leases.Update(ctx, leaseKey(p), leaseValue(n.cfg.Node, term, listed), rev)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	st := &n.parts[p]
@@ -282,22 +402,26 @@ func (n *Node) renew(p int, term, rev uint64) {
 			st.mine, st.ready = false, false
 		}
 		n.log.Warn("cluster: renewing lease", "partition", p, "err", err)
-		return
+		return false
 	}
 	if st.mine && st.term == term {
-		st.rev, st.seen, st.sent = nrev, time.Now(), sent
+		st.rev, st.seen, st.sent, st.listed = nrev, time.Now(), sent, listed
+		return true
 	}
+	return false
 }
 
 // acquire makes a lease just written by this node its own, and gets the
 // local data ready for its term: data of another term (or of no record) is
 // history this node cannot vouch for, so every local topic of the
 // partition starts a new epoch.
-func (n *Node) acquire(p int, rev, term uint64, sent time.Time) {
+func (n *Node) acquire(p int, rev, term uint64, sent time.Time, keep bool) {
 	n.mu.Lock()
 	n.parts[p] = part{owner: n.cfg.Node, term: term, rev: rev, seen: time.Now(), mine: true, sent: sent}
+	n.fence[p] = max(n.fence[p], term)
 	n.mu.Unlock()
-	if err := n.prepare(p, term); err != nil {
+	n.dropRepl(p)
+	if err := n.prepare(p, term, keep); err != nil {
 		n.log.Error("cluster: preparing partition; releasing it", "partition", p, "err", err)
 		n.release([]int{p})
 		return
@@ -308,12 +432,24 @@ func (n *Node) acquire(p int, rev, term uint64, sent time.Time) {
 		st.ready = true
 	}
 	n.mu.Unlock()
+	if n.cfg.Replicas > 1 {
+		n.mu.Lock()
+		members := n.members
+		n.mu.Unlock()
+		n.setFollowers(p, members)
+	}
 	n.log.Debug("cluster: partition acquired", "partition", p, "term", term)
 }
 
-func (n *Node) prepare(p int, term uint64) error {
+func (n *Node) prepare(p int, term uint64, keep bool) error {
 	n.tmu.Lock()
 	same := n.terms.Terms[p] == term
+	if keep && !same {
+		n.terms.Terms[p] = term
+		err := n.terms.save(n.termsPath)
+		n.tmu.Unlock()
+		return err
+	}
 	n.tmu.Unlock()
 	if same {
 		return nil
@@ -354,9 +490,11 @@ func (n *Node) release(ps []int) {
 	}
 	n.mu.Lock()
 	revs := make([]uint64, len(ps))
+	tms := make([]uint64, len(ps))
+	listed := make([][]string, len(ps))
 	for i, p := range ps {
 		n.parts[p].ready = false
-		revs[i] = n.parts[p].rev
+		revs[i], tms[i], listed[i] = n.parts[p].rev, n.parts[p].term, n.parts[p].listed
 	}
 	n.mu.Unlock()
 	for deadline := time.Now().Add(n.cfg.LeaseTTL / 3); n.inflight.Load() > 0 && time.Now().Before(deadline); {
@@ -364,7 +502,13 @@ func (n *Node) release(ps []int) {
 	}
 	for i, p := range ps {
 		ctx, cancel := n.opCtx()
-		err := n.leases.Delete(ctx, leaseKey(p), jetstream.LastRevision(revs[i]))
+		var err error
+		if len(listed[i]) > 0 {
+			// Handed back naming the followers, which hold the history.
+			_, err = n.leases.Update(ctx, leaseKey(p), leaseValue(freeMark+n.cfg.Node, tms[i], listed[i]), revs[i])
+		} else {
+			err = n.leases.Delete(ctx, leaseKey(p), jetstream.LastRevision(revs[i]))
+		}
 		cancel()
 		n.mu.Lock()
 		n.parts[p] = part{}
@@ -383,10 +527,13 @@ type terms struct {
 	Cluster    string         `json:"cluster"`
 	Partitions int            `json:"partitions"`
 	Terms      map[int]uint64 `json:"terms"`
+	// Followed: with replication, the term of the owner whose records
+	// this node last accepted as a follower, per partition.
+	Followed map[int]uint64 `json:"followed,omitempty"`
 }
 
 func loadTerms(path, cluster string, partitions int) (*terms, error) {
-	t := &terms{Cluster: cluster, Partitions: partitions, Terms: map[int]uint64{}}
+	t := &terms{Cluster: cluster, Partitions: partitions, Terms: map[int]uint64{}, Followed: map[int]uint64{}}
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return t, nil
@@ -400,6 +547,9 @@ func loadTerms(path, cluster string, partitions int) (*terms, error) {
 	}
 	if f.Cluster == cluster && f.Partitions == partitions && f.Terms != nil {
 		t.Terms = f.Terms
+		if f.Followed != nil {
+			t.Followed = f.Followed
+		}
 	}
 	return t, nil
 }

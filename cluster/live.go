@@ -197,8 +197,10 @@ func (n *Node) forgetLiveLocked() {
 
 // onLocalCommit is the local store's commit hook: the records of the
 // partitions this node owns go to the broker and, on NATS, to the other
-// nodes. Records committed after their partition's lease was lost are
-// neither: they were not acknowledged and belong to no one's history.
+// nodes (with replication, once they have their copies: see repl.go).
+// Records committed after their partition's lease was lost are neither:
+// they were not acknowledged and belong to no one's history. Records a
+// follower stores for other owners are not this node's to announce.
 func (n *Node) onLocalCommit(batch []broker.Committed) {
 	keep := batch[:0:0]
 	for i := range batch {
@@ -209,7 +211,16 @@ func (n *Node) onLocalCommit(batch []broker.Committed) {
 	if len(keep) == 0 {
 		return
 	}
+	if n.cfg.Replicas > 1 {
+		n.replicate(keep)
+		return
+	}
 	n.deliver(keep)
+	n.publishLive(keep)
+}
+
+// publishLive queues committed records of this node for the other nodes.
+func (n *Node) publishLive(keep []broker.Committed) {
 	// The hook must not block, and a NATS write can (a stalled socket):
 	// the records go to a bounded queue that liveOutLoop publishes. When
 	// it is full they are dropped for the other nodes, whose exact

@@ -36,8 +36,9 @@ var ErrUnavailable = fmt.Errorf("cluster: no owner reachable for the topic: %w",
 // live records of other owners to the broker's commit hook for the topics
 // and patterns its subscribers want (broker.Interested).
 //
-// Lock order (outer first): passMu → mu; passMu → tmu. imu, pmu, hookMu
-// and mu are leaves. The broker's commit hook runs with hookMu held and
+// Lock order (outer first): passMu → mu; passMu → tmu; rmu → mu. imu,
+// pmu, hookMu and mu are leaves; with rmu held nothing waits but for room
+// in replDel. The broker's commit hook runs with hookMu held and
 // nothing else; hookMu is never taken by a method the broker calls.
 type Node struct {
 	cfg       Config
@@ -51,9 +52,12 @@ type Node struct {
 	termsPath string
 
 	passMu sync.Mutex // serialises lease passes and Drain
+	tookAt time.Time  // guarded by passMu: when the last partition was taken
 
-	mu    sync.Mutex
-	parts []part // guarded by mu
+	mu      sync.Mutex
+	parts   []part   // guarded by mu
+	fence   []uint64 // guarded by mu: per partition, the highest term seen; a follower refuses records of a lower one
+	members []string // guarded by mu: the live nodes, sorted, as of the last lease pass
 
 	tmu   sync.Mutex
 	terms *terms // guarded by tmu
@@ -82,6 +86,13 @@ type Node struct {
 	nextID  uint64           // guarded by pmu
 	inbox   string
 
+	// Replication (repl.go).
+	rmu       sync.Mutex
+	repl      map[string]*replTopic // guarded by rmu: owned topics with records being replicated
+	replOut   chan replSend         // requests to followers, sent by replOutLoop
+	replDel   chan replDelivery     // replicated records and answers, in order, for replDeliverLoop
+	followSub *nats.Subscription    // records of other owners for this node as a follower
+
 	rpcSub, replySub *nats.Subscription
 	sem              chan struct{} // bounds requests served concurrently
 	inflight         atomic.Int64  // local writes of owned partitions in flight
@@ -108,6 +119,10 @@ func New(cfg Config) (*Node, error) {
 		prefix:    "brokerd." + cfg.Cluster + ".",
 		termsPath: filepath.Join(filepath.Dir(cfg.Local.Path()), "cluster-"+cfg.Cluster+".json"),
 		parts:     make([]part, cfg.Partitions),
+		fence:     make([]uint64, cfg.Partitions),
+		repl:      make(map[string]*replTopic),
+		replOut:   make(chan replSend, 1<<12),
+		replDel:   make(chan replDelivery, 1<<14),
 		lastLive:  make(map[string]liveMark),
 		liveCh:    make(chan *nats.Msg, 1<<16),
 		liveOut:   make(chan broker.Committed, 1<<14),
@@ -167,7 +182,10 @@ func (n *Node) start() error {
 	if n.replySub, err = n.nc.Subscribe(n.inbox+".*", n.onReply); err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
-	for _, s := range []*nats.Subscription{n.rpcSub, n.replySub} {
+	if n.followSub, err = n.nc.Subscribe(n.replSubject(n.cfg.Node), n.serveRepl); err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	for _, s := range []*nats.Subscription{n.rpcSub, n.replySub, n.followSub} {
 		_ = s.SetPendingLimits(-1, 256<<20)
 	}
 	if err := n.nc.FlushTimeout(5 * time.Second); err != nil {
@@ -175,9 +193,12 @@ func (n *Node) start() error {
 	}
 	n.pass()
 	n.wg.Add(1)
-	n.liveWG.Add(2)
+	n.liveWG.Add(5)
 	go n.liveLoop()
 	go n.liveOutLoop()
+	go n.replOutLoop()
+	go n.replDeliverLoop()
+	go n.replTickLoop()
 	n.nc.SetReconnectHandler(func(*nats.Conn) {
 		n.log.Info("cluster: reconnected to NATS; repairing live records")
 		go n.repairLive()
@@ -233,7 +254,7 @@ func (n *Node) Close() error {
 
 func (n *Node) shut() {
 	n.closed.Store(true)
-	for _, s := range []*nats.Subscription{n.rpcSub, n.replySub} {
+	for _, s := range []*nats.Subscription{n.rpcSub, n.replySub, n.followSub} {
 		if s != nil {
 			_ = s.Unsubscribe()
 		}
@@ -246,6 +267,7 @@ func (n *Node) shut() {
 	n.imu.Unlock()
 	n.liveStop.Do(func() { close(n.liveQuit) })
 	n.liveWG.Wait()
+	n.failReplWaits()
 	n.pmu.Lock()
 	calls := n.pending
 	n.pending = map[uint64]*call{}

@@ -46,6 +46,11 @@ type call struct {
 // errRetry, or an error, never from the caller's goroutine. Requests sent
 // to one node from one goroutine arrive in order.
 func (n *Node) send(node string, body []byte, done func(r *reader, err error)) {
+	n.sendTo(n.rpcSubject(node), node, body, done)
+}
+
+// sendTo is send to subject, a subject of node.
+func (n *Node) sendTo(subject, node string, body []byte, done func(r *reader, err error)) {
 	n.pmu.Lock()
 	if n.closed.Load() {
 		n.pmu.Unlock()
@@ -62,7 +67,7 @@ func (n *Node) send(node string, body []byte, done func(r *reader, err error)) {
 	})
 	n.pending[id] = c
 	n.pmu.Unlock()
-	err := n.nc.PublishMsg(&nats.Msg{Subject: n.rpcSubject(node), Reply: n.inbox + "." + strconv.FormatUint(id, 10), Data: body})
+	err := n.nc.PublishMsg(&nats.Msg{Subject: subject, Reply: n.inbox + "." + strconv.FormatUint(id, 10), Data: body})
 	if err != nil {
 		if c := n.popCall(id); c != nil {
 			c.timer.Stop()
@@ -278,6 +283,7 @@ func (n *Node) serveRead(m *nats.Msg, op byte, topic string, r *reader) {
 		}
 	case opTopic:
 		ti, ok, e := n.local.Topic(topic)
+		ti = n.capInfo(ti)
 		err = e
 		b = putBool(b, ok)
 		b = putInfo(b, &ti)
@@ -288,6 +294,7 @@ func (n *Node) serveRead(m *nats.Msg, op byte, topic string, r *reader) {
 		}
 		var recs []broker.Record
 		if recs, err = n.local.Read(topic, from, max, min(maxBytes, n.pageBytes())); err == nil {
+			recs = n.capRecs(topic, recs)
 			b = putUvarint(b, uint64(len(recs)))
 			for i := range recs {
 				b = putRecord(b, &recs[i])

@@ -71,6 +71,10 @@ func (n *Node) appendLocal(p int, term uint64, topic string, data []byte, key st
 		if err == nil && !n.holds(p, term) {
 			err = fmt.Errorf("%w: the lease of partition %d was lost during the append", ErrUnavailable, p)
 		}
+		if err == nil && n.cfg.Replicas > 1 {
+			n.awaitRepl(a, done)
+			return
+		}
 		done(a, err)
 	})
 }
@@ -113,6 +117,7 @@ func (n *Node) Read(topic string, from uint64, max, maxBytes int) (recs []broker
 	body = putUvarint(body, uint64(maxBytes))
 	err = n.request(context.Background(), topic, body, func() error {
 		recs, err = n.local.Read(topic, from, max, maxBytes)
+		recs = n.capRecs(topic, recs)
 		return err
 	}, func(r *reader) error {
 		k := r.uvarint()
@@ -133,6 +138,7 @@ func (n *Node) Topic(topic string) (ti broker.TopicInfo, ok bool, err error) {
 	body := putString([]byte{opTopic}, topic)
 	err = n.request(context.Background(), topic, body, func() error {
 		ti, ok, err = n.local.Topic(topic)
+		ti = n.capInfo(ti)
 		return err
 	}, func(r *reader) error {
 		ok = r.bool()

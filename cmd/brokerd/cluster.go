@@ -29,6 +29,9 @@ func (c *config) validateCluster() []error {
 	if c.LeaseTTL < 300*time.Millisecond {
 		errs = append(errs, fmt.Errorf("%s must be at least 300ms, got %v", c.optName("lease-ttl"), c.LeaseTTL))
 	}
+	if c.Replicas < 1 || c.Replicas > 16 {
+		errs = append(errs, fmt.Errorf("%s must be 1 to 16, got %d", c.optName("replicas"), c.Replicas))
+	}
 	return errs
 }
 
@@ -42,6 +45,7 @@ func joinCluster(c *config, log *slog.Logger, st *store.DB) (*cluster.Node, erro
 		Local:      st,
 		Partitions: c.Partitions,
 		LeaseTTL:   c.LeaseTTL,
+		Replicas:   c.Replicas,
 		Logger:     log,
 	})
 	if err != nil {

@@ -213,6 +213,7 @@ var helpFlags = map[string]string{
 	"cluster":                "brokerd",
 	"partitions":             "64",
 	"lease-ttl":              "5s",
+	"replicas":               "1",
 }
 
 func TestHelp(t *testing.T) {

@@ -1,0 +1,993 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/brokerd/brokerd/broker"
+	"github.com/brokerd/brokerd/store"
+)
+
+// Replication, with Config.Replicas = R ≥ 2.
+//
+// Followers. The followers of a partition are the R-1 live nodes after
+// the owner in the sorted list of live nodes rotated by the partition
+// number (followersFor), recomputed at every lease pass. An
+// acknowledgement waits for every one of them (part.want), so a dead
+// follower holds publishes up (they fail with ErrUnavailable) until its
+// heartbeat expires and the next live node replaces it.
+//
+// Owner path. The local store's commit hook hands each batch of the
+// partitions this node owns to replicate: the records go, one request per
+// follower per batch (split to fit a NATS message), to
+// brokerd.<cluster>.repl.<follower>, with the topic's epoch and the
+// partition's term. A follower answers per topic with the offset it now
+// holds durably, or "gap at N": the owner then sends from N, read from its
+// local log in pages (catchUp). A topic's acknowledged offset (acked) is
+// the lowest offset every follower confirmed.
+//
+// Ordering. The records of a batch are on the owner's disk before they are
+// sent, but they are neither handed to the broker's hook, nor published
+// live to the other nodes, nor answered ok, before they are acknowledged:
+// a subscriber never sees a record that a failover could lose. Deliveries
+// (records, then the publishers' answers, as the store's contract wants)
+// go through one queue read by replDeliverLoop, in the order the topics'
+// acked offsets move, so each topic's records reach the hook in offset
+// order. Read and Topic on the owner do not show records above acked
+// either, so that a replay cannot get ahead of the live stream.
+//
+// A publish not acknowledged within RequestTimeout fails with
+// ErrUnavailable, but its record stays in the owner's log and is
+// replicated and delivered later: a publisher that retries with the same
+// key gets the first offset back (dup).
+//
+// Failover. The lease names the followers (part.listed) that hold every
+// acknowledged record of its term: a follower is named only once it has
+// been brought up to date with every topic of the partition (syncFollower)
+// while acknowledgements were already waiting for it, and is removed from
+// the lease before acknowledgements stop waiting for it. A node named in a
+// stale (or handed back) lease that last followed that very term takes it
+// over keeping its data and epochs; the others wait another LeaseTTL for
+// such a follower, then take it as before, with new epochs. Fencing: a
+// follower refuses records of a term lower than the highest it has seen
+// (from the lease or from records), and a node refuses records of a
+// partition it holds; since the new owner was one of the old owner's
+// followers, an old owner can never have a record acknowledged again.
+//
+// Not done yet: consumer offsets (CommitAsync) are not replicated, so a
+// failover loses the positions committed on the old owner (consumers
+// start again from their sub's from); an empty topic created by Ensure
+// reaches the followers only with their next sync; records a new owner
+// holds beyond what the old one acknowledged are served at once, before
+// its own followers hold them; a follower whose log diverged is corrected
+// only when it follows that partition again; catch-up reads pages of at
+// most 1000 records.
+
+// Per-topic answers of a follower.
+const (
+	rsOK    byte = iota // off: the offset the follower holds durably up to
+	rsGap               // off: the first offset the follower misses
+	rsStale             // the term is older than one the follower has seen
+	rsError
+)
+
+// Flags of a replicated run of records.
+const (
+	rfBase  byte = 1 << iota // the run starts at the owner's earliest retained offset
+	rfProbe                  // no records: the owner's head, to compare with
+)
+
+// replEntry is one topic's run of records in a replication request. An
+// entry without topic is a probe of the partition head.
+type replEntry struct {
+	topic string
+	term  uint64
+	epoch string
+	flags byte
+	head  uint64 // rfProbe: the owner's head
+	recs  []broker.Record
+}
+
+type replResult struct {
+	st  byte
+	off uint64
+	msg string
+}
+
+type replSend struct {
+	node    string
+	entries []replEntry
+}
+
+// replWait is a publisher's answer waiting for its record's copies.
+type replWait struct {
+	a        broker.Appended
+	done     func(broker.Appended, error)
+	deadline time.Time
+}
+
+// replDelivery is a topic's records acknowledged from..to (recs, or nil
+// to read them from the log) and the answers to give after them.
+type replDelivery struct {
+	topic, epoch string
+	from, to     uint64
+	recs         []broker.Record
+	waits        []replWait
+}
+
+// replTopic is the replication state of a topic this node owns. p, term
+// and epoch do not change; the rest is guarded by Node.rmu.
+type replTopic struct {
+	p     int
+	term  uint64
+	epoch string
+	acked uint64            // every follower holds the records up to here; delivered
+	head  uint64            // the last offset committed locally
+	recs  []broker.Record   // when held: the records acked+1..head
+	held  bool              // recs holds every record above acked
+	conf  map[string]uint64 // follower → offset it confirmed
+	waits []replWait
+	fetch map[string]*bool // follower → catch-up running; true: a gap was reported meanwhile
+	idle  time.Time
+}
+
+// maxHeldRecords bounds the records of a topic kept in memory while they
+// wait for their copies; past it they are read back from the log.
+const maxHeldRecords = 1 << 14
+
+func (n *Node) replSubject(node string) string { return n.prefix + "repl." + node }
+
+// followersFor returns the k followers of partition p owned by owner among
+// members, sorted: the members after the owner, starting at position p.
+func followersFor(p int, owner string, members []string, k int) []string {
+	var out []string
+	for i := range members {
+		m := members[(p+i)%len(members)]
+		if m != owner && len(out) < k {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// updateFollowers recomputes the followers of every held partition from
+// the live nodes. Called by the lease pass.
+func (n *Node) updateFollowers(live []string) {
+	members := slices.Sorted(slices.Values(live))
+	var ps []int
+	n.mu.Lock()
+	n.members = members
+	for p := range n.parts {
+		if n.parts[p].mine {
+			ps = append(ps, p)
+		}
+	}
+	n.mu.Unlock()
+	for _, p := range ps {
+		n.setFollowers(p, members)
+	}
+}
+
+// setFollowers makes the followers of held partition p those of members.
+// A follower that leaves is first removed from the lease, then
+// acknowledgements stop waiting for it; one that joins is waited for at
+// once and brought up to date in the background, and named in the lease
+// once it is.
+func (n *Node) setFollowers(p int, members []string) {
+	n.mu.Lock()
+	st := &n.parts[p]
+	if !st.mine {
+		n.mu.Unlock()
+		return
+	}
+	w := followersFor(p, n.cfg.Node, members, n.cfg.Replicas-1)
+	term, rev := st.term, st.rev
+	var nl []string
+	for _, f := range st.listed {
+		if slices.Contains(w, f) {
+			nl = append(nl, f)
+		}
+	}
+	drop := len(nl) != len(st.listed)
+	n.mu.Unlock()
+	if drop && !n.renew(p, term, rev, nl) {
+		return
+	}
+	var start []string
+	n.mu.Lock()
+	st = &n.parts[p]
+	if !st.mine || st.term != term {
+		n.mu.Unlock()
+		return
+	}
+	st.want = w
+	if st.synced == nil {
+		st.synced, st.syncing = map[string]bool{}, map[string]bool{}
+	}
+	for f := range st.synced {
+		if !slices.Contains(w, f) {
+			delete(st.synced, f)
+		}
+	}
+	for _, f := range w {
+		if !st.synced[f] && !st.syncing[f] {
+			st.syncing[f] = true
+			start = append(start, f)
+		}
+	}
+	n.mu.Unlock()
+	for _, f := range start {
+		go n.syncFollower(p, term, f)
+	}
+	n.rmu.Lock()
+	for t, rt := range n.repl {
+		if rt.p == p {
+			n.advanceLocked(t, rt)
+		}
+	}
+	n.rmu.Unlock()
+}
+
+// wantOf returns the term and followers of p when this node holds it.
+func (n *Node) wantOf(p int) (uint64, []string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st := &n.parts[p]
+	if !st.mine {
+		return 0, nil
+	}
+	return st.term, st.want
+}
+
+// followed returns the term of the owner whose records this node last
+// accepted for p.
+func (n *Node) followed(p int) uint64 {
+	n.tmu.Lock()
+	defer n.tmu.Unlock()
+	return n.terms.Followed[p]
+}
+
+// syncFollower brings follower f up to date with every local topic of p,
+// then lets the lease name it.
+func (n *Node) syncFollower(p int, term uint64, f string) {
+	err := n.syncTopics(p, term, f)
+	n.mu.Lock()
+	st := &n.parts[p]
+	ok := st.mine && st.term == term
+	if ok {
+		delete(st.syncing, f)
+		if err == nil && slices.Contains(st.want, f) {
+			st.synced[f] = true
+		}
+	}
+	n.mu.Unlock()
+	if err != nil {
+		n.log.Debug("cluster: bringing a follower up to date", "partition", p, "node", f, "err", err)
+		return
+	}
+	if ok {
+		n.poke() // the next pass names it in the lease
+	}
+}
+
+func (n *Node) syncTopics(p int, term uint64, f string) error {
+	// First the partition alone, so that a follower of a partition
+	// without topics records the term it follows too.
+	res, err := n.replCall(f, replEntry{term: term, flags: rfProbe, head: uint64(p)})
+	if err == nil && res.st != rsOK {
+		err = fmt.Errorf("cluster: follower %s refused partition %d: %s", f, p, res.msg)
+	}
+	if err != nil {
+		return err
+	}
+	after := ""
+	for {
+		list, err := n.local.Topics(after, 1000)
+		if err != nil {
+			return err
+		}
+		for _, ti := range list {
+			if n.partition(ti.Topic) != p {
+				continue
+			}
+			if _, err := n.catchUp(ti.Topic, f, p, term, ti.Epoch, 0); err != nil {
+				return err
+			}
+		}
+		if len(list) < 1000 {
+			return nil
+		}
+		after = list[len(list)-1].Topic
+	}
+}
+
+// replicate takes a committed batch of owned topics (the local commit
+// hook) and sends it to the followers.
+func (n *Node) replicate(batch []broker.Committed) {
+	out := map[string][]replEntry{}
+	n.rmu.Lock()
+	for i := range batch {
+		c := &batch[i]
+		if len(c.Records) == 0 {
+			continue
+		}
+		p := n.partition(c.Topic)
+		term, want := n.wantOf(p)
+		first, last := c.Records[0].Offset, c.Records[len(c.Records)-1].Offset
+		rt := n.repl[c.Topic]
+		if rt == nil || rt.epoch != c.Epoch || rt.term != term {
+			if rt != nil {
+				n.failLocked(rt)
+			}
+			rt = &replTopic{p: p, term: term, epoch: c.Epoch, acked: first - 1, head: first - 1, held: true,
+				conf: map[string]uint64{}, fetch: map[string]*bool{}}
+			n.repl[c.Topic] = rt
+		}
+		if first != rt.head+1 {
+			rt.recs, rt.held = nil, false
+		}
+		rt.head, rt.idle = last, time.Now()
+		if rt.held {
+			rt.recs = append(rt.recs, c.Records...)
+			if len(rt.recs) > maxHeldRecords {
+				rt.recs, rt.held = nil, false
+			}
+		}
+		for _, f := range want {
+			out[f] = append(out[f], replEntry{topic: c.Topic, term: term, epoch: c.Epoch, recs: c.Records})
+		}
+	}
+	n.rmu.Unlock()
+	for f, es := range out {
+		select {
+		case n.replOut <- replSend{f, es}:
+		default:
+			n.log.Warn("cluster: replication queue full; the follower will fetch the records", "node", f)
+		}
+	}
+}
+
+// failLocked ends a topic's waiting publishers with ErrUnavailable.
+func (n *Node) failLocked(rt *replTopic) {
+	ws := rt.waits
+	rt.waits = nil
+	if len(ws) > 0 {
+		go failWaits(ws, fmt.Errorf("%w: the partition's term or the topic's epoch changed before the record was replicated", ErrUnavailable))
+	}
+}
+
+func failWaits(ws []replWait, err error) {
+	for _, w := range ws {
+		w.done(broker.Appended{}, err)
+	}
+}
+
+// dropRepl forgets the replication state of p's topics (a new term).
+func (n *Node) dropRepl(p int) {
+	n.rmu.Lock()
+	defer n.rmu.Unlock()
+	for t, rt := range n.repl {
+		if rt.p == p {
+			n.failLocked(rt)
+			delete(n.repl, t)
+		}
+	}
+}
+
+// awaitRepl answers a publisher once its record has its copies.
+func (n *Node) awaitRepl(a broker.Appended, done func(broker.Appended, error)) {
+	n.rmu.Lock()
+	if n.closed.Load() {
+		n.rmu.Unlock()
+		done(broker.Appended{}, broker.ErrClosed)
+		return
+	}
+	rt := n.repl[a.Topic]
+	if rt == nil || rt.epoch != a.Epoch {
+		// Not a record of this term's replication: an old record (a
+		// duplicate key) that is as safe as it will get.
+		n.rmu.Unlock()
+		done(a, nil)
+		return
+	}
+	w := replWait{a: a, done: done, deadline: time.Now().Add(n.cfg.RequestTimeout)}
+	if a.Offset <= rt.acked {
+		// Delivered, or queued for delivery: answer after it.
+		n.replDel <- replDelivery{waits: []replWait{w}}
+	} else {
+		rt.waits = append(rt.waits, w)
+	}
+	n.rmu.Unlock()
+}
+
+// confirm records that follower node holds topic up to off.
+func (n *Node) confirm(topic, epoch string, term uint64, node string, off uint64) {
+	n.rmu.Lock()
+	defer n.rmu.Unlock()
+	if rt := n.repl[topic]; rt != nil && rt.epoch == epoch && rt.term == term {
+		if off > rt.conf[node] {
+			rt.conf[node] = off
+		}
+		n.advanceLocked(topic, rt)
+	}
+}
+
+// advanceLocked moves topic's acked offset to what every follower holds
+// and queues the delivery of the records that became safe.
+func (n *Node) advanceLocked(topic string, rt *replTopic) {
+	if n.closed.Load() {
+		return
+	}
+	term, want := n.wantOf(rt.p)
+	if term != rt.term || len(want) < n.cfg.Replicas-1 {
+		return
+	}
+	m := rt.head
+	for _, f := range want {
+		m = min(m, rt.conf[f])
+	}
+	if m <= rt.acked {
+		return
+	}
+	d := replDelivery{topic: topic, epoch: rt.epoch, from: rt.acked + 1, to: m}
+	if rt.held {
+		k := 0
+		for k < len(rt.recs) && rt.recs[k].Offset <= m {
+			k++
+		}
+		d.recs = rt.recs[:k:k]
+		rt.recs = rt.recs[k:]
+		if len(d.recs) == 0 || d.recs[0].Offset != d.from || d.recs[k-1].Offset != m {
+			d.recs = nil
+		}
+	}
+	rt.acked = m
+	if m >= rt.head {
+		rt.recs, rt.held = nil, true
+	}
+	keep := rt.waits[:0]
+	for _, w := range rt.waits {
+		if w.a.Offset <= m {
+			d.waits = append(d.waits, w)
+		} else {
+			keep = append(keep, w)
+		}
+	}
+	clear(rt.waits[len(keep):])
+	rt.waits = keep
+	n.replDel <- d
+}
+
+// replOutLoop sends the batches replicate queued.
+func (n *Node) replOutLoop() {
+	defer n.liveWG.Done()
+	for {
+		select {
+		case s := <-n.replOut:
+			n.sendSplit(s.node, s.entries)
+		case <-n.liveQuit:
+			return
+		}
+	}
+}
+
+func recBytes(r *broker.Record) int { return 32 + len(r.Key) + len(r.Data) }
+
+// sendSplit sends es to node in requests that fit a NATS message.
+func (n *Node) sendSplit(node string, es []replEntry) {
+	limit := n.pageBytes()
+	var cur []replEntry
+	size := 0
+	flush := func() {
+		if len(cur) == 0 {
+			return
+		}
+		batch := cur
+		n.sendRepl(node, batch, func(res []replResult, err error) { n.onReplied(node, batch, res, err) })
+		cur, size = nil, 0
+	}
+	for _, e := range es {
+		over := 64 + len(e.topic) + len(e.epoch)
+		recs := e.recs
+		for len(recs) > 0 {
+			k, sz := 0, 0
+			for k < len(recs) && size+over+sz+recBytes(&recs[k]) <= limit {
+				sz += recBytes(&recs[k])
+				k++
+			}
+			if k == 0 {
+				if len(cur) > 0 {
+					flush()
+					continue
+				}
+				k, sz = 1, recBytes(&recs[0])
+			}
+			pe := e
+			pe.recs = recs[:k:k]
+			cur = append(cur, pe)
+			size += over + sz
+			if recs = recs[k:]; len(recs) > 0 {
+				flush()
+			}
+		}
+	}
+	flush()
+}
+
+// onReplied handles a follower's answers to a batch.
+func (n *Node) onReplied(node string, es []replEntry, res []replResult, err error) {
+	if err != nil {
+		n.log.Debug("cluster: replicating to a follower", "node", node, "err", err)
+		return
+	}
+	n.rmu.Lock()
+	defer n.rmu.Unlock()
+	for i := range es {
+		e := &es[i]
+		rt := n.repl[e.topic]
+		if rt == nil || rt.epoch != e.epoch || rt.term != e.term {
+			continue
+		}
+		switch res[i].st {
+		case rsOK:
+			if res[i].off > rt.conf[node] {
+				rt.conf[node] = res[i].off
+			}
+			n.advanceLocked(e.topic, rt)
+		case rsGap:
+			n.startFetchLocked(e.topic, rt, node, res[i].off)
+		default:
+			n.log.Warn("cluster: a follower refused records", "node", node, "topic", e.topic, "err", res[i].msg)
+		}
+	}
+}
+
+// startFetchLocked sends node what it misses of topic from from on, unless
+// that is under way already.
+func (n *Node) startFetchLocked(topic string, rt *replTopic, node string, from uint64) {
+	if again, ok := rt.fetch[node]; ok {
+		*again = true
+		return
+	}
+	again := new(bool)
+	rt.fetch[node] = again
+	go func() {
+		for {
+			next, err := n.catchUp(topic, node, rt.p, rt.term, rt.epoch, from)
+			n.rmu.Lock()
+			if err == nil && *again && n.repl[topic] == rt {
+				*again = false
+				from = next
+				n.rmu.Unlock()
+				continue
+			}
+			delete(rt.fetch, node)
+			n.rmu.Unlock()
+			if err != nil {
+				n.log.Debug("cluster: catching a follower up", "node", node, "topic", topic, "err", err)
+			}
+			return
+		}
+	}()
+}
+
+// catchUp sends node topic's records from from on, read from the local log
+// in pages, until node holds all the log holds, and returns the offset
+// after it. from 0 compares heads first (a probe): a follower with
+// more (records never acknowledged) drops them.
+func (n *Node) catchUp(topic, node string, p int, term uint64, epoch string, from uint64) (uint64, error) {
+	stuck := 0
+	for {
+		if n.closed.Load() {
+			return from, broker.ErrClosed
+		}
+		if !n.holds(p, term) {
+			return from, fmt.Errorf("%w: the lease of partition %d was lost", ErrUnavailable, p)
+		}
+		ti, ok, err := n.local.Topic(topic)
+		if err != nil {
+			return from, err
+		}
+		if !ok || ti.Epoch != epoch {
+			return from, fmt.Errorf("cluster: topic %s is no longer in epoch %s", topic, epoch)
+		}
+		e := replEntry{topic: topic, term: term, epoch: epoch}
+		if from == 0 {
+			e.flags, e.head = rfProbe, ti.Head
+		} else {
+			recs, err := n.local.Read(topic, from, 1000, n.pageBytes()/2)
+			if err != nil {
+				return from, err
+			}
+			if len(recs) == 0 {
+				return from, nil
+			}
+			e.recs = recs
+			if recs[0].Offset > from || recs[0].Offset == 1 {
+				e.flags = rfBase
+			}
+		}
+		res, err := n.replCall(node, e)
+		if err != nil {
+			return from, err
+		}
+		switch res.st {
+		case rsOK:
+			n.confirm(topic, epoch, term, node, res.off)
+			if e.flags&rfProbe != 0 {
+				return res.off + 1, nil
+			}
+			from = res.off + 1
+			stuck = 0
+		case rsGap:
+			if res.off == from {
+				if stuck++; stuck > 3 {
+					return from, fmt.Errorf("cluster: follower %s keeps missing offset %d of %s", node, from, topic)
+				}
+			}
+			from = res.off
+		default:
+			return from, fmt.Errorf("cluster: follower %s refused %s: %s", node, topic, res.msg)
+		}
+	}
+}
+
+// replCall sends one entry to node and waits for its answer.
+func (n *Node) replCall(node string, e replEntry) (replResult, error) {
+	type answer struct {
+		res []replResult
+		err error
+	}
+	ch := make(chan answer, 1)
+	n.sendRepl(node, []replEntry{e}, func(res []replResult, err error) { ch <- answer{res, err} })
+	a := <-ch
+	if a.err != nil {
+		return replResult{}, a.err
+	}
+	return a.res[0], nil
+}
+
+func encodeRepl(from string, es []replEntry) []byte {
+	size := 16 + len(from)
+	for i := range es {
+		size += 64 + len(es[i].topic) + len(es[i].epoch)
+		for j := range es[i].recs {
+			size += recBytes(&es[i].recs[j])
+		}
+	}
+	b := make([]byte, 0, size)
+	b = putString(b, from)
+	b = putUvarint(b, uint64(len(es)))
+	for i := range es {
+		e := &es[i]
+		b = putString(b, e.topic)
+		b = putUvarint(b, e.term)
+		b = putString(b, e.epoch)
+		b = append(b, e.flags)
+		b = putUvarint(b, e.head)
+		b = putUvarint(b, uint64(len(e.recs)))
+		for j := range e.recs {
+			b = putRecord(b, &e.recs[j])
+		}
+	}
+	return b
+}
+
+// sendRepl sends es to follower node; done gets one result per entry.
+func (n *Node) sendRepl(node string, es []replEntry, done func([]replResult, error)) {
+	n.sendTo(n.replSubject(node), node, encodeRepl(n.cfg.Node, es), func(r *reader, err error) {
+		if err != nil {
+			done(nil, err)
+			return
+		}
+		res := make([]replResult, len(es))
+		for i := range res {
+			res[i] = replResult{st: r.byte(), off: r.uvarint(), msg: r.string()}
+		}
+		if r.err != nil {
+			done(nil, r.err)
+			return
+		}
+		done(res, nil)
+	})
+}
+
+// replDeliverLoop hands acknowledged records to the broker and the other
+// nodes, then answers their publishers, in the order they were queued.
+func (n *Node) replDeliverLoop() {
+	defer n.liveWG.Done()
+	for {
+		select {
+		case d := <-n.replDel:
+			n.replDeliver(d)
+		case <-n.liveQuit:
+			return
+		}
+	}
+}
+
+func (n *Node) replDeliver(d replDelivery) {
+	if d.topic != "" && d.to >= d.from {
+		recs := d.recs
+		if recs == nil {
+			recs = n.readRange(d.topic, d.from, d.to)
+		}
+		if len(recs) > 0 {
+			batch := []broker.Committed{{Topic: d.topic, Epoch: d.epoch, Records: recs}}
+			n.deliver(batch)
+			n.publishLive(batch)
+		}
+	}
+	for _, w := range d.waits {
+		w.done(w.a, nil)
+	}
+}
+
+// readRange reads topic's records from..to from the local log.
+func (n *Node) readRange(topic string, from, to uint64) []broker.Record {
+	var out []broker.Record
+	for from <= to {
+		recs, err := n.local.Read(topic, from, 1000, 4<<20)
+		if err != nil || len(recs) == 0 {
+			break
+		}
+		for _, r := range recs {
+			if r.Offset <= to {
+				out = append(out, r)
+			}
+		}
+		from = recs[len(recs)-1].Offset + 1
+	}
+	return out
+}
+
+// replTickLoop fails the publishers whose records did not get their copies
+// within RequestTimeout, and forgets idle topics.
+func (n *Node) replTickLoop() {
+	defer n.liveWG.Done()
+	tick := time.NewTicker(min(n.cfg.RequestTimeout/10, 100*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+		case <-n.liveQuit:
+			return
+		}
+		now := time.Now()
+		var expired []replWait
+		n.rmu.Lock()
+		for t, rt := range n.repl {
+			keep := rt.waits[:0]
+			for _, w := range rt.waits {
+				if now.After(w.deadline) {
+					expired = append(expired, w)
+				} else {
+					keep = append(keep, w)
+				}
+			}
+			clear(rt.waits[len(keep):])
+			rt.waits = keep
+			if rt.acked >= rt.head && len(rt.waits) == 0 && len(rt.fetch) == 0 && now.Sub(rt.idle) > time.Minute {
+				delete(n.repl, t)
+			}
+		}
+		n.rmu.Unlock()
+		if len(expired) > 0 {
+			failWaits(expired, fmt.Errorf("%w: %d copies not confirmed in %v; the record may still be stored: retry with the same key", ErrUnavailable, n.cfg.Replicas, n.cfg.RequestTimeout))
+		}
+	}
+}
+
+// failReplWaits ends every waiting publisher when the node closes.
+func (n *Node) failReplWaits() {
+	var ws []replWait
+	n.rmu.Lock()
+	for _, rt := range n.repl {
+		ws = append(ws, rt.waits...)
+		rt.waits = nil
+	}
+	n.rmu.Unlock()
+	for {
+		select {
+		case d := <-n.replDel:
+			ws = append(ws, d.waits...)
+			continue
+		default:
+		}
+		break
+	}
+	failWaits(ws, broker.ErrClosed)
+}
+
+// replCap returns the acked offset of topic when records above it are
+// waiting for their copies: reads of the owner stop there.
+func (n *Node) replCap(topic string) (uint64, bool) {
+	if n.cfg.Replicas < 2 {
+		return 0, false
+	}
+	n.rmu.Lock()
+	defer n.rmu.Unlock()
+	rt := n.repl[topic]
+	if rt == nil || rt.acked >= rt.head {
+		return 0, false
+	}
+	return rt.acked, true
+}
+
+func (n *Node) capRecs(topic string, recs []broker.Record) []broker.Record {
+	if c, ok := n.replCap(topic); ok {
+		for i := range recs {
+			if recs[i].Offset > c {
+				return recs[:i]
+			}
+		}
+	}
+	return recs
+}
+
+func (n *Node) capInfo(ti broker.TopicInfo) broker.TopicInfo {
+	if c, ok := n.replCap(ti.Topic); ok && ti.Head > c {
+		ti.Head = c
+		ti.Earliest = min(ti.Earliest, c+1)
+	}
+	return ti
+}
+
+// serveRepl takes records of another owner as a follower. It runs on the
+// subscription's goroutine, so requests are handled in arrival order.
+func (n *Node) serveRepl(m *nats.Msg) {
+	r := &reader{b: m.Data}
+	_ = r.string() // the sender, for debugging
+	k := r.uvarint()
+	if k > uint64(len(r.b)) {
+		r.fail()
+	}
+	var es []replEntry
+	for i := uint64(0); i < k && r.err == nil; i++ {
+		e := replEntry{topic: r.string(), term: r.uvarint(), epoch: r.string(), flags: r.byte(), head: r.uvarint()}
+		c := r.uvarint()
+		if c > uint64(len(r.b)) {
+			r.fail()
+			break
+		}
+		e.recs = make([]broker.Record, 0, c)
+		for range c {
+			e.recs = append(e.recs, r.record())
+		}
+		es = append(es, e)
+	}
+	if r.err != nil {
+		respondErr(m, r.err)
+		return
+	}
+	res := make([]replResult, len(es))
+	var wg sync.WaitGroup
+	for i := range es {
+		p := n.partition(es[i].topic)
+		if es[i].topic == "" {
+			if es[i].head >= uint64(n.cfg.Partitions) {
+				res[i] = replResult{st: rsError, msg: "no such partition"}
+				continue
+			}
+			p = int(es[i].head)
+		}
+		if !n.admit(p, es[i].term) {
+			res[i] = replResult{st: rsStale, msg: fmt.Sprintf("term %d of partition %d is stale here", es[i].term, p)}
+			continue
+		}
+		if es[i].topic == "" {
+			continue // rsOK
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res[i] = n.follow(&es[i])
+		}()
+	}
+	wg.Wait()
+	b := []byte{stOK}
+	for _, x := range res {
+		b = append(b, x.st)
+		b = putUvarint(b, x.off)
+		b = putString(b, x.msg)
+	}
+	_ = m.Respond(b)
+}
+
+// admit checks a term of p against the highest this node has seen, and
+// records it as the term this node follows.
+func (n *Node) admit(p int, term uint64) bool {
+	n.mu.Lock()
+	ok := !n.parts[p].mine && term >= n.fence[p]
+	if ok {
+		n.fence[p] = term
+	}
+	n.mu.Unlock()
+	if !ok {
+		return false
+	}
+	n.tmu.Lock()
+	defer n.tmu.Unlock()
+	if n.terms.Followed[p] != term {
+		n.terms.Followed[p] = term
+		if err := n.terms.save(n.termsPath); err != nil {
+			n.log.Error("cluster: recording the term followed", "partition", p, "err", err)
+			return false
+		}
+	}
+	return true
+}
+
+// follow applies one entry to the local store and says what this node now
+// holds.
+func (n *Node) follow(e *replEntry) replResult {
+	fail := func(err error) replResult { return replResult{st: rsError, msg: err.Error()} }
+	gap := func(off uint64) replResult { return replResult{st: rsGap, off: off} }
+	ti, ok, err := n.local.Topic(e.topic)
+	if err != nil {
+		return fail(err)
+	}
+	if ok && ti.Epoch != e.epoch {
+		// The owner's history of the topic is another: this copy is of no use.
+		if err := n.local.DeleteTopic(e.topic); err != nil {
+			return fail(err)
+		}
+		n.log.Info("cluster: follower copy of another epoch dropped", "topic", e.topic, "epoch", ti.Epoch, "owner_epoch", e.epoch)
+		ok = false
+	}
+	if e.flags&rfProbe != 0 {
+		switch {
+		case !ok && e.head == 0:
+			if err := n.local.AppendAt(e.topic, e.epoch, nil); err != nil {
+				return fail(err)
+			}
+			return replResult{st: rsOK}
+		case !ok:
+			return gap(1)
+		case ti.Head < e.head:
+			return gap(ti.Head + 1)
+		case ti.Head > e.head:
+			// Records the owner does not have were never acknowledged.
+			if err := n.local.TruncateAfter(e.topic, e.head); err != nil {
+				return fail(err)
+			}
+		}
+		return replResult{st: rsOK, off: e.head}
+	}
+	if len(e.recs) == 0 {
+		return fail(errors.New("no records"))
+	}
+	first, last := e.recs[0].Offset, e.recs[len(e.recs)-1].Offset
+	if !ok && first > 1 && e.flags&rfBase == 0 {
+		return gap(1)
+	}
+	err = n.local.AppendAt(e.topic, e.epoch, e.recs)
+	switch {
+	case errors.Is(err, store.ErrGap) && e.flags&rfBase != 0:
+		// The owner's retention removed what this copy misses: start
+		// again from the owner's earliest record.
+		if err = n.local.DeleteTopic(e.topic); err == nil {
+			err = n.local.AppendAt(e.topic, e.epoch, e.recs)
+		}
+	case errors.Is(err, store.ErrGap):
+		ti, _, err := n.local.Topic(e.topic)
+		if err != nil {
+			return fail(err)
+		}
+		return gap(ti.Head + 1)
+	case errors.Is(err, store.ErrConflict):
+		// A suffix of an older term, never acknowledged: the owner's wins.
+		if err = n.local.TruncateAfter(e.topic, first-1); err == nil {
+			err = n.local.AppendAt(e.topic, e.epoch, e.recs)
+		}
+	}
+	if err != nil {
+		return fail(err)
+	}
+	return replResult{st: rsOK, off: last}
+}
