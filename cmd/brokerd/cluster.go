@@ -51,6 +51,10 @@ func joinCluster(c *config, log *slog.Logger, st *store.DB) (*cluster.Node, erro
 	if err != nil {
 		return nil, fmt.Errorf("--nats %s: %w", c.NATS, err)
 	}
+	if c.Replicas > 1 {
+		log.Warn("replication is a preview: a node that joins a running cluster can be given partitions " +
+			"without their history (a new epoch); do not rely on it yet")
+	}
 	return n, nil
 }
 
