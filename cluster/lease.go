@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/brokerd/brokerd/broker"
 )
 
 // part is this node's view of one partition's lease. Guarded by Node.mu.
@@ -454,6 +456,26 @@ func (n *Node) prepare(p int, term uint64, keep bool) error {
 	if same {
 		return nil
 	}
+	err := n.eachLocalTopic(p, func(ti broker.TopicInfo) error {
+		epoch, err := n.local.ResetTopic(ti.Topic)
+		if err != nil {
+			return err
+		}
+		n.log.Info("cluster: topic history not held for this term: new epoch", "topic", ti.Topic, "partition", p, "term", term, "epoch", epoch)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	n.tmu.Lock()
+	defer n.tmu.Unlock()
+	n.terms.Terms[p] = term
+	return n.terms.save(n.termsPath)
+}
+
+// eachLocalTopic calls fn for every topic of partition p in the local
+// store, in name order, a page of the store at a time.
+func (n *Node) eachLocalTopic(p int, fn func(broker.TopicInfo) error) error {
 	after := ""
 	for {
 		list, err := n.local.Topics(after, 1000)
@@ -464,21 +486,15 @@ func (n *Node) prepare(p int, term uint64, keep bool) error {
 			if n.partition(ti.Topic) != p {
 				continue
 			}
-			epoch, err := n.local.ResetTopic(ti.Topic)
-			if err != nil {
+			if err := fn(ti); err != nil {
 				return err
 			}
-			n.log.Info("cluster: topic history not held for this term: new epoch", "topic", ti.Topic, "partition", p, "term", term, "epoch", epoch)
 		}
 		if len(list) < 1000 {
-			break
+			return nil
 		}
 		after = list[len(list)-1].Topic
 	}
-	n.tmu.Lock()
-	defer n.tmu.Unlock()
-	n.terms.Terms[p] = term
-	return n.terms.save(n.termsPath)
 }
 
 // release hands partitions over: it stops serving them, waits (briefly)

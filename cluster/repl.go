@@ -285,25 +285,10 @@ func (n *Node) syncTopics(p int, term uint64, f string) error {
 	if err != nil {
 		return err
 	}
-	after := ""
-	for {
-		list, err := n.local.Topics(after, 1000)
-		if err != nil {
-			return err
-		}
-		for _, ti := range list {
-			if n.partition(ti.Topic) != p {
-				continue
-			}
-			if _, err := n.catchUp(ti.Topic, f, p, term, ti.Epoch, 0); err != nil {
-				return err
-			}
-		}
-		if len(list) < 1000 {
-			return nil
-		}
-		after = list[len(list)-1].Topic
-	}
+	return n.eachLocalTopic(p, func(ti broker.TopicInfo) error {
+		_, err := n.catchUp(ti.Topic, f, p, term, ti.Epoch, 0)
+		return err
+	})
 }
 
 // replicate takes a committed batch of owned topics (the local commit

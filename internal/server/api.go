@@ -117,6 +117,25 @@ func (s *Server) topicParam(w http.ResponseWriter, r *http.Request) (string, boo
 	return topic, true
 }
 
+// topicRequest authenticates a request on /v1/topics/{topic}, checks the
+// topic name and that the grant allows the action (what names it in the
+// refusal). On failure it has answered.
+func (s *Server) topicRequest(w http.ResponseWriter, r *http.Request, allows func(*broker.Grant, string) bool, what string) (string, bool) {
+	g, ok := s.grant(w, r)
+	if !ok {
+		return "", false
+	}
+	topic, ok := s.topicParam(w, r)
+	if !ok {
+		return "", false
+	}
+	if g != nil && !allows(g, topic) {
+		s.writeErr(w, subproto.CodeForbidden, "the token does not allow you to "+what+" "+topic, nil)
+		return "", false
+	}
+	return topic, true
+}
+
 // limitParam reads the limit query parameter: default defaultPageLimit,
 // values above max taken as max. On a bad value it has answered.
 func (s *Server) limitParam(w http.ResponseWriter, q url.Values, max int) (int, bool) {
@@ -140,16 +159,8 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, subproto.CodeForbidden, "origin not allowed: "+r.Header.Get("Origin"), nil)
 		return
 	}
-	g, ok := s.grant(w, r)
+	topic, ok := s.topicRequest(w, r, (*broker.Grant).CanPublish, "publish to")
 	if !ok {
-		return
-	}
-	topic, ok := s.topicParam(w, r)
-	if !ok {
-		return
-	}
-	if g != nil && !g.CanPublish(topic) {
-		s.writeErr(w, subproto.CodeForbidden, "the token does not allow you to publish to "+topic, nil)
 		return
 	}
 	key := r.Header.Get("Idempotency-Key")
@@ -235,16 +246,8 @@ func trimJSONSpace(b []byte) []byte {
 
 // serveMessages: GET /v1/topics/{topic}/messages?from=N&limit=M.
 func (s *Server) serveMessages(w http.ResponseWriter, r *http.Request) {
-	g, ok := s.grant(w, r)
+	topic, ok := s.topicRequest(w, r, (*broker.Grant).CanSubscribe, "read")
 	if !ok {
-		return
-	}
-	topic, ok := s.topicParam(w, r)
-	if !ok {
-		return
-	}
-	if g != nil && !g.CanSubscribe(topic) {
-		s.writeErr(w, subproto.CodeForbidden, "the token does not allow you to read "+topic, nil)
 		return
 	}
 	q := r.URL.Query()
