@@ -43,13 +43,33 @@ type Config struct {
 	// operation waits for its partition to get an owner. Default
 	// 2×LeaseTTL.
 	RequestTimeout time.Duration
-	// Replicas is how many nodes hold each record before its publisher is
-	// answered ok: the owner and Replicas-1 followers. Default 1, no
-	// replication. With 2 or more, as many nodes must be alive for a
-	// publish to succeed. Every node of a cluster must use the same number.
+	// Replicas is how many nodes hold each record (and each consumer
+	// offset) before it is answered ok: the owner and Replicas-1
+	// followers. 1 is no replication. With 2 or more, as many nodes must be
+	// alive for a publish to succeed. 0, the default, is ReplicasAuto.
+	// Every node of a cluster must use the same value.
 	Replicas int
 	Logger   *slog.Logger
 }
+
+// ReplicasAuto, as Config.Replicas, keeps two copies of each record while
+// two or more nodes are alive and one when a node is alone: a cluster
+// of one node keeps working, and as soon as a second node is alive every
+// record is acknowledged only once both hold it.
+const ReplicasAuto = 0
+
+// followerCount returns how many followers a partition has among the
+// live members: Replicas-1, or with ReplicasAuto one when another node is
+// alive.
+func (c Config) followerCount(members int) int {
+	if c.Replicas == ReplicasAuto {
+		return min(1, max(members-1, 0))
+	}
+	return c.Replicas - 1
+}
+
+// replicated tells whether records are copied to followers at all.
+func (c Config) replicated() bool { return c.Replicas != 1 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
@@ -65,9 +85,6 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = 2 * c.LeaseTTL
-	}
-	if c.Replicas == 0 {
-		c.Replicas = 1
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -95,8 +112,8 @@ func (c Config) validate() error {
 	if c.LeaseTTL < 300*time.Millisecond {
 		errs = append(errs, fmt.Errorf("cluster: lease TTL %v: want at least 300ms", c.LeaseTTL))
 	}
-	if c.Replicas < 1 || c.Replicas > 16 {
-		errs = append(errs, fmt.Errorf("cluster: replicas %d: want 1 to 16", c.Replicas))
+	if c.Replicas < 0 || c.Replicas > 16 {
+		errs = append(errs, fmt.Errorf("cluster: replicas %d: want 0 (automatic) or 1 to 16", c.Replicas))
 	}
 	if c.RequestTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("cluster: request timeout %v must be positive", c.RequestTimeout))

@@ -33,6 +33,7 @@ type part struct {
 	want    []string        // mine: the followers whose confirmation an acknowledgement needs
 	synced  map[string]bool // mine: followers of want brought up to date with every topic of the partition in term
 	syncing map[string]bool // mine: followers being brought up to date
+	extra   string          // mine: a node under its share made a follower, to hand the partition to once it is listed
 }
 
 // A lease value is "<node> <term>", followed with replication by
@@ -120,7 +121,7 @@ func (n *Node) pass() {
 		cancel()
 	}
 	live, liveOK := n.liveNodesOK()
-	if n.cfg.Replicas > 1 && liveOK && !draining {
+	if n.cfg.replicated() && liveOK && !draining {
 		n.updateFollowers(live)
 	}
 	share := (n.cfg.Partitions + max(len(live), 1) - 1) / max(len(live), 1)
@@ -162,7 +163,7 @@ func (n *Node) pass() {
 		if free {
 			owner = ""
 		}
-		followed := n.followed(p)
+		followed, held := n.followed(p), n.dataTerm(p)
 		n.mu.Lock()
 		st := &n.parts[p]
 		if e.Revision() != st.rev {
@@ -178,18 +179,7 @@ func (n *Node) pass() {
 			n.fence[p] = max(n.fence[p], term)
 		}
 		stale := free || now.Sub(st.seen) >= ttl+ttl/10
-		// With replication a follower named in the lease takes it over
-		// with the history; the others leave it to such a follower while
-		// one is alive, for another LeaseTTL.
-		keep, wait := false, false
-		if n.cfg.Replicas > 1 && len(listed) > 0 {
-			keep = slices.Contains(listed, n.cfg.Node) && followed == term
-			if !keep && now.Sub(st.seen) < 2*ttl+ttl/10 {
-				for _, f := range listed {
-					wait = wait || slices.Contains(live, f)
-				}
-			}
-		}
+		waited := now.Sub(st.seen) >= 2*ttl+ttl/10
 		n.mu.Unlock()
 		switch {
 		case owner == n.cfg.Node && mine && e.Revision() == n.partRev(p):
@@ -205,12 +195,13 @@ func (n *Node) pass() {
 			if !draining {
 				n.claim(p, e.Revision(), term)
 			}
-		// A follower takes over the partition of a dead or drained owner
-		// even past its share (it hands the excess back later); one handed
-		// back by a live node only within it, or partitions would go round
-		// between nodes.
-		case stale && !draining && !wait && (n.owned() < share || keep && (!free || !slices.Contains(live, prev))):
-			if n.take(p, e.Revision(), keep) {
+		case stale && !draining:
+			c := takeCase{free: free, prev: prev, listed: listed, waited: waited, under: n.owned() < share}
+			if n.cfg.replicated() {
+				c.keep = slices.Contains(listed, n.cfg.Node) && followed == term ||
+					free && prev == n.cfg.Node && held == term
+			}
+			if take, keep := c.decide(n.cfg.Node, live); take && n.take(p, e.Revision(), keep) {
 				n.tookAt = time.Now()
 			}
 		}
@@ -221,16 +212,156 @@ func (n *Node) pass() {
 	if draining || len(live) < 2 {
 		return
 	}
-	// With replication, balance waits until a dead owner's partitions
-	// have all moved and its heartbeat has expired: a partition handed
-	// back meanwhile could find its follower counted as alive but gone,
-	// and start a new epoch.
-	if n.cfg.Replicas > 1 && (unsettled || time.Since(n.tookAt) < ttl) {
+	if !n.cfg.replicated() {
+		if excess := n.owned() - share; excess > 0 {
+			n.release(n.pick(excess))
+		}
 		return
 	}
-	if excess := n.owned() - share; excess > 0 {
-		n.release(n.pickExcess(excess))
+	// With replication, balance waits until a dead owner's partitions
+	// have all moved and its heartbeat has expired: a partition handed
+	// back meanwhile could find its follower counted as alive but gone.
+	if !unsettled && time.Since(n.tookAt) >= ttl {
+		n.rebalance(live, share)
 	}
+}
+
+// takeCase is what a lease pass knows of a stale or handed-back lease
+// when deciding whether this node takes it.
+type takeCase struct {
+	free   bool     // handed back by prev, which is perhaps alive
+	prev   string   // free: the node that handed it back
+	listed []string // the followers that hold every acknowledged record
+	keep   bool     // this node holds every acknowledged record: a listed follower that followed the term, or prev with its own data
+	waited bool     // the lease has not changed for 2×LeaseTTL: nobody better took it
+	under  bool     // this node holds less than its share
+}
+
+// decide tells whether to take the lease, and whether with the local
+// data (keep) or in new epochs. Without replication nothing is listed
+// and a node takes a lease within its share. With replication the
+// history must not be lost while a node holding it is alive:
+//
+//   - a holder takes the partition of a dead owner at once, even past
+//     its share (it hands the excess back later);
+//   - a holder takes a handed-back partition within its share, or when
+//     prev died, or when nobody took it for a while;
+//   - any other node takes a lease only within its share and only when
+//     no holder is alive, or when it is listed but lost its copy (a
+//     wiped data directory) and nobody else took it for a while: then
+//     the history is gone and a new epoch is the truth.
+func (c takeCase) decide(self string, live []string) (take, keep bool) {
+	if c.keep {
+		if !c.free {
+			return true, true
+		}
+		return c.under || !slices.Contains(live, c.prev) || c.waited, true
+	}
+	holderLive := c.free && c.prev != self && slices.Contains(live, c.prev)
+	for _, h := range c.listed {
+		holderLive = holderLive || h != self && slices.Contains(live, h)
+	}
+	listedMe := slices.Contains(c.listed, self)
+	return c.under && (!holderLive || listedMe && c.waited && !c.free), false
+}
+
+// rebalance hands partitions over past this node's share, with
+// replication: a partition goes only to a node that holds its history.
+// Where a node under its share is a listed follower already, the lease is
+// handed back naming it and it takes the partition; otherwise such a node
+// is made an extra follower first (part.extra), brought up to date, named
+// in the lease, and handed the partition at a later pass.
+func (n *Node) rebalance(live []string, share int) {
+	me := n.cfg.Node
+	var release, changed []int
+	n.mu.Lock()
+	count := map[string]int{}
+	var mine []int
+	for p := range n.parts {
+		switch st := &n.parts[p]; {
+		case st.mine:
+			count[me]++
+			mine = append(mine, p)
+		case st.owner != "":
+			count[st.owner]++
+		}
+	}
+	room := map[string]int{}
+	for _, m := range live {
+		if m != me && count[m] < share {
+			room[m] = share - count[m]
+		}
+	}
+	excess := count[me] - share
+	rand.Shuffle(len(mine), func(i, j int) { mine[i], mine[j] = mine[j], mine[i] })
+	// Transfers under way, and partitions a follower under its share
+	// holds already.
+	for _, p := range mine {
+		st := &n.parts[p]
+		if st.extra != "" {
+			if excess <= 0 || room[st.extra] <= 0 || !st.ready {
+				st.extra = ""
+				changed = append(changed, p)
+				continue
+			}
+			room[st.extra]--
+			excess--
+			if slices.Contains(st.listed, st.extra) {
+				release = append(release, p)
+			}
+			continue
+		}
+		if excess <= 0 || !st.ready {
+			continue
+		}
+		for _, f := range st.listed {
+			if room[f] > 0 {
+				room[f]--
+				excess--
+				release = append(release, p)
+				break
+			}
+		}
+	}
+	// New transfers, to the nodes with the most room.
+	for _, p := range mine {
+		st := &n.parts[p]
+		if excess <= 0 {
+			break
+		}
+		if st.extra != "" || !st.ready || slices.Contains(release, p) {
+			continue
+		}
+		best := ""
+		for m, r := range room {
+			if r > 0 && (best == "" || r > room[best] || r == room[best] && m < best) {
+				best = m
+			}
+		}
+		if best == "" {
+			break
+		}
+		st.extra = best
+		room[best]--
+		excess--
+		changed = append(changed, p)
+	}
+	members := n.members
+	n.mu.Unlock()
+	for _, p := range changed {
+		n.setFollowers(p, members)
+	}
+	if len(release) > 0 {
+		n.log.Debug("cluster: handing partitions to their followers for balance", "count", len(release))
+		n.release(release)
+	}
+}
+
+// dataTerm returns the term the local data of p belongs to as its owner.
+func (n *Node) dataTerm(p int) uint64 {
+	n.tmu.Lock()
+	defer n.tmu.Unlock()
+	return n.terms.Terms[p]
 }
 
 func (n *Node) partRev(p int) uint64 {
@@ -264,26 +395,6 @@ func (n *Node) pick(k int) []int {
 	n.mu.Unlock()
 	rand.Shuffle(len(list), func(i, j int) { list[i], list[j] = list[j], list[i] })
 	return list[:min(k, len(list))]
-}
-
-// pickExcess returns up to k partitions to hand back for balance. With
-// replication only partitions whose lease names a follower qualify: the
-// others would start new epochs wherever they go, and get one as soon as
-// their followers are up to date.
-func (n *Node) pickExcess(k int) []int {
-	if n.cfg.Replicas < 2 {
-		return n.pick(k)
-	}
-	var out []int
-	for _, p := range n.pick(n.cfg.Partitions) {
-		n.mu.Lock()
-		ok := len(n.parts[p].listed) > 0
-		n.mu.Unlock()
-		if ok && len(out) < k {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 // liveNodes lists the nodes whose heartbeat has not expired.
@@ -383,6 +494,7 @@ func (st *part) listing() []string {
 			l = append(l, f)
 		}
 	}
+	slices.Sort(l)
 	return l
 }
 
@@ -434,7 +546,7 @@ func (n *Node) acquire(p int, rev, term uint64, sent time.Time, keep bool) {
 		st.ready = true
 	}
 	n.mu.Unlock()
-	if n.cfg.Replicas > 1 {
+	if n.cfg.replicated() {
 		n.mu.Lock()
 		members := n.members
 		n.mu.Unlock()

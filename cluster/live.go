@@ -211,7 +211,7 @@ func (n *Node) onLocalCommit(batch []broker.Committed) {
 	if len(keep) == 0 {
 		return
 	}
-	if n.cfg.Replicas > 1 {
+	if n.cfg.replicated() {
 		n.replicate(keep)
 		return
 	}

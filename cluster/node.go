@@ -92,6 +92,8 @@ type Node struct {
 	replOut   chan replSend         // requests to followers, sent by replOutLoop
 	replDel   chan replDelivery     // replicated records and answers, in order, for replDeliverLoop
 	followSub *nats.Subscription    // records of other owners for this node as a follower
+	vmu       sync.Mutex
+	verified  map[string]uint64 // guarded by vmu: as a follower, topic → the term its copy is known to agree with
 
 	rpcSub, replySub *nats.Subscription
 	sem              chan struct{} // bounds requests served concurrently
@@ -121,6 +123,7 @@ func New(cfg Config) (*Node, error) {
 		parts:     make([]part, cfg.Partitions),
 		fence:     make([]uint64, cfg.Partitions),
 		repl:      make(map[string]*replTopic),
+		verified:  make(map[string]uint64),
 		replOut:   make(chan replSend, 1<<12),
 		replDel:   make(chan replDelivery, 1<<14),
 		lastLive:  make(map[string]liveMark),

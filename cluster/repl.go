@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"slices"
@@ -74,12 +75,16 @@ const (
 	rsGap               // off: the first offset the follower misses
 	rsStale             // the term is older than one the follower has seen
 	rsError
+	rsVerify // the follower's copy is not known to agree with the owner's in this term: agree first
 )
 
 // Flags of a replicated run of records.
 const (
-	rfBase  byte = 1 << iota // the run starts at the owner's earliest retained offset
-	rfProbe                  // no records: the owner's head, to compare with
+	rfBase     byte = 1 << iota // the run starts at the owner's earliest retained offset
+	rfProbe                     // no records: the owner's head, to compare with
+	rfAgree                     // with rfProbe: head is where the copies agree; the follower drops what follows and accepts records
+	rfCheck                     // one record: does the follower hold the very same at its offset?
+	rfConsumer                  // no records: consumer's position in topic is head
 )
 
 // replEntry is one topic's run of records in a replication request. An
@@ -89,8 +94,10 @@ type replEntry struct {
 	term  uint64
 	epoch string
 	flags byte
-	head  uint64 // rfProbe: the owner's head
+	head  uint64 // rfProbe: the owner's head; rfConsumer: the offset
 	recs  []broker.Record
+
+	consumer string // rfConsumer
 }
 
 type replResult struct {
@@ -173,11 +180,15 @@ func (n *Node) updateFollowers(live []string) {
 	}
 }
 
-// setFollowers makes the followers of held partition p those of members.
-// A follower that leaves is first removed from the lease, then
-// acknowledgements stop waiting for it; one that joins is waited for at
-// once and brought up to date in the background, and named in the lease
-// once it is.
+// setFollowers makes the followers of held partition p those of members
+// (plus part.extra, a node the partition is being handed to). Make before
+// break: a new follower is sent every record at once and brought up to
+// date in the background (syncFollower); acknowledgements wait for it only
+// once it is in sync, and the lease names it then. A follower that is no
+// longer wanted keeps receiving records, and acknowledgements keep waiting
+// for it, until every new one is in sync; then it is first removed from
+// the lease, and only then dropped. A follower that died (it left
+// members) is dropped at once, the same way.
 func (n *Node) setFollowers(p int, members []string) {
 	n.mu.Lock()
 	st := &n.parts[p]
@@ -185,11 +196,29 @@ func (n *Node) setFollowers(p int, members []string) {
 		n.mu.Unlock()
 		return
 	}
-	w := followersFor(p, n.cfg.Node, members, n.cfg.Replicas-1)
+	target := followersFor(p, n.cfg.Node, members, n.cfg.followerCount(len(members)))
+	if st.extra != "" && st.extra != n.cfg.Node && slices.Contains(members, st.extra) && !slices.Contains(target, st.extra) {
+		target = append(target, st.extra)
+	}
+	if st.synced == nil {
+		st.synced, st.syncing = map[string]bool{}, map[string]bool{}
+	}
+	done := true
+	for _, f := range target {
+		done = done && st.synced[f]
+	}
+	want := slices.Clone(target)
+	if !done {
+		for _, f := range st.want {
+			if st.synced[f] && slices.Contains(members, f) && !slices.Contains(want, f) {
+				want = append(want, f)
+			}
+		}
+	}
 	term, rev := st.term, st.rev
 	var nl []string
 	for _, f := range st.listed {
-		if slices.Contains(w, f) {
+		if slices.Contains(want, f) {
 			nl = append(nl, f)
 		}
 	}
@@ -205,16 +234,13 @@ func (n *Node) setFollowers(p int, members []string) {
 		n.mu.Unlock()
 		return
 	}
-	st.want = w
-	if st.synced == nil {
-		st.synced, st.syncing = map[string]bool{}, map[string]bool{}
-	}
+	st.want = want
 	for f := range st.synced {
-		if !slices.Contains(w, f) {
+		if !slices.Contains(want, f) {
 			delete(st.synced, f)
 		}
 	}
-	for _, f := range w {
+	for _, f := range want {
 		if !st.synced[f] && !st.syncing[f] {
 			st.syncing[f] = true
 			start = append(start, f)
@@ -233,15 +259,22 @@ func (n *Node) setFollowers(p int, members []string) {
 	n.rmu.Unlock()
 }
 
-// wantOf returns the term and followers of p when this node holds it.
-func (n *Node) wantOf(p int) (uint64, []string) {
+// wantOf returns the term of p when this node holds it, the followers
+// records are sent to, those of them in sync, and how many copies an
+// acknowledgement needs besides the owner's.
+func (n *Node) wantOf(p int) (term uint64, want, insync []string, need int) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	st := &n.parts[p]
 	if !st.mine {
-		return 0, nil
+		return 0, nil, nil, 0
 	}
-	return st.term, st.want
+	for _, f := range st.want {
+		if st.synced[f] {
+			insync = append(insync, f)
+		}
+	}
+	return st.term, st.want, insync, n.cfg.followerCount(len(n.members))
 }
 
 // followed returns the term of the owner whose records this node last
@@ -252,18 +285,52 @@ func (n *Node) followed(p int) uint64 {
 	return n.terms.Followed[p]
 }
 
-// syncFollower brings follower f up to date with every local topic of p,
-// then lets the lease name it.
+// syncFollower brings follower f up to date with every local topic of p
+// and every consumer position in it, then puts it in sync: from then on
+// acknowledgements wait for it and the lease names it.
 func (n *Node) syncFollower(p int, term uint64, f string) {
 	err := n.syncTopics(p, term, f)
+	for round := 0; err == nil; round++ {
+		// Records acknowledged while f was catching up, which it may
+		// have missed: in sync only when it holds every one of them.
+		// Deciding under rmu keeps an acknowledgement from slipping
+		// between the check and the change.
+		var behind []string
+		n.rmu.Lock()
+		for t, rt := range n.repl {
+			if rt.p == p && rt.term == term && rt.conf[f] < rt.acked {
+				behind = append(behind, t)
+			}
+		}
+		if len(behind) == 0 {
+			n.mu.Lock()
+			if st := &n.parts[p]; st.mine && st.term == term && slices.Contains(st.want, f) {
+				st.synced[f] = true
+			}
+			n.mu.Unlock()
+			n.rmu.Unlock()
+			break
+		}
+		n.rmu.Unlock()
+		if round == 20 {
+			err = fmt.Errorf("cluster: follower %s still behind on %d topics", f, len(behind))
+			break
+		}
+		for _, t := range behind {
+			ep := n.topicEpoch(t)
+			if ep == "" {
+				continue // forgotten: acknowledged and idle
+			}
+			if _, err = n.catchUp(t, f, p, term, ep, 0); err != nil {
+				break
+			}
+		}
+	}
 	n.mu.Lock()
 	st := &n.parts[p]
 	ok := st.mine && st.term == term
 	if ok {
 		delete(st.syncing, f)
-		if err == nil && slices.Contains(st.want, f) {
-			st.synced[f] = true
-		}
 	}
 	n.mu.Unlock()
 	if err != nil {
@@ -271,8 +338,19 @@ func (n *Node) syncFollower(p int, term uint64, f string) {
 		return
 	}
 	if ok {
+		n.log.Debug("cluster: follower in sync", "partition", p, "node", f, "term", term)
 		n.poke() // the next pass names it in the lease
 	}
+}
+
+// topicEpoch returns the epoch of topic's replication state, "" if none.
+func (n *Node) topicEpoch(topic string) string {
+	n.rmu.Lock()
+	defer n.rmu.Unlock()
+	if rt := n.repl[topic]; rt != nil {
+		return rt.epoch
+	}
+	return ""
 }
 
 func (n *Node) syncTopics(p int, term uint64, f string) error {
@@ -285,10 +363,40 @@ func (n *Node) syncTopics(p int, term uint64, f string) error {
 	if err != nil {
 		return err
 	}
-	return n.eachLocalTopic(p, func(ti broker.TopicInfo) error {
+	err = n.eachLocalTopic(p, func(ti broker.TopicInfo) error {
 		_, err := n.catchUp(ti.Topic, f, p, term, ti.Epoch, 0)
 		return err
 	})
+	if err != nil {
+		return err
+	}
+	return n.eachLocalConsumer(p, func(co broker.ConsumerOffset) error {
+		return n.sendConsumer(f, p, term, co)
+	})
+}
+
+// eachLocalConsumer calls fn for every consumer position of a topic of
+// partition p in the local store, a page at a time.
+func (n *Node) eachLocalConsumer(p int, fn func(broker.ConsumerOffset) error) error {
+	var after broker.ConsumerOffset
+	for {
+		list, err := n.local.AllConsumers(after.Consumer, after.Topic, 1000)
+		if err != nil {
+			return err
+		}
+		for _, co := range list {
+			if n.partition(co.Topic) != p {
+				continue
+			}
+			if err := fn(co); err != nil {
+				return err
+			}
+		}
+		if len(list) < 1000 {
+			return nil
+		}
+		after = list[len(list)-1]
+	}
 }
 
 // replicate takes a committed batch of owned topics (the local commit
@@ -302,7 +410,7 @@ func (n *Node) replicate(batch []broker.Committed) {
 			continue
 		}
 		p := n.partition(c.Topic)
-		term, want := n.wantOf(p)
+		term, want, _, _ := n.wantOf(p)
 		first, last := c.Records[0].Offset, c.Records[len(c.Records)-1].Offset
 		rt := n.repl[c.Topic]
 		if rt == nil || rt.epoch != c.Epoch || rt.term != term {
@@ -408,13 +516,23 @@ func (n *Node) advanceLocked(topic string, rt *replTopic) {
 	if n.closed.Load() {
 		return
 	}
-	term, want := n.wantOf(rt.p)
-	if term != rt.term || len(want) < n.cfg.Replicas-1 {
+	term, want, insync, need := n.wantOf(rt.p)
+	if term != rt.term || len(want) < need {
 		return
 	}
+	// Every follower in sync must hold the record (the lease names them
+	// as holding every acknowledged one), and at least need followers.
 	m := rt.head
-	for _, f := range want {
+	for _, f := range insync {
 		m = min(m, rt.conf[f])
+	}
+	if need > 0 {
+		c := make([]uint64, 0, len(want))
+		for _, f := range want {
+			c = append(c, rt.conf[f])
+		}
+		slices.Sort(c)
+		m = min(m, c[len(c)-need])
 	}
 	if m <= rt.acked {
 		return
@@ -526,6 +644,8 @@ func (n *Node) onReplied(node string, es []replEntry, res []replResult, err erro
 			n.advanceLocked(e.topic, rt)
 		case rsGap:
 			n.startFetchLocked(e.topic, rt, node, res[i].off)
+		case rsVerify:
+			n.startFetchLocked(e.topic, rt, node, 0)
 		default:
 			n.log.Warn("cluster: a follower refused records", "node", node, "topic", e.topic, "err", res[i].msg)
 		}
@@ -563,8 +683,7 @@ func (n *Node) startFetchLocked(topic string, rt *replTopic, node string, from u
 
 // catchUp sends node topic's records from from on, read from the local log
 // in pages, until node holds all the log holds, and returns the offset
-// after it. from 0 compares heads first (a probe): a follower with
-// more (records never acknowledged) drops them.
+// after it. from 0 first agrees with node on a common prefix (agree).
 func (n *Node) catchUp(topic, node string, p int, term uint64, epoch string, from uint64) (uint64, error) {
 	stuck := 0
 	for {
@@ -581,21 +700,23 @@ func (n *Node) catchUp(topic, node string, p int, term uint64, epoch string, fro
 		if !ok || ti.Epoch != epoch {
 			return from, fmt.Errorf("cluster: topic %s is no longer in epoch %s", topic, epoch)
 		}
-		e := replEntry{topic: topic, term: term, epoch: epoch}
 		if from == 0 {
-			e.flags, e.head = rfProbe, ti.Head
-		} else {
-			recs, err := n.local.Read(topic, from, 1000, n.pageBytes()/2)
-			if err != nil {
+			if from, err = n.agree(topic, node, term, ti); err != nil {
 				return from, err
 			}
-			if len(recs) == 0 {
-				return from, nil
-			}
-			e.recs = recs
-			if recs[0].Offset > from || recs[0].Offset == 1 {
-				e.flags = rfBase
-			}
+			continue
+		}
+		e := replEntry{topic: topic, term: term, epoch: epoch}
+		recs, err := n.local.Read(topic, from, 1000, n.pageBytes()/2)
+		if err != nil {
+			return from, err
+		}
+		if len(recs) == 0 {
+			return from, nil
+		}
+		e.recs = recs
+		if recs[0].Offset > from || recs[0].Offset == 1 {
+			e.flags = rfBase
 		}
 		res, err := n.replCall(node, e)
 		if err != nil {
@@ -604,9 +725,6 @@ func (n *Node) catchUp(topic, node string, p int, term uint64, epoch string, fro
 		switch res.st {
 		case rsOK:
 			n.confirm(topic, epoch, term, node, res.off)
-			if e.flags&rfProbe != 0 {
-				return res.off + 1, nil
-			}
 			from = res.off + 1
 			stuck = 0
 		case rsGap:
@@ -616,10 +734,78 @@ func (n *Node) catchUp(topic, node string, p int, term uint64, epoch string, fro
 				}
 			}
 			from = res.off
+		case rsVerify:
+			from = 0
+			if stuck++; stuck > 3 {
+				return from, fmt.Errorf("cluster: follower %s keeps asking to verify %s", node, topic)
+			}
 		default:
 			return from, fmt.Errorf("cluster: follower %s refused %s: %s", node, topic, res.msg)
 		}
 	}
+}
+
+// agree finds the longest prefix of topic that node's copy shares with
+// the local log, makes node drop what follows it, and returns the offset
+// after it. A copy can differ from the owner's only past some offset: the
+// records an earlier owner (or a follower of it) held and never had
+// acknowledged, which a later owner replaced. So the copy's last record
+// is compared first (one round trip when nothing differs), then a binary
+// search finds where the two logs part.
+func (n *Node) agree(topic, node string, term uint64, ti broker.TopicInfo) (uint64, error) {
+	probe := replEntry{topic: topic, term: term, epoch: ti.Epoch, flags: rfProbe, head: ti.Head}
+	res, err := n.replCall(node, probe)
+	if err != nil {
+		return 0, err
+	}
+	var h uint64 // the last offset both may hold
+	switch res.st {
+	case rsOK:
+		h = res.off
+	case rsGap:
+		h = res.off - 1
+	default:
+		return 0, fmt.Errorf("cluster: follower %s refused %s: %s", node, topic, res.msg)
+	}
+	same := func(off uint64) (bool, error) {
+		recs, err := n.local.Read(topic, off, 1, n.pageBytes()/2)
+		if err != nil || len(recs) == 0 || recs[0].Offset != off {
+			return false, err // below the owner's earliest: cannot compare
+		}
+		res, err := n.replCall(node, replEntry{topic: topic, term: term, epoch: ti.Epoch, flags: rfCheck, recs: recs[:1]})
+		return err == nil && res.st == rsOK, err
+	}
+	if h > 0 {
+		ok, err := same(h)
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			lo, hi := uint64(0), h // lo: the same (0 trivially), hi: different
+			for hi-lo > 1 {
+				mid := lo + (hi-lo)/2
+				if ok, err = same(mid); err != nil {
+					return 0, err
+				}
+				if ok {
+					lo = mid
+				} else {
+					hi = mid
+				}
+			}
+			n.log.Info("cluster: follower copy diverged; dropping its suffix", "topic", topic, "node", node, "after", lo, "its_head", h)
+			h = lo
+		}
+	}
+	probe.flags, probe.head = rfProbe|rfAgree, h
+	if res, err = n.replCall(node, probe); err != nil {
+		return 0, err
+	}
+	if res.st != rsOK {
+		return 0, fmt.Errorf("cluster: follower %s refused to agree on %s at %d: %s", node, topic, h, res.msg)
+	}
+	n.confirm(topic, ti.Epoch, term, node, h)
+	return h + 1, nil
 }
 
 // replCall sends one entry to node and waits for its answer.
@@ -640,7 +826,7 @@ func (n *Node) replCall(node string, e replEntry) (replResult, error) {
 func encodeRepl(from string, es []replEntry) []byte {
 	size := 16 + len(from)
 	for i := range es {
-		size += 64 + len(es[i].topic) + len(es[i].epoch)
+		size += 64 + len(es[i].topic) + len(es[i].epoch) + len(es[i].consumer)
 		for j := range es[i].recs {
 			size += recBytes(&es[i].recs[j])
 		}
@@ -655,6 +841,9 @@ func encodeRepl(from string, es []replEntry) []byte {
 		b = putString(b, e.epoch)
 		b = append(b, e.flags)
 		b = putUvarint(b, e.head)
+		if e.flags&rfConsumer != 0 {
+			b = putString(b, e.consumer)
+		}
 		b = putUvarint(b, uint64(len(e.recs)))
 		for j := range e.recs {
 			b = putRecord(b, &e.recs[j])
@@ -757,15 +946,24 @@ func (n *Node) replTickLoop() {
 			}
 			clear(rt.waits[len(keep):])
 			rt.waits = keep
-			if rt.acked >= rt.head && len(rt.waits) == 0 && len(rt.fetch) == 0 && now.Sub(rt.idle) > time.Minute {
+			if rt.acked >= rt.head && len(rt.waits) == 0 && len(rt.fetch) == 0 && now.Sub(rt.idle) > time.Minute && !n.syncing(rt.p) {
 				delete(n.repl, t)
 			}
 		}
 		n.rmu.Unlock()
 		if len(expired) > 0 {
-			failWaits(expired, fmt.Errorf("%w: %d copies not confirmed in %v; the record may still be stored: retry with the same key", ErrUnavailable, n.cfg.Replicas, n.cfg.RequestTimeout))
+			failWaits(expired, fmt.Errorf("%w: the copies were not confirmed in %v; the record may still be stored: retry with the same key", ErrUnavailable, n.cfg.RequestTimeout))
 		}
 	}
+}
+
+// syncing tells whether a follower of held partition p is being brought
+// up to date: its topics' replication state is kept meanwhile, for
+// syncFollower's last check.
+func (n *Node) syncing(p int) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.parts[p].syncing) > 0
 }
 
 // failReplWaits ends every waiting publisher when the node closes.
@@ -792,7 +990,7 @@ func (n *Node) failReplWaits() {
 // replCap returns the acked offset of topic when records above it are
 // waiting for their copies: reads of the owner stop there.
 func (n *Node) replCap(topic string) (uint64, bool) {
-	if n.cfg.Replicas < 2 {
+	if !n.cfg.replicated() {
 		return 0, false
 	}
 	n.rmu.Lock()
@@ -835,6 +1033,9 @@ func (n *Node) serveRepl(m *nats.Msg) {
 	var es []replEntry
 	for i := uint64(0); i < k && r.err == nil; i++ {
 		e := replEntry{topic: r.string(), term: r.uvarint(), epoch: r.string(), flags: r.byte(), head: r.uvarint()}
+		if e.flags&rfConsumer != 0 {
+			e.consumer = r.string()
+		}
 		c := r.uvarint()
 		if c > uint64(len(r.b)) {
 			r.fail()
@@ -913,6 +1114,9 @@ func (n *Node) admit(p int, term uint64) bool {
 func (n *Node) follow(e *replEntry) replResult {
 	fail := func(err error) replResult { return replResult{st: rsError, msg: err.Error()} }
 	gap := func(off uint64) replResult { return replResult{st: rsGap, off: off} }
+	if e.flags&rfConsumer != 0 {
+		return n.followConsumer(e)
+	}
 	ti, ok, err := n.local.Topic(e.topic)
 	if err != nil {
 		return fail(err)
@@ -925,13 +1129,26 @@ func (n *Node) follow(e *replEntry) replResult {
 		n.log.Info("cluster: follower copy of another epoch dropped", "topic", e.topic, "epoch", ti.Epoch, "owner_epoch", e.epoch)
 		ok = false
 	}
-	if e.flags&rfProbe != 0 {
+	switch {
+	case e.flags&rfCheck != 0:
+		if len(e.recs) != 1 || !ok {
+			return gap(1)
+		}
+		r := &e.recs[0]
+		got, err := n.local.Read(e.topic, r.Offset, 1, 1<<30)
+		if err != nil {
+			return fail(err)
+		}
+		if len(got) == 0 || got[0].Offset != r.Offset || got[0].Time != r.Time || got[0].Key != r.Key || !bytes.Equal(got[0].Data, r.Data) {
+			return gap(r.Offset)
+		}
+		return replResult{st: rsOK, off: r.Offset}
+	case e.flags&rfProbe != 0:
 		switch {
 		case !ok && e.head == 0:
 			if err := n.local.AppendAt(e.topic, e.epoch, nil); err != nil {
 				return fail(err)
 			}
-			return replResult{st: rsOK}
 		case !ok:
 			return gap(1)
 		case ti.Head < e.head:
@@ -942,12 +1159,20 @@ func (n *Node) follow(e *replEntry) replResult {
 				return fail(err)
 			}
 		}
+		if e.flags&rfAgree != 0 {
+			n.setVerified(e.topic, e.term)
+		}
 		return replResult{st: rsOK, off: e.head}
 	}
 	if len(e.recs) == 0 {
 		return fail(errors.New("no records"))
 	}
 	first, last := e.recs[0].Offset, e.recs[len(e.recs)-1].Offset
+	fresh := !ok && (first == 1 || e.flags&rfBase != 0)
+	if !fresh && !n.isVerified(e.topic, e.term) {
+		// A copy of an earlier term may hold records the owner replaced.
+		return replResult{st: rsVerify}
+	}
 	if !ok && first > 1 && e.flags&rfBase == 0 {
 		return gap(1)
 	}
@@ -974,5 +1199,97 @@ func (n *Node) follow(e *replEntry) replResult {
 	if err != nil {
 		return fail(err)
 	}
+	if fresh {
+		n.setVerified(e.topic, e.term)
+	}
 	return replResult{st: rsOK, off: last}
+}
+
+// followConsumer stores a consumer position sent by the owner.
+func (n *Node) followConsumer(e *replEntry) replResult {
+	ch := make(chan error, 1)
+	n.local.CommitAsync(e.consumer, e.topic, e.epoch, e.head, func(_ broker.ConsumerOffset, err error) { ch <- err })
+	if err := <-ch; err != nil {
+		return replResult{st: rsError, msg: err.Error()}
+	}
+	return replResult{st: rsOK, off: e.head}
+}
+
+// setVerified records that this node's copy of topic agrees with the
+// owner's of term, so that it takes its records.
+func (n *Node) setVerified(topic string, term uint64) {
+	n.vmu.Lock()
+	n.verified[topic] = term
+	n.vmu.Unlock()
+}
+
+func (n *Node) isVerified(topic string, term uint64) bool {
+	n.vmu.Lock()
+	defer n.vmu.Unlock()
+	return n.verified[topic] == term
+}
+
+// sendConsumer sends a consumer position to follower f and waits for it.
+func (n *Node) sendConsumer(f string, p int, term uint64, co broker.ConsumerOffset) error {
+	res, err := n.replCall(f, replEntry{topic: co.Topic, term: term, epoch: co.Epoch, flags: rfConsumer, head: co.Offset, consumer: co.Consumer})
+	if err == nil && res.st != rsOK {
+		err = fmt.Errorf("cluster: follower %s refused consumer %s of %s: %s", f, co.Consumer, co.Topic, res.msg)
+	}
+	return err
+}
+
+// replicateConsumer answers a consumer's commit, stored here, once the
+// followers hold it too: every follower in sync, and as many as an
+// acknowledgement needs. Positions only move forward within an epoch, so
+// commits racing to a follower cannot undo each other.
+func (n *Node) replicateConsumer(p int, term uint64, co broker.ConsumerOffset, done func(broker.ConsumerOffset, error)) {
+	t, want, insync, need := n.wantOf(p)
+	if t != term || len(want) < need {
+		done(broker.ConsumerOffset{}, fmt.Errorf("%w: partition %d has not the followers to copy the position to", ErrUnavailable, p))
+		return
+	}
+	if len(want) == 0 {
+		done(co, nil)
+		return
+	}
+	var (
+		mu       sync.Mutex
+		left     = len(want)
+		got      int
+		missing  = len(insync)
+		answered bool
+	)
+	e := replEntry{topic: co.Topic, term: term, epoch: co.Epoch, flags: rfConsumer, head: co.Offset, consumer: co.Consumer}
+	for _, f := range want {
+		in := slices.Contains(insync, f)
+		n.sendRepl(f, []replEntry{e}, func(res []replResult, err error) {
+			ok := err == nil && res[0].st == rsOK
+			mu.Lock()
+			left--
+			if ok {
+				got++
+				if in {
+					missing--
+				}
+			}
+			var fin bool
+			var ferr error
+			switch {
+			case answered:
+			case missing == 0 && got >= need:
+				fin = true
+			case left == 0:
+				fin, ferr = true, fmt.Errorf("%w: the consumer position did not reach the followers; it may still be stored: ack again", ErrUnavailable)
+			}
+			answered = answered || fin
+			mu.Unlock()
+			if fin {
+				if ferr != nil {
+					done(broker.ConsumerOffset{}, ferr)
+				} else {
+					done(co, nil)
+				}
+			}
+		})
+	}
 }

@@ -71,7 +71,7 @@ func (n *Node) appendLocal(p int, term uint64, topic string, data []byte, key st
 		if err == nil && !n.holds(p, term) {
 			err = fmt.Errorf("%w: the lease of partition %d was lost during the append", ErrUnavailable, p)
 		}
-		if err == nil && n.cfg.Replicas > 1 {
+		if err == nil && n.cfg.replicated() {
 			n.awaitRepl(a, done)
 			return
 		}
@@ -198,6 +198,10 @@ func (n *Node) commitLocal(p int, term uint64, consumer, topic, epoch string, of
 		n.inflight.Add(-1)
 		if err == nil && !n.holds(p, term) {
 			err = fmt.Errorf("%w: the lease of partition %d was lost during the commit", ErrUnavailable, p)
+		}
+		if err == nil && n.cfg.replicated() {
+			n.replicateConsumer(p, term, co, done)
+			return
 		}
 		done(co, err)
 	})

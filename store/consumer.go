@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"time"
 
@@ -112,6 +113,46 @@ func (db *DB) Consumers(consumer string) ([]broker.ConsumerOffset, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store: consumers of %q: %w", consumer, err)
+	}
+	return out, nil
+}
+
+// AllConsumers lists up to max stored positions of every consumer, in
+// (consumer, topic) order, starting after (afterConsumer, afterTopic);
+// both "" start at the beginning. A cluster copies them to a new follower
+// with it.
+func (db *DB) AllConsumers(afterConsumer, afterTopic string, max int) ([]broker.ConsumerOffset, error) {
+	if err := db.rlock(); err != nil {
+		return nil, err
+	}
+	defer db.mu.RUnlock()
+	var out []broker.ConsumerOffset
+	err := db.bolt.View(func(tx *bbolt.Tx) error {
+		c := tx.Bucket(consumersName).Cursor()
+		k, v := c.First()
+		if afterConsumer != "" {
+			after := consumerKey(nil, afterConsumer, afterTopic)
+			if k, v = c.Seek(after); k != nil && bytes.Equal(k, after) {
+				k, v = c.Next()
+			}
+		}
+		for ; k != nil && len(out) < max; k, v = c.Next() {
+			if len(k) < 2 || len(k) < 2+int(binary.BigEndian.Uint16(k)) {
+				return fmt.Errorf("%w: consumer key %q", ErrCorrupt, k)
+			}
+			cl := int(binary.BigEndian.Uint16(k))
+			epoch, off, updated, err := decodeConsumerVal(v)
+			if err != nil {
+				return err
+			}
+			out = append(out, broker.ConsumerOffset{
+				Consumer: string(k[2 : 2+cl]), Topic: string(k[2+cl:]), Epoch: epoch, Offset: off, Updated: time.UnixMilli(updated),
+			})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: consumers: %w", err)
 	}
 	return out, nil
 }

@@ -29,8 +29,8 @@ func (c *config) validateCluster() []error {
 	if c.LeaseTTL < 300*time.Millisecond {
 		errs = append(errs, fmt.Errorf("%s must be at least 300ms, got %v", c.optName("lease-ttl"), c.LeaseTTL))
 	}
-	if c.Replicas < 1 || c.Replicas > 16 {
-		errs = append(errs, fmt.Errorf("%s must be 1 to 16, got %d", c.optName("replicas"), c.Replicas))
+	if c.Replicas < 0 || c.Replicas > 16 {
+		errs = append(errs, fmt.Errorf("%s must be 0 (automatic) or 1 to 16, got %d", c.optName("replicas"), c.Replicas))
 	}
 	return errs
 }
@@ -50,10 +50,6 @@ func joinCluster(c *config, log *slog.Logger, st *store.DB) (*cluster.Node, erro
 	})
 	if err != nil {
 		return nil, fmt.Errorf("--nats %s: %w", c.NATS, err)
-	}
-	if c.Replicas > 1 {
-		log.Warn("replication is a preview: a node that joins a running cluster can be given partitions " +
-			"without their history (a new epoch); do not rely on it yet")
 	}
 	return n, nil
 }

@@ -125,7 +125,7 @@ func parseConfig(args []string, getenv func(string) string) (*config, error) {
 	fs.StringVar(&c.Cluster, "cluster", "brokerd", "cluster name: namespaces the NATS subjects and KV buckets, so that clusters can share one NATS")
 	fs.IntVar(&c.Partitions, "partitions", 64, "with --nats: partitions topics are hashed into, each with one owner node; the same on every node")
 	fs.DurationVar(&c.LeaseTTL, "lease-ttl", 5*time.Second, "with --nats: a dead node's partitions move to others after about this long")
-	fs.IntVar(&c.Replicas, "replicas", 1, "with --nats: copies of each record before ok; 2 or more needs as many live nodes; the same on every node")
+	fs.IntVar(&c.Replicas, "replicas", 0, "with --nats: nodes holding each record and consumer position before ok; 0 (automatic): 2 while two or more nodes are alive, 1 alone; N ≥ 2 needs N live nodes; the same on every node")
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

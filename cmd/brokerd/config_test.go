@@ -40,7 +40,7 @@ func defaultConfig() config {
 		Cluster:          "brokerd",
 		Partitions:       64,
 		LeaseTTL:         5 * time.Second,
-		Replicas:         1,
+		Replicas:         0,
 	}
 }
 

@@ -213,7 +213,7 @@ var helpFlags = map[string]string{
 	"cluster":                "brokerd",
 	"partitions":             "64",
 	"lease-ttl":              "5s",
-	"replicas":               "1",
+	"replicas":               "0",
 }
 
 func TestHelp(t *testing.T) {
