@@ -75,6 +75,29 @@ func startNodeR(t testing.TB, url, clusterName, name string, replicas int) *test
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Cleanups run last first: the store closes after the node stops.
+	t.Cleanup(func() {
+		if err := st.Check(); err != nil {
+			t.Errorf("%s: store check: %v", name, err)
+		}
+		_ = st.Close()
+	})
+	return startNodeOn(t, url, clusterName, name, replicas, st)
+}
+
+// restartNode starts a killed node again on its store, as a process
+// restarted on its data directory.
+func restartNode(t testing.TB, url, clusterName string, old *testNode, replicas int) *testNode {
+	t.Helper()
+	if !old.closed {
+		t.Fatalf("%s is running", old.name)
+	}
+	_ = old.Broker.Shutdown(t.Context())
+	return startNodeOn(t, url, clusterName, old.name, replicas, old.Store)
+}
+
+func startNodeOn(t testing.TB, url, clusterName, name string, replicas int, st *store.DB) *testNode {
+	t.Helper()
 	nc, err := nats.Connect(url, nats.NoEcho())
 	if err != nil {
 		t.Fatal(err)
@@ -94,10 +117,6 @@ func startNodeR(t testing.TB, url, clusterName, name string, replicas int) *test
 		defer cancel()
 		_ = b.Shutdown(ctx)
 		tn.kill()
-		if err := st.Check(); err != nil {
-			t.Errorf("%s: store check: %v", name, err)
-		}
-		_ = st.Close()
 	})
 	return tn
 }

@@ -1,0 +1,205 @@
+package cluster_test
+
+import (
+	"bytes"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/brokerd/brokerd/broker"
+)
+
+// TestJoiningNodeGetsPartitionsWithHistory starts two nodes, gives many
+// partitions a history, then starts a third: it must get its share of the
+// partitions, and only as a follower holding their history, so that every
+// topic keeps its epoch and its records.
+func TestJoiningNodeGetsPartitionsWithHistory(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t)
+	nodes := startClusterR(t, url, "join", 2, 2)
+	a := nodes[0]
+	type topicState struct {
+		epoch string
+		head  uint64
+	}
+	want := map[string]topicState{}
+	for i := range 4 * partitions {
+		topic := fmt.Sprintf("join.%d", i)
+		var ap broker.Appended
+		for j := range 5 {
+			var err error
+			if ap, err = a.Node.Append(t.Context(), topic, fmt.Appendf(nil, `"%d-%d"`, i, j), ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want[topic] = topicState{ap.Epoch, ap.Offset}
+	}
+	c := startNodeR(t, url, "join", "n3", 2)
+	nodes = append(nodes, c)
+	start := time.Now()
+	waitSpread(t, nodes)
+	t.Logf("spread over three nodes in %v", time.Since(start).Round(time.Millisecond))
+	owned := 0
+	for topic, w := range want {
+		if o, _ := c.Node.Owner(topic); o == c.name {
+			owned++
+			// The new owner holds the history itself.
+			if ti, ok, _ := c.Store.Topic(topic); !ok || ti.Epoch != w.epoch || ti.Head != w.head {
+				t.Errorf("%s on its new owner: %+v, want epoch %s head %d", topic, ti, w.epoch, w.head)
+			}
+		}
+		for _, tn := range nodes {
+			ti, ok, err := tn.Node.Topic(topic)
+			if err != nil || !ok || ti.Epoch != w.epoch || ti.Head != w.head {
+				t.Errorf("%s read on %s: %+v %v %v, want epoch %s head %d", topic, tn.name, ti, ok, err, w.epoch, w.head)
+			}
+		}
+	}
+	if owned == 0 {
+		t.Fatal("the new node owns none of the topics")
+	}
+	// Publishing goes on in the same epochs.
+	for topic, w := range want {
+		ap, err := c.Node.Append(t.Context(), topic, []byte(`"after"`), "")
+		if err != nil || ap.Epoch != w.epoch || ap.Offset != w.head+1 {
+			t.Fatalf("%s after the join: %+v %v, want epoch %s offset %d", topic, ap, err, w.epoch, w.head+1)
+		}
+	}
+}
+
+// TestConsumerPositionSurvivesOwnerDeath acks a durable consumer, kills
+// the topic's owner, and resumes the consumer on another node.
+func TestConsumerPositionSurvivesOwnerDeath(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t)
+	nodes := startClusterR(t, url, "rcons", 3, 2)
+	a, owner := nodes[0], nodes[1]
+	topic := topicOwnedBy(t, owner, "jobs.")
+	waitListed(t, nodes, owner, topic)
+	for i := range 10 {
+		if _, err := a.Node.Append(t.Context(), topic, []byte(fmt.Sprint(i)), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ca := connect(t, a)
+	mustOK(t, ca.do(map[string]any{"op": "sub", "topic": topic, "consumer": "w", "from": "earliest"}))
+	ca.wait("10 messages", func(evs []map[string]any) bool { return len(msgs(evs, topic)) >= 10 })
+	mustOK(t, ca.do(map[string]any{"op": "ack", "topic": topic, "consumer": "w", "offset": 6}))
+	ca.s.Closed(nil)
+	owner.kill()
+
+	c := nodes[2]
+	cc := connect(t, c)
+	var ok map[string]any
+	waitFor(t, "the consumer resumes on a survivor", func() bool {
+		ok = cc.do(map[string]any{"op": "sub", "topic": topic, "consumer": "w"})
+		return ok["op"] == "ok"
+	})
+	if num(ok["from"]) != 7 {
+		t.Fatalf("resume after the owner died: %v, want from 7", ok)
+	}
+	got := msgs(cc.wait("4 messages", func(evs []map[string]any) bool { return len(msgs(evs, topic)) >= 4 }), topic)
+	if got[0] != 7 || got[3] != 10 {
+		t.Fatalf("resumed at %v", got)
+	}
+}
+
+// TestReturningOwnerDropsUnacknowledgedSuffix: an owner commits records
+// its follower never gets (so they are never acknowledged) and dies; the
+// follower takes over and publishes other records at those offsets; when
+// the old owner comes back it must drop its suffix and copy the new
+// owner's, not keep a log that differs from every other node's.
+func TestReturningOwnerDropsUnacknowledgedSuffix(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t)
+	// Automatic replicas: the survivor alone keeps acknowledging.
+	nodes := startClusterR(t, url, "diverge", 2, 0)
+	a := nodes[0]
+	topic := topicOwnedBy(t, a, "div.")
+	b := waitListed(t, nodes, a, topic)
+	for i := range 10 {
+		if _, err := a.Node.Append(t.Context(), topic, fmt.Appendf(nil, `"a%d"`, i), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resume := b.Node.PauseFollowing()
+	for i := range 5 {
+		a.Node.AppendAsync(topic, fmt.Appendf(nil, `"lost%d"`, i), "", func(broker.Appended, error) {})
+	}
+	waitFor(t, "the owner's unacknowledged suffix", func() bool {
+		ti, _, _ := a.Store.Topic(topic)
+		return ti.Head == 15
+	})
+	a.kill()
+	resume()
+	var last broker.Appended
+	waitFor(t, "the follower takes over", func() bool {
+		ap, err := b.Node.Append(t.Context(), topic, []byte(`"b0"`), "k-b0")
+		last = ap
+		return err == nil
+	})
+	for i := 1; i < 8; i++ {
+		var err error
+		if last, err = b.Node.Append(t.Context(), topic, fmt.Appendf(nil, `"b%d"`, i), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if last.Offset != 18 {
+		t.Fatalf("the new owner's last offset %d, want 18 (it continues at 11)", last.Offset)
+	}
+	a2 := restartNode(t, url, "diverge", a, 0)
+	waitFor(t, "the old owner copies the new owner's log", func() bool {
+		ti, _, _ := a2.Store.Topic(topic)
+		return ti.Head == 18
+	})
+	ra, err := a2.Store.Read(topic, 1, 100, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb, err := b.Store.Read(topic, 1, 100, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ra) != len(rb) {
+		t.Fatalf("old owner holds %d records, new owner %d", len(ra), len(rb))
+	}
+	for i := range ra {
+		if ra[i].Offset != rb[i].Offset || !bytes.Equal(ra[i].Data, rb[i].Data) || ra[i].Time != rb[i].Time {
+			t.Fatalf("offset %d: old owner %s, new owner %s", rb[i].Offset, ra[i].Data, rb[i].Data)
+		}
+	}
+}
+
+// TestAutomaticReplicasAlone: with automatic replicas a node alone
+// acknowledges on its own, and two nodes keep the epoch when one dies.
+func TestAutomaticReplicas(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t)
+	a := startNodeR(t, url, "auto", "n1", 0)
+	if _, err := a.Node.Append(t.Context(), "auto.x", []byte(`1`), ""); err != nil {
+		t.Fatalf("alone: %v", err)
+	}
+	b := startNodeR(t, url, "auto", "n2", 0)
+	nodes := []*testNode{a, b}
+	waitSpread(t, nodes)
+	owner, other := a, b
+	if o, _ := a.Node.Owner("auto.x"); o == b.name {
+		owner, other = b, a
+	}
+	waitListed(t, nodes, owner, "auto.x")
+	ap, err := other.Node.Append(t.Context(), "auto.x", []byte(`2`), "")
+	if err != nil || ap.Offset != 2 {
+		t.Fatalf("two nodes: %+v %v", ap, err)
+	}
+	owner.kill()
+	waitFor(t, "the survivor acknowledges alone", func() bool {
+		next, err := other.Node.Append(t.Context(), "auto.x", []byte(`3`), "k3")
+		if err != nil {
+			return false
+		}
+		if next.Epoch != ap.Epoch || next.Offset != 3 {
+			t.Fatalf("after the owner died: %+v, want epoch %s offset 3", next, ap.Epoch)
+		}
+		return true
+	})
+}
