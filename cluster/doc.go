@@ -21,14 +21,18 @@
 //   - The owner publishes each committed record on
 //     brokerd.<cluster>.live.<topic>; a node subscribes there only to the
 //     topics and patterns its own clients want (Interest).
-//   - With Config.Replicas = 1 (the default) a topic's log lives only on
-//     its owner. With R ≥ 2 the owner sends each committed batch to the
-//     partition's R-1 followers (brokerd.<cluster>.repl.<node>), which
-//     store it at the same offsets, and a record is answered ok, handed
-//     to subscribers and published live only once they all hold it
-//     durably; the lease names the followers that hold every acknowledged
-//     record, and one of them takes the partition over with its history
-//     and epochs when the owner dies or drains. See repl.go.
+//   - With replication (Config.Replicas ≥ 2, or ReplicasAuto, the default,
+//     with two or more live nodes) the owner sends each committed batch
+//     to the partition's followers (brokerd.<cluster>.repl.<node>), which
+//     store it at the same offsets; a record is answered ok, handed to
+//     subscribers and published live only once they hold it durably, and
+//     a consumer position is answered ok once they hold it too. The lease
+//     names the followers that hold every acknowledged record; only one of
+//     them (or the node that handed the lease back, with its own data)
+//     takes the partition over, keeping its history and epochs, when the
+//     owner dies or drains; a node joining is made a follower first and
+//     handed partitions for balance only once named. See repl.go. With
+//     Replicas = 1 a topic's log lives only on its owner.
 //   - A node that takes a partition under a term its local data does not
 //     belong to (and is not such a follower) starts every local topic of
 //     it in a new epoch, so clients see epoch_mismatch rather than a gap

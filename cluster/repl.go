@@ -14,23 +14,41 @@ import (
 	"github.com/brokerd/brokerd/store"
 )
 
-// Replication, with Config.Replicas = R ≥ 2.
+// Replication, with Config.Replicas = R ≥ 2, or ReplicasAuto (R = 2 while
+// another node is alive).
 //
 // Followers. The followers of a partition are the R-1 live nodes after
 // the owner in the sorted list of live nodes rotated by the partition
-// number (followersFor), recomputed at every lease pass. An
-// acknowledgement waits for every one of them (part.want), so a dead
-// follower holds publishes up (they fail with ErrUnavailable) until its
-// heartbeat expires and the next live node replaces it.
+// number (followersFor), recomputed at every lease pass, plus part.extra,
+// a node the partition is being handed to for balance. A new follower is
+// sent every record at once and brought up to date in the background
+// (syncFollower: every topic, then every consumer position); it is in
+// sync once it holds every record acknowledged meanwhile, decided under
+// rmu so that no acknowledgement slips past. Make before break: a
+// follower no longer wanted stays until every new one is in sync.
+//
+// Acknowledgement. A topic's acknowledged offset (acked) is the highest
+// offset that every follower in sync holds and at least R-1 followers
+// hold: so a dead follower holds publishes up (they fail with
+// ErrUnavailable) until its heartbeat expires and the next live node
+// replaces it, and a new follower catching up holds up only the topics it
+// is needed for.
 //
 // Owner path. The local store's commit hook hands each batch of the
 // partitions this node owns to replicate: the records go, one request per
 // follower per batch (split to fit a NATS message), to
 // brokerd.<cluster>.repl.<follower>, with the topic's epoch and the
 // partition's term. A follower answers per topic with the offset it now
-// holds durably, or "gap at N": the owner then sends from N, read from its
-// local log in pages (catchUp). A topic's acknowledged offset (acked) is
-// the lowest offset every follower confirmed.
+// holds durably, "gap at N" (the owner then sends from N, read from its
+// local log in pages: catchUp), or "verify": its copy is not known to
+// agree with this term's owner.
+//
+// Agreement. Logs of one epoch can differ only past some offset: records
+// an owner committed and never had acknowledged, which a later owner
+// replaced. Before a follower takes records of a term into a copy it
+// already holds, the owner compares the copy's last record with its own
+// and, when they differ, finds by binary search where the logs part; the
+// follower drops what follows (agree).
 //
 // Ordering. The records of a batch are on the owner's disk before they are
 // sent, but they are neither handed to the broker's hook, nor published
@@ -47,27 +65,22 @@ import (
 // replicated and delivered later: a publisher that retries with the same
 // key gets the first offset back (dup).
 //
-// Failover. The lease names the followers (part.listed) that hold every
-// acknowledged record of its term: a follower is named only once it has
-// been brought up to date with every topic of the partition (syncFollower)
-// while acknowledgements were already waiting for it, and is removed from
-// the lease before acknowledgements stop waiting for it. A node named in a
-// stale (or handed back) lease that last followed that very term takes it
-// over keeping its data and epochs; the others wait another LeaseTTL for
-// such a follower, then take it as before, with new epochs. Fencing: a
-// follower refuses records of a term lower than the highest it has seen
-// (from the lease or from records), and a node refuses records of a
-// partition it holds; since the new owner was one of the old owner's
-// followers, an old owner can never have a record acknowledged again.
+// Failover. The lease names the followers in sync (part.listed): a
+// follower is named only once in sync, and removed from the lease before
+// acknowledgements stop waiting for it. A node named in a stale (or
+// handed back) lease that last followed that very term takes it over
+// keeping its data and epochs; the others leave it to such a node while
+// one is alive (takeCase.decide). Fencing: a follower refuses records of
+// a term lower than the highest it has seen (from the lease or from
+// records), and a node refuses records of a partition it holds; since the
+// new owner was one of the old owner's followers, an old owner can never
+// have a record acknowledged again.
 //
-// Not done yet: consumer offsets (CommitAsync) are not replicated, so a
-// failover loses the positions committed on the old owner (consumers
-// start again from their sub's from); an empty topic created by Ensure
-// reaches the followers only with their next sync; records a new owner
-// holds beyond what the old one acknowledged are served at once, before
-// its own followers hold them; a follower whose log diverged is corrected
-// only when it follows that partition again; catch-up reads pages of at
-// most 1000 records.
+// Not done: an empty topic created by Ensure reaches the followers only
+// with their next sync; records a new owner holds beyond what the old one
+// acknowledged are served at once, before its own followers hold them;
+// catch-up reads pages of at most 1000 records; followers apply one
+// request at a time.
 
 // Per-topic answers of a follower.
 const (
