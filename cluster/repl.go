@@ -76,8 +76,7 @@ import (
 // new owner was one of the old owner's followers, an old owner can never
 // have a record acknowledged again.
 //
-// Not done: an empty topic created by Ensure reaches the followers only
-// with their next sync; records a new owner holds beyond what the old one
+// Not done: records a new owner holds beyond what the old one
 // acknowledged are served at once, before its own followers hold them;
 // catch-up reads pages of at most 1000 records; followers apply one
 // request at a time.
@@ -530,7 +529,10 @@ func (n *Node) advanceLocked(topic string, rt *replTopic) {
 		return
 	}
 	term, want, insync, need := n.wantOf(rt.p)
-	if term != rt.term || len(want) < need {
+	if term != rt.term || len(want) < need || !n.holds(rt.p, term) {
+		// Not while the lease may have lapsed: a node paused past it
+		// (a zombie) must not deliver or answer what a new owner may
+		// have given other records.
 		return
 	}
 	// Every follower in sync must hold the record (the lease names them
@@ -1257,7 +1259,7 @@ func (n *Node) sendConsumer(f string, p int, term uint64, co broker.ConsumerOffs
 // commits racing to a follower cannot undo each other.
 func (n *Node) replicateConsumer(p int, term uint64, co broker.ConsumerOffset, done func(broker.ConsumerOffset, error)) {
 	t, want, insync, need := n.wantOf(p)
-	if t != term || len(want) < need {
+	if t != term || len(want) < need || !n.holds(p, term) {
 		done(broker.ConsumerOffset{}, fmt.Errorf("%w: partition %d has not the followers to copy the position to", ErrUnavailable, p))
 		return
 	}
@@ -1305,4 +1307,23 @@ func (n *Node) replicateConsumer(p int, term uint64, co broker.ConsumerOffset, d
 			}
 		})
 	}
+}
+
+// ensureFollowers creates an empty topic, just created here, on the
+// followers too, so that a failover before its first record keeps its
+// epoch (subscribers hold it already). Best effort: a follower that does
+// not answer gets it with its next sync.
+func (n *Node) ensureFollowers(ti broker.TopicInfo) {
+	p := n.partition(ti.Topic)
+	term, want, _, _ := n.wantOf(p)
+	if term == 0 {
+		return
+	}
+	e := replEntry{topic: ti.Topic, term: term, epoch: ti.Epoch, flags: rfProbe | rfAgree}
+	var wg sync.WaitGroup
+	for _, f := range want {
+		wg.Add(1)
+		n.sendRepl(f, []replEntry{e}, func([]replResult, error) { wg.Done() })
+	}
+	wg.Wait()
 }

@@ -203,3 +203,31 @@ func TestAutomaticReplicas(t *testing.T) {
 		return true
 	})
 }
+
+// TestEmptyTopicKeepsEpochOnFailover: a topic created by a subscribe has
+// an epoch before its first record; the follower holds it too, so the
+// owner's death does not change it.
+func TestEmptyTopicKeepsEpochOnFailover(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t)
+	nodes := startClusterR(t, url, "empty", 3, 2)
+	a, owner := nodes[0], nodes[2]
+	topic := topicOwnedBy(t, owner, "empty.")
+	follower := waitListed(t, nodes, owner, topic)
+	ca := connect(t, a)
+	ok := mustOK(t, ca.do(map[string]any{"op": "sub", "topic": topic, "from": "earliest"}))
+	epoch := ok["epoch"].(string)
+	if ti, found, _ := follower.Store.Topic(topic); !found || ti.Epoch != epoch {
+		t.Fatalf("the follower's copy of the empty topic: %+v %v, want epoch %s", ti, found, epoch)
+	}
+	owner.kill()
+	var ap broker.Appended
+	waitFor(t, "a publish after the failover", func() bool {
+		var err error
+		ap, err = a.Node.Append(t.Context(), topic, []byte(`1`), "k1")
+		return err == nil
+	})
+	if ap.Epoch != epoch || ap.Offset != 1 {
+		t.Fatalf("first record after the failover: %+v, want epoch %s offset 1", ap, epoch)
+	}
+}

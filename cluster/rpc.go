@@ -278,7 +278,7 @@ func (n *Node) serveRead(m *nats.Msg, op byte, topic string, r *reader) {
 	switch op {
 	case opEnsure:
 		var ti broker.TopicInfo
-		if ti, err = n.local.Ensure(context.Background(), topic); err == nil {
+		if ti, err = n.ensureLocal(context.Background(), topic); err == nil {
 			b = putInfo(b, &ti)
 		}
 	case opTopic:

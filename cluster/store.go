@@ -99,12 +99,22 @@ func (n *Node) Append(ctx context.Context, topic string, data []byte, key string
 func (n *Node) Ensure(ctx context.Context, topic string) (ti broker.TopicInfo, err error) {
 	body := putString([]byte{opEnsure}, topic)
 	err = n.request(ctx, topic, body, func() error {
-		ti, err = n.local.Ensure(ctx, topic)
+		ti, err = n.ensureLocal(ctx, topic)
 		return err
 	}, func(r *reader) error {
 		ti = r.info()
 		return r.err
 	})
+	return ti, err
+}
+
+// ensureLocal creates topic on this node, its owner, and an empty one on
+// the followers too.
+func (n *Node) ensureLocal(ctx context.Context, topic string) (broker.TopicInfo, error) {
+	ti, err := n.local.Ensure(ctx, topic)
+	if err == nil && ti.Head == 0 && n.cfg.replicated() {
+		n.ensureFollowers(ti)
+	}
 	return ti, err
 }
 
