@@ -40,10 +40,15 @@ func TestClusterKillOwnerKeepsAckedRecords(t *testing.T) {
 		startedAt = time.Now()
 	)
 	defer func() {
-		t.Logf("summary (seed %d): %d of %d cycles in %v; %d acked messages; %d lost; %d duplicated offsets (%d offsets acked twice, %d records stored twice); "+
+		found.dupOffset = log.dupAcks()
+		outcome := "passed"
+		if t.Failed() {
+			outcome = "FAILED (the checks stop at the first cycle that fails)"
+		}
+		t.Logf("summary (seed %d): %s; %d of %d cycles in %v; %d acked messages; %d lost; %d duplicated offsets (%d offsets acked twice, %d records stored twice); "+
 			"failover time, per kill and topic, from the SIGKILL to the first ack of a publish sent after it: p50 %v p99 %v max %v (%d samples); "+
 			"longest publisher-visible gap between two acks per kill and topic: p50 %v p99 %v max %v",
-			seed, cycles, *clusterCycles, time.Since(startedAt).Round(time.Millisecond), log.acks(), found.lost,
+			seed, outcome, cycles, *clusterCycles, time.Since(startedAt).Round(time.Millisecond), log.acks(), found.lost,
 			found.dupOffset+found.dupData, found.dupOffset, found.dupData,
 			percentile(first, 50), percentile(first, 99), percentile(first, 100), len(first),
 			percentile(gaps, 50), percentile(gaps, 99), percentile(gaps, 100))
@@ -105,7 +110,6 @@ func TestClusterKillOwnerKeepsAckedRecords(t *testing.T) {
 		cycles = cycle
 	}
 	found.worst(c.verifyLocal(log, epochs))
-	found.dupOffset = log.dupAcks()
 }
 
 // percentile returns the p-th percentile (nearest rank) of ds, 0 when

@@ -17,6 +17,7 @@ import (
 	"hash/fnv"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -556,17 +557,7 @@ func (c *testCluster) report() {
 		if len(out) > 300 {
 			out = append(out[:150], append([]string{"…"}, out[len(out)-150:]...)...)
 		}
-		c.t.Logf("process %d (%s), lines about partitions %v of the topics:\n%s", i+1, d.dataDir, slices.Sorted(mapKeys(parts)), strings.Join(out, "\n"))
-	}
-}
-
-func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
-	return func(yield func(K) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
+		c.t.Logf("process %d (%s), lines about partitions %v of the topics:\n%s", i+1, d.dataDir, slices.Sorted(maps.Keys(parts)), strings.Join(out, "\n"))
 	}
 }
 
@@ -790,10 +781,10 @@ func (s *faultStats) ack(topic string, sentAt time.Time) {
 func (s *faultStats) failover() (first, gap map[string]time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return maps(s.firstAfter), maps(s.maxGap)
+	return rounded(s.firstAfter), rounded(s.maxGap)
 }
 
-func maps(m map[string]time.Duration) map[string]time.Duration {
+func rounded(m map[string]time.Duration) map[string]time.Duration {
 	out := make(map[string]time.Duration, len(m))
 	for k, v := range m {
 		out[k] = v.Round(time.Millisecond)
@@ -1075,6 +1066,9 @@ func checkLog(t *testing.T, who, topic, wantEpoch, epoch string, msgs []pageMsg,
 			r.lost++
 			return r
 		}
+		if m.TS <= 0 {
+			t.Errorf("%s %s offset %d: ts %d", who, topic, m.Offset, m.TS)
+		}
 		if !log.sent[topic][string(m.Data)] {
 			t.Errorf("%s %s offset %d holds %s, which was never published to it", who, topic, m.Offset, m.Data)
 		}
@@ -1205,7 +1199,7 @@ func (c *testCluster) verifyServed(label string, log *ackLog, epochs map[string]
 }
 
 func (c *testCluster) topicsOf(epochs map[string]string) []string {
-	return slices.Sorted(mapKeys(epochs))
+	return slices.Sorted(maps.Keys(epochs))
 }
 
 // localCopy is a topic's log in one node's own store.
@@ -1310,7 +1304,7 @@ func (c *testCluster) verifyLocal(log *ackLog, epochs map[string]string) (r tall
 				seen[string(data)] = off
 			}
 		}
-		offs := slices.Sorted(mapKeys(log.acked[tp]))
+		offs := slices.Sorted(maps.Keys(log.acked[tp]))
 		var short, conflicts []string
 		for _, off := range offs {
 			want := log.acked[tp][off]
