@@ -2,7 +2,7 @@
 GO ?= go
 PKGS := ./...
 
-.PHONY: run test vet unit race bench fuzz lint build crash test-js
+.PHONY: run test vet unit race bench fuzz lint build crash soak test-js
 
 run:
 	$(GO) run ./cmd/brokerd
@@ -39,6 +39,15 @@ fuzz:
 CYCLES ?= 200
 crash:
 	$(GO) test -count=1 -run='^TestCrash' ./store/ -crash.cycles=$(CYCLES)
+
+# A longer fault soak of a three-node cluster: SOAK_CYCLES kill -9 cycles
+# (each kills a node under load and restarts it), then a summary of acked,
+# lost and duplicated records and failover times. SOAK_SEED replays a run.
+SOAK_CYCLES ?= 20
+SOAK_SEED ?= 0
+soak:
+	$(GO) test -race -count=1 -v -timeout 60m -run='^TestClusterKillOwnerKeepsAckedRecords$$' ./cmd/brokerd/ \
+		-cluster.cycles=$(SOAK_CYCLES) -cluster.seed=$(SOAK_SEED)
 
 lint:
 	gofmt -l . | tee /dev/stderr | (! read)
