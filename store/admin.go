@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 
@@ -58,20 +59,21 @@ func (db *DB) TruncateAfter(topic string, offset uint64) error {
 			if head = t.m.head; offset >= head {
 				return nil
 			}
+			// Walk back from the end first, then delete: a cursor that
+			// deletes as it goes meets the leaves it emptied again on
+			// every step (and bbolt's Last never returns once every leaf
+			// of a multi-page log is empty).
 			c := t.log.Cursor()
-			n := 0
+			var dead [][]byte
 			k, v := c.Last()
-			for ; k != nil && getOffset(k) > offset; k, v = c.Last() {
-				if n == truncateBudget {
+			for ; k != nil && getOffset(k) > offset; k, v = c.Prev() {
+				if len(dead) == truncateBudget {
 					more = true
 					break
 				}
 				t.m.count--
 				t.m.bytes -= recordDataLen(v)
-				if err := c.Delete(); err != nil {
-					return err
-				}
-				n++
+				dead = append(dead, bytes.Clone(k))
 			}
 			if more {
 				t.m.head = getOffset(k)
@@ -82,6 +84,11 @@ func (db *DB) TruncateAfter(topic string, offset uint64) error {
 				t.m.earliest = t.m.head + 1
 			} else if k != nil {
 				t.m.lastTime = recordTime(v)
+			}
+			for _, k := range dead {
+				if err := t.log.Delete(k); err != nil {
+					return err
+				}
 			}
 			head = t.m.head
 			return t.b.Put(metaKey, t.m.encode())

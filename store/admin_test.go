@@ -131,6 +131,8 @@ func TestTruncateAfter(t *testing.T) {
 		{"below earliest", 10, 3, 5, 6, 5},
 		{"keeps earliest", 10, 6, 7, 5, 7},
 		{"several transactions", truncateBudget + 500, 0, 100, 1, 100},
+		{"everything, many pages", 5000, 0, 0, 1, 0},
+		{"everything, several transactions", truncateBudget + 500, 0, 0, 1, 0},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

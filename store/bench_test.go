@@ -198,3 +198,31 @@ func BenchmarkCommit(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkTruncate measures TruncateAfter dropping a topic's whole log of
+// records 128-byte records, as a follower drops a suffix its owner never
+// acknowledged; one op is one truncation.
+func BenchmarkTruncate(b *testing.B) {
+	for _, records := range []int{1_000, 20_000} {
+		b.Run(fmt.Sprintf("records=%d", records), func(b *testing.B) {
+			db, _ := openTest(b, &Options{RetentionInterval: -1})
+			recs := make([]broker.Record, records)
+			for i := range recs {
+				recs[i] = broker.Record{Offset: uint64(i + 1), Time: 1, Data: make([]byte, 128)}
+			}
+			b.ResetTimer()
+			for b.Loop() {
+				b.StopTimer()
+				for i := 0; i < len(recs); i += 1000 {
+					if err := db.AppendAt("trunc", "e", recs[i:min(i+1000, len(recs))]); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StartTimer()
+				if err := db.TruncateAfter("trunc", 0); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"fmt"
 	"math"
 
@@ -138,20 +139,25 @@ func (db *DB) applyMaint(b *batch, o *op) error {
 	}
 	r, ageCut := db.limits(t, b.nowMs)
 	budget := maintBudget
+	// Walk forward first, then delete: a cursor that deletes as it goes
+	// walks the leaves it emptied again on every step.
+	var dead [][]byte
 	c := t.log.Cursor()
-	for k, v := c.First(); k != nil && budget > 0; k, v = c.First() {
+	for k, v := c.First(); k != nil && budget > 0; k, v = c.Next() {
 		if getOffset(k) > t.base || !db.recordDue(t, r, ageCut, v) {
 			break // never remove what this transaction appended
 		}
-		off, n := getOffset(k), recordDataLen(v)
-		if err := c.Delete(); err != nil {
+		t.m.count--
+		t.m.bytes -= recordDataLen(v)
+		t.m.earliest = getOffset(k) + 1
+		t.dirty = true
+		dead = append(dead, bytes.Clone(k))
+		budget--
+	}
+	for _, k := range dead {
+		if err := t.log.Delete(k); err != nil {
 			return err
 		}
-		t.m.count--
-		t.m.bytes -= n
-		t.m.earliest = off + 1
-		t.dirty = true
-		budget--
 	}
 	o.more = budget == 0
 	return nil
