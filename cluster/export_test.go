@@ -47,5 +47,16 @@ func (n *Node) SendReplica(node, topic string, term uint64, epoch string, recs [
 	if err != nil {
 		return "", 0, err
 	}
-	return [...]string{"ok", "gap", "stale", "error"}[res.st], res.off, nil
+	return [...]string{"ok", "gap", "stale", "error", "verify"}[res.st], res.off, nil
+}
+
+// SendAgreement tells node, as the owner of term would, that its copy of
+// topic agrees with the owner's up to head, and returns its answer as
+// SendReplica does.
+func (n *Node) SendAgreement(node, topic string, term uint64, epoch string, head uint64) (string, uint64, error) {
+	res, err := n.replCall(node, replEntry{topic: topic, term: term, epoch: epoch, flags: rfProbe | rfAgree, head: head})
+	if err != nil {
+		return "", 0, err
+	}
+	return [...]string{"ok", "gap", "stale", "error", "verify"}[res.st], res.off, nil
 }

@@ -181,6 +181,9 @@ func (n *Node) pass() {
 		stale := free || now.Sub(st.seen) >= ttl+ttl/10
 		waited := now.Sub(st.seen) >= 2*ttl+ttl/10
 		n.mu.Unlock()
+		if owner != "" && owner != n.cfg.Node && n.lostTerm(p, term) {
+			n.dropUnacked(p, term)
+		}
 		switch {
 		case owner == n.cfg.Node && mine && e.Revision() == n.partRev(p):
 			if now.Sub(sent) >= ttl/3 {

@@ -36,7 +36,8 @@ var ErrUnavailable = fmt.Errorf("cluster: no owner reachable for the topic: %w",
 // live records of other owners to the broker's commit hook for the topics
 // and patterns its subscribers want (broker.Interested).
 //
-// Lock order (outer first): passMu → mu; passMu → tmu; rmu → mu. imu,
+// Lock order (outer first): passMu → followMu → rmu → mu; passMu → tmu;
+// followMu → tmu. imu,
 // pmu, hookMu and mu are leaves; with rmu held nothing waits but for room
 // in replDel. The broker's commit hook runs with hookMu held and
 // nothing else; hookMu is never taken by a method the broker calls.
@@ -92,6 +93,7 @@ type Node struct {
 	replOut   chan replSend         // requests to followers, sent by replOutLoop
 	replDel   chan replDelivery     // replicated records and answers, in order, for replDeliverLoop
 	followSub *nats.Subscription    // records of other owners for this node as a follower
+	followMu  sync.Mutex            // held while serving a replication request, and while dropUnacked cuts a lost partition's logs
 	vmu       sync.Mutex
 	verified  map[string]uint64 // guarded by vmu: as a follower, topic → the term its copy is known to agree with
 

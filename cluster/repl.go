@@ -484,6 +484,61 @@ func (n *Node) dropRepl(p int) {
 	}
 }
 
+// dropUnacked runs when another node holds p in term, later than the
+// term this node owned it in: each topic this node was replicating is cut
+// back to what it had acknowledged. The records past that were never
+// acknowledged nor delivered, and the new owner's history may hold others
+// at their offsets; a node cut off from NATS, or paused past its lease,
+// keeps no such suffix when it comes back. Where a newer owner already
+// made this node its follower, the owner's agreement does the same, and
+// this node only forgets its own replication state.
+func (n *Node) dropUnacked(p int, term uint64) {
+	type cut struct {
+		topic, epoch string
+		acked        uint64
+	}
+	n.followMu.Lock()
+	defer n.followMu.Unlock()
+	followed := n.followed(p)
+	var cuts []cut
+	n.rmu.Lock()
+	for t, rt := range n.repl {
+		if rt.p != p || rt.term >= term {
+			continue
+		}
+		n.failLocked(rt)
+		delete(n.repl, t)
+		if rt.head > rt.acked && followed <= rt.term {
+			cuts = append(cuts, cut{t, rt.epoch, rt.acked})
+		}
+	}
+	n.rmu.Unlock()
+	for _, c := range cuts {
+		ti, ok, err := n.local.Topic(c.topic)
+		if err != nil || !ok || ti.Epoch != c.epoch || ti.Head <= c.acked {
+			continue
+		}
+		if err := n.local.TruncateAfter(c.topic, c.acked); err != nil {
+			n.log.Error("cluster: dropping the unacknowledged records of a lost partition", "topic", c.topic, "err", err)
+			continue
+		}
+		n.log.Info("cluster: partition lost; its unacknowledged records dropped", "topic", c.topic, "partition", p, "after", c.acked, "dropped", ti.Head-c.acked)
+	}
+}
+
+// lostTerm tells whether this node still has replication state of p from
+// a term older than term: it owned p before the owner of term took it.
+func (n *Node) lostTerm(p int, term uint64) bool {
+	n.rmu.Lock()
+	defer n.rmu.Unlock()
+	for _, rt := range n.repl {
+		if rt.p == p && rt.term < term {
+			return true
+		}
+	}
+	return false
+}
+
 // awaitRepl answers a publisher once its record has its copies.
 func (n *Node) awaitRepl(a broker.Appended, done func(broker.Appended, error)) {
 	n.rmu.Lock()
@@ -1039,6 +1094,8 @@ func (n *Node) capInfo(ti broker.TopicInfo) broker.TopicInfo {
 // serveRepl takes records of another owner as a follower. It runs on the
 // subscription's goroutine, so requests are handled in arrival order.
 func (n *Node) serveRepl(m *nats.Msg) {
+	n.followMu.Lock()
+	defer n.followMu.Unlock()
 	r := &reader{b: m.Data}
 	_ = r.string() // the sender, for debugging
 	k := r.uvarint()
@@ -1183,12 +1240,17 @@ func (n *Node) follow(e *replEntry) replResult {
 		return fail(errors.New("no records"))
 	}
 	first, last := e.recs[0].Offset, e.recs[len(e.recs)-1].Offset
-	fresh := !ok && (first == 1 || e.flags&rfBase != 0)
+	// A copy that never held a record (none, or the empty one an agreement
+	// on nothing created) takes its first record at any offset: it must be
+	// the owner's first or earliest, or the copy would start past a hole
+	// that a later page below it could never fill.
+	empty := !ok || ti.Head == 0
+	fresh := empty && (first == 1 || e.flags&rfBase != 0)
 	if !fresh && !n.isVerified(e.topic, e.term) {
 		// A copy of an earlier term may hold records the owner replaced.
 		return replResult{st: rsVerify}
 	}
-	if !ok && first > 1 && e.flags&rfBase == 0 {
+	if empty && first > 1 && e.flags&rfBase == 0 {
 		return gap(1)
 	}
 	err = n.local.AppendAt(e.topic, e.epoch, e.recs)

@@ -313,3 +313,48 @@ func TestReplicatedDrainKeepsEpoch(t *testing.T) {
 	}
 	cl.wait("replay", func(evs []map[string]any) bool { return len(msgs(evs, topic)) == 21 })
 }
+
+// A copy that holds no record yet starts only at the owner's first (or
+// earliest) record: a later record sent first is a gap, not a new start
+// that would leave a hole below it.
+func TestEmptyCopyStartsAtTheFirstRecord(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t)
+	nodes := startClusterR(t, url, "empty", 3, 2)
+	owner := nodes[0]
+	topic := topicOwnedBy(t, owner, "empty.")
+	follower := waitListed(t, nodes, owner, topic)
+	var other *testNode
+	for _, tn := range nodes {
+		if tn != owner && tn != follower {
+			other = tn
+		}
+	}
+	var recs []broker.Record
+	for i := range 3 {
+		ap, err := owner.Node.Append(t.Context(), topic, fmt.Appendf(nil, `%d`, i), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, broker.Record{Offset: ap.Offset, Time: ap.Time, Data: fmt.Appendf(nil, `%d`, i)})
+	}
+	if _, ok, _ := other.Store.Topic(topic); ok {
+		t.Fatalf("%s, not a follower, holds %s", other.name, topic)
+	}
+	_, term := owner.Node.Owner(topic)
+	ti, _, _ := owner.Store.Topic(topic)
+	// Agreeing on nothing leaves an empty copy that takes records.
+	if st, off, err := owner.Node.SendAgreement(other.name, topic, term, ti.Epoch, 0); err != nil || st != "ok" || off != 0 {
+		t.Fatalf("agreement on nothing: %q %d %v", st, off, err)
+	}
+	if st, off, err := owner.Node.SendReplica(other.name, topic, term, ti.Epoch, recs[2:]); err != nil || st != "gap" || off != 1 {
+		t.Fatalf("the third record first: %q %d %v, want gap from 1", st, off, err)
+	}
+	if st, off, err := owner.Node.SendReplica(other.name, topic, term, ti.Epoch, recs); err != nil || st != "ok" || off != 3 {
+		t.Fatalf("every record: %q %d %v, want ok 3", st, off, err)
+	}
+	got, _, _ := other.Store.Topic(topic)
+	if got.Earliest != 1 || got.Head != 3 || got.Count != 3 {
+		t.Fatalf("copy %+v, want records 1 to 3", got)
+	}
+}

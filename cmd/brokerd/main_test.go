@@ -170,6 +170,13 @@ func (d *daemon) cleanup() {
 	select {
 	case <-d.exited:
 	default:
+		// A failed test's daemons dump their goroutines (SIGQUIT) and
+		// their whole stderr into BROKERD_TEST_DUMPS, when set.
+		if d.t.Failed() && os.Getenv("BROKERD_TEST_DUMPS") != "" {
+			_ = d.cmd.Process.Signal(syscall.SIGQUIT)
+			<-d.exited
+			_ = os.WriteFile(filepath.Join(os.Getenv("BROKERD_TEST_DUMPS"), filepath.Base(d.dataDir)+".log"), []byte(d.stderr.String()), 0o644)
+		}
 		_ = d.cmd.Process.Kill()
 		<-d.exited
 	}
