@@ -126,6 +126,7 @@ func (n *Node) pass() {
 	}
 	share := (n.cfg.Partitions + max(len(live), 1) - 1) / max(len(live), 1)
 	ttl := n.cfg.LeaseTTL
+	replTerms := n.replTerms()
 	start := rand.IntN(n.cfg.Partitions)
 	unsettled := false // a lease of a dead owner was seen
 	for i := range n.cfg.Partitions {
@@ -181,7 +182,7 @@ func (n *Node) pass() {
 		stale := free || now.Sub(st.seen) >= ttl+ttl/10
 		waited := now.Sub(st.seen) >= 2*ttl+ttl/10
 		n.mu.Unlock()
-		if owner != "" && owner != n.cfg.Node && n.lostTerm(p, term) {
+		if t, ok := replTerms[p]; ok && t < term && owner != "" && owner != n.cfg.Node {
 			n.dropUnacked(p, term)
 		}
 		switch {

@@ -526,17 +526,19 @@ func (n *Node) dropUnacked(p int, term uint64) {
 	}
 }
 
-// lostTerm tells whether this node still has replication state of p from
-// a term older than term: it owned p before the owner of term took it.
-func (n *Node) lostTerm(p int, term uint64) bool {
+// replTerms returns, per partition with replication state, the oldest
+// term of it: a lease pass compares it with the lease's, to see a
+// partition lost to a later owner (dropUnacked).
+func (n *Node) replTerms() map[int]uint64 {
 	n.rmu.Lock()
 	defer n.rmu.Unlock()
+	m := map[int]uint64{}
 	for _, rt := range n.repl {
-		if rt.p == p && rt.term < term {
-			return true
+		if t, ok := m[rt.p]; !ok || rt.term < t {
+			m[rt.p] = rt.term
 		}
 	}
-	return false
+	return m
 }
 
 // awaitRepl answers a publisher once its record has its copies.
