@@ -422,7 +422,7 @@ func (n *Node) replicate(batch []broker.Committed) {
 			continue
 		}
 		p := n.partition(c.Topic)
-		term, want, _, _ := n.wantOf(p)
+		term, want, insync, need := n.wantOf(p)
 		first, last := c.Records[0].Offset, c.Records[len(c.Records)-1].Offset
 		rt := n.repl[c.Topic]
 		if rt == nil || rt.epoch != c.Epoch || rt.term != term {
@@ -445,6 +445,11 @@ func (n *Node) replicate(batch []broker.Committed) {
 		}
 		for _, f := range want {
 			out[f] = append(out[f], replEntry{topic: c.Topic, term: term, epoch: c.Epoch, recs: c.Records})
+		}
+		if len(insync) == 0 && need == 0 {
+			// No follower's answer will move it (a node alone, with
+			// automatic replicas): the local copy is all it waits for.
+			n.advanceLocked(c.Topic, rt)
 		}
 	}
 	n.rmu.Unlock()

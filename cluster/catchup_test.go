@@ -1,0 +1,133 @@
+package cluster_test
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+var catchUpRecords = flag.Int("catchup.records", 20_000, "records of the topic a joining node catches up in TestCatchUpKeepsLiveTraffic")
+
+// TestCatchUpKeepsLiveTraffic gives one node's topic a long history, then
+// starts a second node, which becomes the follower of every partition and
+// catches the history up in pages, while publishers keep publishing to
+// that topic and to others. It checks the copy and reports how long the
+// catch-up took and how long publishes waited meanwhile (-v; a larger
+// -catchup.records for a real measure).
+func TestCatchUpKeepsLiveTraffic(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t)
+	a := startNodeR(t, url, "catchup", "n1", 0)
+	big := topicOwnedBy(t, a, "big.")
+	others := []string{"other.1", "other.2", "other.3"}
+	if _, err := a.Node.Ensure(t.Context(), big); err != nil {
+		t.Fatal(err)
+	}
+	data := []byte(`"` + string(slices.Repeat([]byte("x"), 100)) + `"`)
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range 64 {
+		wg.Go(func() {
+			for range next {
+				if _, err := a.Node.Append(t.Context(), big, data, ""); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	start := time.Now()
+	for i := range *catchUpRecords {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	t.Logf("%d records of %s written in %v", *catchUpRecords, big, time.Since(start).Round(time.Millisecond))
+
+	// Publishers, one per topic, each waiting for its ok.
+	type stat struct {
+		acks    int
+		longest time.Duration
+	}
+	ctx, stop := context.WithCancel(t.Context())
+	var smu sync.Mutex
+	stats := map[string]*stat{}
+	for _, topic := range append([]string{big}, others...) {
+		stats[topic] = &stat{}
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				sent := time.Now()
+				_, err := a.Node.Append(ctx, topic, []byte(`"live"`), "")
+				took := time.Since(sent)
+				if err != nil {
+					if ctx.Err() == nil {
+						t.Errorf("publishing to %s: %v", topic, err)
+					}
+					return
+				}
+				smu.Lock()
+				s := stats[topic]
+				s.acks++
+				s.longest = max(s.longest, took)
+				smu.Unlock()
+			}
+		})
+	}
+	time.Sleep(100 * time.Millisecond)
+	joined := time.Now()
+	b := startNodeR(t, url, "catchup", "n2", 0)
+	nodes := []*testNode{a, b}
+	// In sync: the topic's owner, whichever node it is now, names the
+	// other as a follower holding every acknowledged record.
+	inSync := func(topic string) bool {
+		for _, tn := range nodes {
+			if o, _ := tn.Node.Owner(topic); o == tn.name {
+				_, listed := tn.Node.Followers(topic)
+				return len(listed) == 1
+			}
+		}
+		return false
+	}
+	allInSync := func() bool {
+		for _, topic := range append([]string{big}, others...) {
+			if !inSync(topic) {
+				return false
+			}
+		}
+		return true
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for !allInSync() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	caughtUp := time.Since(joined)
+	time.Sleep(200 * time.Millisecond)
+	stop()
+	wg.Wait()
+	if !allInSync() {
+		t.Fatalf("not every topic has a follower in sync after %v", caughtUp)
+	}
+	// Both copies of the big topic end the same, from offset 1.
+	same := func() (bool, string) {
+		ai, _, _ := a.Store.Topic(big)
+		bi, _, _ := b.Store.Topic(big)
+		return bi.Epoch == ai.Epoch && bi.Earliest == 1 && ai.Earliest == 1 && bi.Head == ai.Head && bi.Count == ai.Count,
+			fmt.Sprintf("%s %+v, %s %+v", a.name, ai, b.name, bi)
+	}
+	waitFor(t, "both copies of "+big+" the same", func() bool { ok, _ := same(); return ok })
+	var parts []string
+	for _, topic := range append([]string{big}, others...) {
+		s := stats[topic]
+		parts = append(parts, fmt.Sprintf("%s: %d acks, longest wait %v", topic, s.acks, s.longest.Round(time.Millisecond)))
+	}
+	t.Logf("%s in sync after %v (%.0f records/s); during the catch-up and 300 ms around it: %v",
+		b.name, caughtUp.Round(time.Millisecond), float64(*catchUpRecords)/caughtUp.Seconds(), parts)
+	for topic, s := range stats {
+		if s.acks == 0 {
+			t.Errorf("no publish to %s was acknowledged", topic)
+		}
+	}
+}
