@@ -50,4 +50,3 @@ func BenchmarkAppend(b *testing.B) {
 		})
 	}
 }
-
