@@ -60,3 +60,10 @@ func (n *Node) SendAgreement(node, topic string, term uint64, epoch string, head
 	}
 	return [...]string{"ok", "gap", "stale", "error", "verify"}[res.st], res.off, nil
 }
+
+// CheckCopies has the owner of topic's partition check this node's copies
+// of the partition's topics, as a lease pass does for a partition a later
+// owner holds.
+func (n *Node) CheckCopies(topic string) {
+	n.checkCopies([]int{n.partition(topic)})
+}

@@ -127,6 +127,12 @@ func (n *Node) pass() {
 	share := (n.cfg.Partitions + max(len(live), 1) - 1) / max(len(live), 1)
 	ttl := n.cfg.LeaseTTL
 	replTerms := n.replTerms()
+	var check []int // partitions of another owner's later term, whose local copies to check
+	defer func() {
+		if len(check) > 0 && !draining {
+			go n.checkCopies(check)
+		}
+	}()
 	start := rand.IntN(n.cfg.Partitions)
 	unsettled := false // a lease of a dead owner was seen
 	for i := range n.cfg.Partitions {
@@ -184,6 +190,10 @@ func (n *Node) pass() {
 		n.mu.Unlock()
 		if t, ok := replTerms[p]; ok && t < term && owner != "" && owner != n.cfg.Node {
 			n.dropUnacked(p, term)
+		}
+		if n.cfg.replicated() && owner != "" && owner != n.cfg.Node && term > max(followed, held) &&
+			!slices.Contains(listed, n.cfg.Node) && n.checked[p].Swap(term) != term {
+			check = append(check, p)
 		}
 		switch {
 		case owner == n.cfg.Node && mine && e.Revision() == n.partRev(p):
@@ -629,7 +639,9 @@ func (n *Node) release(ps []int) {
 		revs[i], tms[i], listed[i] = n.parts[p].rev, n.parts[p].term, n.parts[p].listed
 	}
 	n.mu.Unlock()
-	for deadline := time.Now().Add(n.cfg.LeaseTTL / 3); n.inflight.Load() > 0 && time.Now().Before(deadline); {
+	// Let the writes already taken finish, and their copies be confirmed:
+	// once handed over, they would be answered unavailable.
+	for deadline := time.Now().Add(n.cfg.LeaseTTL / 3); (n.inflight.Load() > 0 || n.unacked(ps)) && time.Now().Before(deadline); {
 		time.Sleep(2 * time.Millisecond)
 	}
 	for i, p := range ps {

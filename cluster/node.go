@@ -56,9 +56,10 @@ type Node struct {
 	tookAt time.Time  // guarded by passMu: when the last partition was taken
 
 	mu      sync.Mutex
-	parts   []part   // guarded by mu
-	fence   []uint64 // guarded by mu: per partition, the highest term seen; a follower refuses records of a lower one
-	members []string // guarded by mu: the live nodes, sorted, as of the last lease pass
+	parts   []part          // guarded by mu
+	fence   []uint64        // guarded by mu: per partition, the highest term seen; a follower refuses records of a lower one
+	checked []atomic.Uint64 // per partition, the term of another owner this node's copies were last checked against (checkCopies)
+	members []string        // guarded by mu: the live nodes, sorted, as of the last lease pass
 
 	tmu   sync.Mutex
 	terms *terms // guarded by tmu
@@ -124,6 +125,7 @@ func New(cfg Config) (*Node, error) {
 		termsPath: filepath.Join(filepath.Dir(cfg.Local.Path()), "cluster-"+cfg.Cluster+".json"),
 		parts:     make([]part, cfg.Partitions),
 		fence:     make([]uint64, cfg.Partitions),
+		checked:   make([]atomic.Uint64, cfg.Partitions),
 		repl:      make(map[string]*replTopic),
 		verified:  make(map[string]uint64),
 		replOut:   make(chan replSend, 1<<12),

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -529,6 +530,67 @@ func (n *Node) dropUnacked(p int, term uint64) {
 		}
 		n.log.Info("cluster: partition lost; its unacknowledged records dropped", "topic", c.topic, "partition", p, "after", c.acked, "dropped", ti.Head-c.acked)
 	}
+}
+
+// checkCopies asks the owners of partitions ps to check this node's
+// copies of their topics against their logs. Such a copy is of an earlier
+// term: this node owned or followed the partition before, and may hold
+// records an owner stored but never had acknowledged, which the present
+// owner's log holds others in place of (a node killed while it owned the
+// partition). The owner's agreement makes it drop them, as it would if
+// this node followed the partition again; a copy of another epoch is
+// dropped whole. Copies are never served, but none is left disagreeing
+// with what was acknowledged. A partition whose check failed is checked
+// again at the next lease pass.
+func (n *Node) checkCopies(ps []int) {
+	want := map[int]bool{}
+	for _, p := range ps {
+		want[p] = true
+	}
+	failed := map[int]bool{}
+	after := ""
+	for !n.closed.Load() {
+		list, err := n.local.Topics(after, 1000)
+		if err != nil {
+			n.log.Warn("cluster: listing local topics to check", "err", err)
+			for _, p := range ps {
+				failed[p] = true
+			}
+			break
+		}
+		for _, ti := range list {
+			p := n.partition(ti.Topic)
+			if !want[p] || failed[p] {
+				continue
+			}
+			body := putString(putString([]byte{opAgree}, ti.Topic), n.cfg.Node)
+			err := n.request(context.Background(), ti.Topic, body, func() error { return nil }, func(*reader) error { return nil })
+			if err != nil && !errors.Is(err, broker.ErrTopicNotFound) {
+				n.log.Debug("cluster: checking a copy with its owner", "topic", ti.Topic, "err", err)
+				failed[p] = true
+			}
+		}
+		if len(list) < 1000 {
+			break
+		}
+		after = list[len(list)-1].Topic
+	}
+	for p := range failed {
+		n.checked[p].Store(0)
+	}
+}
+
+// unacked tells whether a topic of partitions ps has records committed
+// and not yet acknowledged.
+func (n *Node) unacked(ps []int) bool {
+	n.rmu.Lock()
+	defer n.rmu.Unlock()
+	for _, rt := range n.repl {
+		if rt.acked < rt.head && slices.Contains(ps, rt.p) {
+			return true
+		}
+	}
+	return false
 }
 
 // replTerms returns, per partition with replication state, the oldest

@@ -231,3 +231,55 @@ func TestEmptyTopicKeepsEpochOnFailover(t *testing.T) {
 		t.Fatalf("first record after the failover: %+v, want epoch %s offset 1", ap, epoch)
 	}
 }
+
+// TestStaleCopyIsCheckedWithTheOwner gives a node that neither owns nor
+// follows a partition a copy of one of its topics that holds records the
+// owner's log does not (as a node killed while owning it keeps): checked
+// with the owner, the copy keeps only what the owner's log holds.
+func TestStaleCopyIsCheckedWithTheOwner(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t)
+	nodes := startClusterR(t, url, "stale", 3, 2)
+	owner := nodes[0]
+	topic := topicOwnedBy(t, owner, "stale.")
+	follower := waitListed(t, nodes, owner, topic)
+	var other *testNode
+	for _, tn := range nodes {
+		if tn != owner && tn != follower {
+			other = tn
+		}
+	}
+	for i := range 5 {
+		if _, err := owner.Node.Append(t.Context(), topic, fmt.Appendf(nil, `"%d"`, i), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ti, _, _ := owner.Store.Topic(topic)
+	recs, err := owner.Store.Read(topic, 1, 100, 1<<20)
+	if err != nil || len(recs) != 5 {
+		t.Fatal(len(recs), err)
+	}
+	// The stale copy: the owner's five records and three it never had.
+	stale := append(recs, broker.Record{Offset: 6, Time: recs[4].Time, Data: []byte(`"lost"`)},
+		broker.Record{Offset: 7, Time: recs[4].Time, Data: []byte(`"lost"`)},
+		broker.Record{Offset: 8, Time: recs[4].Time, Data: []byte(`"lost"`)})
+	if err := other.Store.AppendAt(topic, ti.Epoch, stale); err != nil {
+		t.Fatal(err)
+	}
+	for i := 5; i < 7; i++ {
+		if _, err := owner.Node.Append(t.Context(), topic, fmt.Appendf(nil, `"%d"`, i), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other.Node.CheckCopies(topic)
+	got, ok, _ := other.Store.Topic(topic)
+	if !ok || got.Epoch != ti.Epoch || got.Head != 5 {
+		t.Fatalf("%s's copy after the check: %+v, want records 1 to 5 of epoch %s", other.name, got, ti.Epoch)
+	}
+	kept, _ := other.Store.Read(topic, 1, 100, 1<<20)
+	for i := range kept {
+		if !bytes.Equal(kept[i].Data, recs[i].Data) {
+			t.Fatalf("offset %d: %s, want %s", kept[i].Offset, kept[i].Data, recs[i].Data)
+		}
+	}
+}

@@ -25,6 +25,7 @@ const (
 	opCommit
 	opConsumer
 	opConsumers
+	opAgree // the requester's copy of topic is to be checked against the owner's (checkCopies)
 )
 
 const (
@@ -276,6 +277,25 @@ func (n *Node) serveRead(m *nats.Msg, op byte, topic string, r *reader) {
 	b := []byte{stOK}
 	var err error
 	switch op {
+	case opAgree:
+		// Another node holds a copy of topic from an earlier term: make
+		// it drop what the owner's log does not hold (agree).
+		node := r.string()
+		if err = r.err; err != nil {
+			break
+		}
+		ti, ok, e := n.local.Topic(topic)
+		_, term, _ := n.where(n.partition(topic))
+		switch {
+		case e != nil:
+			err = e
+		case !ok:
+			err = broker.ErrTopicNotFound
+		case node == n.cfg.Node || term == 0:
+			err = errRetry
+		default:
+			_, err = n.agree(topic, node, term, ti)
+		}
 	case opEnsure:
 		var ti broker.TopicInfo
 		if ti, err = n.ensureLocal(context.Background(), topic); err == nil {
