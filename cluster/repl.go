@@ -23,7 +23,11 @@ import (
 // number (followersFor), recomputed at every lease pass, plus part.extra,
 // a node the partition is being handed to for balance. A new follower is
 // sent every record at once and brought up to date in the background
-// (syncFollower: every topic, then every consumer position); it is in
+// (syncFollower: every topic, then every consumer position). A copy holds
+// a contiguous run of the owner's log: a record past what it holds is
+// answered "gap", and a copy that holds nothing yet starts only at the
+// owner's first (or earliest retained) record, so catch-up streams the
+// log from there in pages while live records wait for it. It is in
 // sync once it holds every record acknowledged meanwhile, decided under
 // rmu so that no acknowledgement slips past. Make before break: a
 // follower no longer wanted stays until every new one is in sync.
@@ -76,6 +80,16 @@ import (
 // records), and a node refuses records of a partition it holds; since the
 // new owner was one of the old owner's followers, an old owner can never
 // have a record acknowledged again.
+//
+// Lost partitions. An owner that sees a later owner's term in the lease
+// (it was cut off from NATS, or paused past its lease) cuts each topic it
+// was replicating back to what it had acknowledged (dropUnacked): the
+// rest was never answered ok nor delivered. A node whose copies of a
+// partition are of an earlier term than the lease's, and which the lease
+// does not name, asks the owner to check them (checkCopies, opAgree): the
+// owner runs the agreement with it, so a node killed while it owned a
+// partition drops the records it stored and never had acknowledged even
+// when it does not follow the partition again.
 //
 // Not done: records a new owner holds beyond what the old one
 // acknowledged are served at once, before its own followers hold them;
