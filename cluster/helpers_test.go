@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -198,6 +199,16 @@ func topicOwnedBy(t testing.TB, owner *testNode, prefix string) string {
 	}
 	t.Fatalf("no topic owned by %s", owner.name)
 	return ""
+}
+
+// nodeBesides returns the first of nodes that is none of not.
+func nodeBesides(nodes []*testNode, not ...*testNode) *testNode {
+	for _, tn := range nodes {
+		if !slices.Contains(not, tn) {
+			return tn
+		}
+	}
+	return nil
 }
 
 // client is a broker session over an in-memory connection.

@@ -602,6 +602,12 @@ func (n *Node) prepare(p int, term uint64, keep bool) error {
 // eachLocalTopic calls fn for every topic of partition p in the local
 // store, in name order, a page of the store at a time.
 func (n *Node) eachLocalTopic(p int, fn func(broker.TopicInfo) error) error {
+	return n.eachLocalTopicOf(func(q int) bool { return q == p }, fn)
+}
+
+// eachLocalTopicOf calls fn for every topic in the local store of a
+// partition in, a page at a time, until fn fails.
+func (n *Node) eachLocalTopicOf(in func(p int) bool, fn func(broker.TopicInfo) error) error {
 	after := ""
 	for {
 		list, err := n.local.Topics(after, 1000)
@@ -609,7 +615,7 @@ func (n *Node) eachLocalTopic(p int, fn func(broker.TopicInfo) error) error {
 			return err
 		}
 		for _, ti := range list {
-			if n.partition(ti.Topic) != p {
+			if !in(n.partition(ti.Topic)) {
 				continue
 			}
 			if err := fn(ti); err != nil {

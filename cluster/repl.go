@@ -557,40 +557,23 @@ func (n *Node) dropUnacked(p int, term uint64) {
 // with what was acknowledged. A partition whose check failed is checked
 // again at the next lease pass.
 func (n *Node) checkCopies(ps []int) {
-	want := map[int]bool{}
-	for _, p := range ps {
-		want[p] = true
-	}
 	failed := map[int]bool{}
-	after := ""
-	for !n.closed.Load() {
-		list, err := n.local.Topics(after, 1000)
-		if err != nil {
-			n.log.Warn("cluster: listing local topics to check", "err", err)
-			for _, p := range ps {
-				failed[p] = true
-			}
-			break
+	err := n.eachLocalTopicOf(func(p int) bool { return slices.Contains(ps, p) && !failed[p] }, func(ti broker.TopicInfo) error {
+		if n.closed.Load() {
+			return broker.ErrClosed
 		}
-		for _, ti := range list {
-			p := n.partition(ti.Topic)
-			if !want[p] || failed[p] {
-				continue
-			}
-			body := putString(putString([]byte{opAgree}, ti.Topic), n.cfg.Node)
-			err := n.request(context.Background(), ti.Topic, body, func() error { return nil }, func(*reader) error { return nil })
-			if err != nil && !errors.Is(err, broker.ErrTopicNotFound) {
-				n.log.Debug("cluster: checking a copy with its owner", "topic", ti.Topic, "err", err)
-				failed[p] = true
-			}
+		body := putString(putString([]byte{opAgree}, ti.Topic), n.cfg.Node)
+		err := n.request(context.Background(), ti.Topic, body, func() error { return nil }, func(*reader) error { return nil })
+		if err != nil && !errors.Is(err, broker.ErrTopicNotFound) {
+			n.log.Debug("cluster: checking a copy with its owner", "topic", ti.Topic, "err", err)
+			failed[n.partition(ti.Topic)] = true
 		}
-		if len(list) < 1000 {
-			break
+		return nil
+	})
+	for _, p := range ps {
+		if err != nil || failed[p] {
+			n.checked[p].Store(0)
 		}
-		after = list[len(list)-1].Topic
-	}
-	for p := range failed {
-		n.checked[p].Store(0)
 	}
 }
 

@@ -243,12 +243,7 @@ func TestStaleCopyIsCheckedWithTheOwner(t *testing.T) {
 	owner := nodes[0]
 	topic := topicOwnedBy(t, owner, "stale.")
 	follower := waitListed(t, nodes, owner, topic)
-	var other *testNode
-	for _, tn := range nodes {
-		if tn != owner && tn != follower {
-			other = tn
-		}
-	}
+	other := nodeBesides(nodes, owner, follower)
 	for i := range 5 {
 		if _, err := owner.Node.Append(t.Context(), topic, fmt.Appendf(nil, `"%d"`, i), ""); err != nil {
 			t.Fatal(err)

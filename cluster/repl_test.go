@@ -324,12 +324,7 @@ func TestEmptyCopyStartsAtTheFirstRecord(t *testing.T) {
 	owner := nodes[0]
 	topic := topicOwnedBy(t, owner, "empty.")
 	follower := waitListed(t, nodes, owner, topic)
-	var other *testNode
-	for _, tn := range nodes {
-		if tn != owner && tn != follower {
-			other = tn
-		}
-	}
+	other := nodeBesides(nodes, owner, follower)
 	var recs []broker.Record
 	for i := range 3 {
 		ap, err := owner.Node.Append(t.Context(), topic, fmt.Appendf(nil, `%d`, i), "")
