@@ -455,6 +455,7 @@ func (n *Node) take(p int, rev uint64, keep bool) bool {
 		return false // another node was faster
 	}
 	if keep {
+		n.takeovers.Add(1)
 		n.log.Info("cluster: taking over a partition as its follower, with its history", "partition", p, "term", nrev)
 	}
 	n.acquire(p, nrev, nrev, sent, keep)
@@ -587,6 +588,7 @@ func (n *Node) prepare(p int, term uint64, keep bool) error {
 		if err != nil {
 			return err
 		}
+		n.epochResets.Add(1)
 		n.log.Info("cluster: topic history not held for this term: new epoch", "topic", ti.Topic, "partition", p, "term", term, "epoch", epoch)
 		return nil
 	})

@@ -102,6 +102,9 @@ type Node struct {
 	sem              chan struct{} // bounds requests served concurrently
 	inflight         atomic.Int64  // local writes of owned partitions in flight
 
+	takeovers   atomic.Int64 // partitions taken over with their history
+	epochResets atomic.Int64 // local topics started in a new epoch: history not held for the term
+
 	kick     chan struct{}
 	stop     chan struct{}
 	wg       sync.WaitGroup
@@ -371,3 +374,36 @@ func backoff(attempt int) time.Duration {
 // errRetry marks an answer after which the operation is tried again: the
 // node asked does not own the partition, or nobody answers its subject.
 var errRetry = errors.New("cluster: retry")
+
+// Stats is a snapshot of this node's part in the cluster, for metrics.
+type Stats struct {
+	Members         int   // live nodes, as of the last lease pass
+	Owned           int   // partitions this node holds
+	UnderReplicated int   // held partitions whose lease names fewer followers than each record needs
+	Syncing         int   // followers of held partitions being brought up to date
+	Takeovers       int64 // partitions taken over with their history (a dead, drained or balancing owner's)
+	EpochResets     int64 // local topics started in a new epoch because their history was not held
+}
+
+// Stats returns a snapshot of this node's part in the cluster.
+func (n *Node) Stats() Stats {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	s := Stats{Members: len(n.members), Takeovers: n.takeovers.Load(), EpochResets: n.epochResets.Load()}
+	need := n.cfg.followerCount(len(n.members))
+	if n.cfg.Replicas >= 2 {
+		need = n.cfg.Replicas - 1 // strict: fewer live nodes is under-replication too
+	}
+	for p := range n.parts {
+		st := &n.parts[p]
+		if !st.mine {
+			continue
+		}
+		s.Owned++
+		if n.cfg.replicated() && len(st.listed) < need {
+			s.UnderReplicated++
+		}
+		s.Syncing += len(st.syncing)
+	}
+	return s
+}

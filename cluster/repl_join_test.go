@@ -278,3 +278,36 @@ func TestStaleCopyIsCheckedWithTheOwner(t *testing.T) {
 		}
 	}
 }
+
+// TestStatsFollowReplication reads the numbers the metrics show: two nodes
+// with strict replicas 2 are fully replicated; when one dies the other
+// takes its partitions over with their history, starts no new epoch, and
+// counts every partition as under-replicated.
+func TestStatsFollowReplication(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t)
+	nodes := startClusterR(t, url, "stats", 2, 2)
+	a, b := nodes[0], nodes[1]
+	waitSpread(t, nodes)
+	waitFor(t, "every partition replicated", func() bool {
+		sa, sb := a.Node.Stats(), b.Node.Stats()
+		return sa.Members == 2 && sb.Members == 2 && sa.Owned+sb.Owned == partitions && sa.UnderReplicated == 0 && sb.UnderReplicated == 0
+	})
+	topic := topicOwnedBy(t, b, "stats.")
+	ap, err := a.Node.Append(t.Context(), topic, []byte(`1`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := a.Node.Stats()
+	b.kill()
+	waitFor(t, "the partitions taken over", func() bool {
+		s := a.Node.Stats()
+		return s.Members == 1 && s.Owned == partitions && s.UnderReplicated == partitions && s.Takeovers > before.Takeovers
+	})
+	if s := a.Node.Stats(); s.EpochResets != 0 {
+		t.Fatalf("%d topics reset: %+v", s.EpochResets, s)
+	}
+	if ti, ok, _ := a.Store.Topic(topic); !ok || ti.Epoch != ap.Epoch || ti.Head != ap.Offset {
+		t.Fatalf("%s after the takeover: %+v, want epoch %s head %d", topic, ti, ap.Epoch, ap.Offset)
+	}
+}

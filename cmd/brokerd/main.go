@@ -87,7 +87,11 @@ func run(cfg *config) error {
 	if err != nil {
 		return err
 	}
-	m.Register(metrics.Sources{Broker: b, StoreBytes: st.Size, ReadPanics: edge.ReadPanics, Rejected: edge.Rejected})
+	src := metrics.Sources{Broker: b, StoreBytes: st.Size, ReadPanics: edge.ReadPanics, Rejected: edge.Rejected}
+	if node != nil {
+		src.Cluster = node.Stats
+	}
+	m.Register(src)
 	edge.Mux().Handle("GET /metrics", m.Handler())
 
 	ln, err := net.Listen("tcp", cfg.Addr)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/brokerd/brokerd/broker"
+	"github.com/brokerd/brokerd/cluster"
 	"github.com/brokerd/brokerd/subproto"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -66,6 +67,7 @@ type Sources struct {
 	StoreBytes func() int64 // size of the store file
 	ReadPanics func() int64 // panics recovered in WebSocket readers
 	Rejected   func() (connLimit, rateLimit int64)
+	Cluster    func() cluster.Stats // set when the node is in a cluster
 }
 
 // Register adds the broker's counters and gauges.
@@ -100,6 +102,14 @@ func (m *Metrics) Register(src Sources) {
 	if src.Rejected != nil {
 		counter("connections_rejected_limit_total", "Connections refused because the connection limit was reached (1013).", func() float64 { a, _ := src.Rejected(); return float64(a) })
 		counter("connections_rejected_rate_total", "Connections refused by the per-IP connection rate limit (429).", func() float64 { _, b := src.Rejected(); return float64(b) })
+	}
+	if src.Cluster != nil {
+		gauge("cluster_members", "Live nodes of the cluster, as this node saw them at its last lease pass.", func() float64 { return float64(src.Cluster().Members) })
+		gauge("cluster_partitions_owned", "Partitions this node owns.", func() float64 { return float64(src.Cluster().Owned) })
+		gauge("cluster_partitions_under_replicated", "Partitions this node owns whose lease names fewer followers holding every acknowledged record than --replicas asks for.", func() float64 { return float64(src.Cluster().UnderReplicated) })
+		gauge("cluster_followers_syncing", "Followers of this node's partitions being brought up to date.", func() float64 { return float64(src.Cluster().Syncing) })
+		counter("cluster_takeovers_total", "Partitions this node took over with their history (from a dead, draining or balancing owner).", func() float64 { return float64(src.Cluster().Takeovers) })
+		counter("cluster_epoch_resets_total", "Local topics this node started in a new epoch because it did not hold their history.", func() float64 { return float64(src.Cluster().EpochResets) })
 	}
 	m.reg.MustRegister(&errorCollector{st: st, desc: prometheus.NewDesc(ns+"_errors_total", "Errors answered, by code.", []string{"code"}, nil)})
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/brokerd/brokerd/broker"
+	"github.com/brokerd/brokerd/cluster"
 	"github.com/brokerd/brokerd/store"
 )
 
@@ -25,7 +26,10 @@ func TestScrape(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Shutdown(context.Background())
-	m.Register(Sources{Broker: b, StoreBytes: st.Size, ReadPanics: func() int64 { return 3 }, Rejected: func() (int64, int64) { return 4, 5 }})
+	m.Register(Sources{Broker: b, StoreBytes: st.Size, ReadPanics: func() int64 { return 3 }, Rejected: func() (int64, int64) { return 4, 5 },
+		Cluster: func() cluster.Stats {
+			return cluster.Stats{Members: 3, Owned: 21, UnderReplicated: 2, Syncing: 1, Takeovers: 5, EpochResets: 7}
+		}})
 	for i := 0; i < 3; i++ {
 		if _, err := b.Publish(t.Context(), "m.t", []byte(`1`), ""); err != nil {
 			t.Fatal(err)
@@ -55,6 +59,12 @@ func TestScrape(t *testing.T) {
 		"brokerd_connections_rejected_rate_total 5",
 		"brokerd_delivered_total",
 		"brokerd_slow_consumer_closes_total",
+		"brokerd_cluster_members 3",
+		"brokerd_cluster_partitions_owned 21",
+		"brokerd_cluster_partitions_under_replicated 2",
+		"brokerd_cluster_followers_syncing 1",
+		"brokerd_cluster_takeovers_total 5",
+		"brokerd_cluster_epoch_resets_total 7",
 		"go_goroutines",
 	} {
 		if !strings.Contains(text, want) {
