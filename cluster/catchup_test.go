@@ -59,14 +59,14 @@ func TestCatchUpKeepsLiveTraffic(t *testing.T) {
 	var smu sync.Mutex
 	stats := map[string]*stat{}
 	for _, topic := range append([]string{big}, others...) {
-		stats[topic] = &stat{}
+		s := &stat{}
+		stats[topic] = s
 		wg.Go(func() {
 			for ctx.Err() == nil {
 				sent := time.Now()
 				_, err := a.Node.Append(ctx, topic, []byte(`"live"`), "")
 				took := time.Since(sent)
 				smu.Lock()
-				s := stats[topic]
 				switch {
 				case ctx.Err() != nil:
 				case errors.Is(err, broker.ErrUnavailable):
