@@ -67,3 +67,7 @@ func (n *Node) SendAgreement(node, topic string, term uint64, epoch string, head
 func (n *Node) CheckCopies(topic string) {
 	n.checkCopies([]int{n.partition(topic)})
 }
+
+// LocalCommitHook returns the hook the node installed on its local store,
+// for a test to wrap it.
+func (n *Node) LocalCommitHook() func([]broker.Committed) { return n.onLocalCommit }

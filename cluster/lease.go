@@ -467,7 +467,15 @@ func (n *Node) claim(p int, rev, term uint64) {
 	ctx, cancel := n.opCtx()
 	defer cancel()
 	sent := time.Now()
-	nrev, err := n.leases.Update(ctx, leaseKey(p), leaseValue(n.cfg.Node, term, nil), rev)
+	// The followers this run of the node brought up to date in term are
+	// named again; after a restart nobody is, until brought up to date.
+	n.mu.Lock()
+	var listed []string
+	if st := &n.parts[p]; st.owner == n.cfg.Node && st.term == term {
+		listed = st.listing()
+	}
+	n.mu.Unlock()
+	nrev, err := n.leases.Update(ctx, leaseKey(p), leaseValue(n.cfg.Node, term, listed), rev)
 	if err != nil {
 		return
 	}
@@ -546,17 +554,32 @@ func (n *Node) renew(p int, term, rev uint64, listed []string) bool {
 // partition starts a new epoch.
 func (n *Node) acquire(p int, rev, term uint64, sent time.Time, keep bool) {
 	n.mu.Lock()
-	n.parts[p] = part{owner: n.cfg.Node, term: term, rev: rev, seen: time.Now(), mine: true, sent: sent}
+	st := &n.parts[p]
+	// Taken back in the term this node held it in, without a restart (a
+	// renewal whose answer was lost): the replication state and the
+	// followers in sync still hold.
+	again := st.owner == n.cfg.Node && st.term == term && st.synced != nil
+	if again {
+		st.rev, st.seen, st.mine, st.sent = rev, time.Now(), true, sent
+	} else {
+		*st = part{owner: n.cfg.Node, term: term, rev: rev, seen: time.Now(), mine: true, sent: sent}
+	}
 	n.fence[p] = max(n.fence[p], term)
 	n.mu.Unlock()
-	n.dropRepl(p)
-	if err := n.prepare(p, term, keep); err != nil {
+	if !again {
+		n.dropRepl(p)
+	}
+	err := n.prepare(p, term, keep)
+	if err == nil {
+		err = n.markLocal(p)
+	}
+	if err != nil {
 		n.log.Error("cluster: preparing partition; releasing it", "partition", p, "err", err)
 		n.release([]int{p})
 		return
 	}
 	n.mu.Lock()
-	st := &n.parts[p]
+	st = &n.parts[p]
 	if st.mine && st.term == term {
 		st.ready = true
 	}

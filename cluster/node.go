@@ -91,6 +91,7 @@ type Node struct {
 	// Replication (repl.go).
 	rmu       sync.Mutex
 	repl      map[string]*replTopic // guarded by rmu: owned topics with records being replicated
+	marks     map[string]replMark   // guarded by rmu: owned topics without replication state, and what they acknowledged
 	replOut   chan replSend         // requests to followers, sent by replOutLoop
 	replDel   chan replDelivery     // replicated records and answers, in order, for replDeliverLoop
 	followSub *nats.Subscription    // records of other owners for this node as a follower
@@ -130,6 +131,7 @@ func New(cfg Config) (*Node, error) {
 		fence:     make([]uint64, cfg.Partitions),
 		checked:   make([]atomic.Uint64, cfg.Partitions),
 		repl:      make(map[string]*replTopic),
+		marks:     make(map[string]replMark),
 		verified:  make(map[string]uint64),
 		replOut:   make(chan replSend, 1<<12),
 		replDel:   make(chan replDelivery, 1<<14),
@@ -146,6 +148,11 @@ func New(cfg Config) (*Node, error) {
 	var err error
 	if n.terms, err = loadTerms(n.termsPath, cfg.Cluster, cfg.Partitions); err != nil {
 		return nil, err
+	}
+	// The fence survives a restart: records of a term older than one this
+	// node owned or followed are refused from the first request on.
+	for p := range n.fence {
+		n.fence[p] = max(n.terms.Terms[p], n.terms.Followed[p])
 	}
 	if n.nc == nil {
 		n.nc, err = nats.Connect(strings.Join(cfg.NATSURLs, ","),

@@ -91,10 +91,18 @@ import (
 // partition drops the records it stored and never had acknowledged even
 // when it does not follow the partition again.
 //
-// Not done: records a new owner holds beyond what the old one
-// acknowledged are served at once, before its own followers hold them;
-// catch-up reads pages of at most 1000 records; followers apply one
-// request at a time.
+// A new owner's lease names no follower until one is in sync with it
+// (syncFollower sends a follower everything the owner's log holds, its
+// records beyond what the old owner acknowledged included). Records past
+// the old owner's acknowledged offset are served at once, and that is
+// safe: if the new owner dies before naming a follower, nobody can keep
+// the history and the partition starts a new epoch (visible to clients as
+// epoch_mismatch, never a changed record at a seen offset). With R ≥ 3
+// that makes a second failure inside that short window cost the history
+// although another copy holds every acknowledged record.
+//
+// Not done: catch-up reads pages of at most 1000 records; followers apply
+// one request at a time.
 
 // Per-topic answers of a follower.
 const (
@@ -112,6 +120,7 @@ const (
 	rfAgree                     // with rfProbe: head is where the copies agree; the follower drops what follows and accepts records
 	rfCheck                     // one record: does the follower hold the very same at its offset?
 	rfConsumer                  // no records: consumer's position in topic is head
+	rfCreate                    // no records: create the topic, empty, in epoch where the follower has no copy of that epoch; nothing else
 )
 
 // replEntry is one topic's run of records in a replication request. An
@@ -157,22 +166,37 @@ type replDelivery struct {
 // replTopic is the replication state of a topic this node owns. p, term
 // and epoch do not change; the rest is guarded by Node.rmu.
 type replTopic struct {
-	p     int
-	term  uint64
-	epoch string
-	acked uint64            // every follower holds the records up to here; delivered
-	head  uint64            // the last offset committed locally
-	recs  []broker.Record   // when held: the records acked+1..head
-	held  bool              // recs holds every record above acked
-	conf  map[string]uint64 // follower → offset it confirmed
-	waits []replWait
-	fetch map[string]*bool // follower → catch-up running; true: a gap was reported meanwhile
-	idle  time.Time
+	p      int
+	term   uint64
+	epoch  string
+	acked  uint64            // every follower holds the records up to here; delivered
+	head   uint64            // the last offset committed locally
+	recs   []broker.Record   // when held: the records acked+1..head
+	held   bool              // recs holds every record above acked
+	conf   map[string]uint64 // follower → offset it confirmed
+	waits  []replWait
+	fetch  map[string]*bool // follower → catch-up running; true: a gap was reported meanwhile
+	idle   time.Time        // when the last record was committed
+	moved  time.Time        // when acked last moved (or the state was made)
+	resent time.Time        // when the tick last sent unconfirmed records again
+	bytes  int              // the size of recs
 }
 
-// maxHeldRecords bounds the records of a topic kept in memory while they
-// wait for their copies; past it they are read back from the log.
-const maxHeldRecords = 1 << 14
+// replMark is the acknowledged offset of an owned topic without
+// replication state: forgotten while idle, or not written to since the
+// partition was taken. Reads of the owner stop there too.
+type replMark struct {
+	epoch string
+	acked uint64
+}
+
+// maxHeldRecords and maxHeldBytes bound the records of a topic kept in
+// memory while they wait for their copies; past them they are read back
+// from the log.
+const (
+	maxHeldRecords = 1 << 14
+	maxHeldBytes   = 8 << 20
+)
 
 func (n *Node) replSubject(node string) string { return n.prefix + "repl." + node }
 
@@ -441,21 +465,34 @@ func (n *Node) replicate(batch []broker.Committed) {
 		first, last := c.Records[0].Offset, c.Records[len(c.Records)-1].Offset
 		rt := n.repl[c.Topic]
 		if rt == nil || rt.epoch != c.Epoch || rt.term != term {
+			// What is known acknowledged of this history: records
+			// below first that are not are read back from the log.
+			acked := first - 1
 			if rt != nil {
 				n.failLocked(rt)
+				if rt.epoch == c.Epoch {
+					acked = min(acked, rt.acked)
+				}
+			} else if m, ok := n.marks[c.Topic]; ok && m.epoch == c.Epoch {
+				acked = min(acked, m.acked)
 			}
-			rt = &replTopic{p: p, term: term, epoch: c.Epoch, acked: first - 1, head: first - 1, held: true,
-				conf: map[string]uint64{}, fetch: map[string]*bool{}}
+			delete(n.marks, c.Topic)
+			now := time.Now()
+			rt = &replTopic{p: p, term: term, epoch: c.Epoch, acked: acked, head: acked, held: true,
+				conf: map[string]uint64{}, fetch: map[string]*bool{}, moved: now}
 			n.repl[c.Topic] = rt
 		}
 		if first != rt.head+1 {
-			rt.recs, rt.held = nil, false
+			rt.recs, rt.held, rt.bytes = nil, false, 0
 		}
 		rt.head, rt.idle = last, time.Now()
 		if rt.held {
 			rt.recs = append(rt.recs, c.Records...)
-			if len(rt.recs) > maxHeldRecords {
-				rt.recs, rt.held = nil, false
+			for j := range c.Records {
+				rt.bytes += recBytes(&c.Records[j])
+			}
+			if len(rt.recs) > maxHeldRecords || rt.bytes > maxHeldBytes {
+				rt.recs, rt.held, rt.bytes = nil, false, 0
 			}
 		}
 		for _, f := range want {
@@ -502,6 +539,33 @@ func (n *Node) dropRepl(p int) {
 			delete(n.repl, t)
 		}
 	}
+	for t := range n.marks {
+		if n.partition(t) == p {
+			delete(n.marks, t)
+		}
+	}
+}
+
+// markLocal records every local topic of p, just taken, as acknowledged up
+// to its head: the records a node holds when it takes a partition are
+// served (see "A new owner's lease" above).
+func (n *Node) markLocal(p int) error {
+	marks := map[string]replMark{}
+	err := n.eachLocalTopic(p, func(ti broker.TopicInfo) error {
+		marks[ti.Topic] = replMark{ti.Epoch, ti.Head}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	n.rmu.Lock()
+	defer n.rmu.Unlock()
+	for t, m := range marks {
+		if n.repl[t] == nil {
+			n.marks[t] = m
+		}
+	}
+	return nil
 }
 
 // dropUnacked runs when another node holds p in term, later than the
@@ -624,7 +688,7 @@ func (n *Node) awaitRepl(a broker.Appended, done func(broker.Appended, error)) {
 	w := replWait{a: a, done: done, deadline: time.Now().Add(n.cfg.RequestTimeout)}
 	if a.Offset <= rt.acked {
 		// Delivered, or queued for delivery: answer after it.
-		n.replDel <- replDelivery{waits: []replWait{w}}
+		n.queueDelivery(replDelivery{waits: []replWait{w}})
 	} else {
 		rt.waits = append(rt.waits, w)
 	}
@@ -681,13 +745,16 @@ func (n *Node) advanceLocked(topic string, rt *replTopic) {
 		}
 		d.recs = rt.recs[:k:k]
 		rt.recs = rt.recs[k:]
+		for j := range d.recs {
+			rt.bytes -= recBytes(&d.recs[j])
+		}
 		if len(d.recs) == 0 || d.recs[0].Offset != d.from || d.recs[k-1].Offset != m {
 			d.recs = nil
 		}
 	}
-	rt.acked = m
+	rt.acked, rt.moved = m, time.Now()
 	if m >= rt.head {
-		rt.recs, rt.held = nil, true
+		rt.recs, rt.held, rt.bytes = nil, true, 0
 	}
 	keep := rt.waits[:0]
 	for _, w := range rt.waits {
@@ -699,7 +766,19 @@ func (n *Node) advanceLocked(topic string, rt *replTopic) {
 	}
 	clear(rt.waits[len(keep):])
 	rt.waits = keep
-	n.replDel <- d
+	n.queueDelivery(d)
+}
+
+// queueDelivery hands d to replDeliverLoop; called with rmu held, it waits
+// for room unless the node is closing (then d's publishers are failed).
+func (n *Node) queueDelivery(d replDelivery) {
+	select {
+	case n.replDel <- d:
+	case <-n.liveQuit:
+		if len(d.waits) > 0 {
+			go failWaits(d.waits, broker.ErrClosed)
+		}
+	}
 }
 
 // replOutLoop sends the batches replicate queued.
@@ -1057,11 +1136,14 @@ func (n *Node) readRange(topic string, from, to uint64) []broker.Record {
 }
 
 // replTickLoop fails the publishers whose records did not get their copies
-// within RequestTimeout, and forgets idle topics.
+// within RequestTimeout, sends again what a follower in sync has not
+// confirmed when a topic's acknowledgements stall (a request or its answer
+// lost, a batch dropped from a full queue), and forgets idle topics.
 func (n *Node) replTickLoop() {
 	defer n.liveWG.Done()
 	tick := time.NewTicker(min(n.cfg.RequestTimeout/10, 100*time.Millisecond))
 	defer tick.Stop()
+	resend := min(n.cfg.RequestTimeout/4, time.Second)
 	for {
 		select {
 		case <-tick.C:
@@ -1072,6 +1154,10 @@ func (n *Node) replTickLoop() {
 		var expired []replWait
 		n.rmu.Lock()
 		for t, rt := range n.repl {
+			if rt.acked < rt.head && now.Sub(rt.moved) > resend && now.Sub(rt.resent) > resend {
+				rt.resent = now
+				n.resendLocked(t, rt)
+			}
 			keep := rt.waits[:0]
 			for _, w := range rt.waits {
 				if now.After(w.deadline) {
@@ -1084,11 +1170,28 @@ func (n *Node) replTickLoop() {
 			rt.waits = keep
 			if rt.acked >= rt.head && len(rt.waits) == 0 && len(rt.fetch) == 0 && now.Sub(rt.idle) > time.Minute && !n.syncing(rt.p) {
 				delete(n.repl, t)
+				n.marks[t] = replMark{rt.epoch, rt.acked}
 			}
 		}
 		n.rmu.Unlock()
 		if len(expired) > 0 {
 			failWaits(expired, fmt.Errorf("%w: the copies were not confirmed in %v; the record may still be stored: retry with the same key", ErrUnavailable, n.cfg.RequestTimeout))
+		}
+	}
+}
+
+// resendLocked sends the followers in sync of topic what they have not
+// confirmed, from the log, unless a catch-up to them is under way. A
+// follower being brought up to date is left to syncFollower.
+func (n *Node) resendLocked(topic string, rt *replTopic) {
+	term, _, insync, _ := n.wantOf(rt.p)
+	if term != rt.term {
+		return
+	}
+	for _, f := range insync {
+		if c := rt.conf[f]; c < rt.head && rt.fetch[f] == nil {
+			n.log.Debug("cluster: records not confirmed; sending them again", "topic", topic, "node", f, "from", max(c, rt.acked)+1)
+			n.startFetchLocked(topic, rt, f, max(c, rt.acked)+1)
 		}
 	}
 }
@@ -1123,19 +1226,22 @@ func (n *Node) failReplWaits() {
 	failWaits(ws, broker.ErrClosed)
 }
 
-// replCap returns the acked offset of topic when records above it are
-// waiting for their copies: reads of the owner stop there.
+// replCap returns where reads of topic on its owner stop: its acknowledged
+// offset. The local store shows a record as soon as it is committed, before
+// the commit hook has handed it to replicate, so the cap does not depend on
+// what replicate has seen: a topic with neither replication state nor a
+// mark has had nothing acknowledged since this node took its partition.
 func (n *Node) replCap(topic string) (uint64, bool) {
 	if !n.cfg.replicated() {
 		return 0, false
 	}
 	n.rmu.Lock()
 	defer n.rmu.Unlock()
-	rt := n.repl[topic]
-	if rt == nil || rt.acked >= rt.head {
-		return 0, false
+	if rt := n.repl[topic]; rt != nil {
+		return rt.acked, true
 	}
-	return rt.acked, true
+	m := n.marks[topic]
+	return m.acked, true
 }
 
 func (n *Node) capRecs(topic string, recs []broker.Record) []broker.Record {
@@ -1268,6 +1374,13 @@ func (n *Node) follow(e *replEntry) replResult {
 		ok = false
 	}
 	switch {
+	case e.flags&rfCreate != 0:
+		if !ok {
+			if err := n.local.AppendAt(e.topic, e.epoch, nil); err != nil {
+				return fail(err)
+			}
+		}
+		return replResult{st: rsOK}
 	case e.flags&rfCheck != 0:
 		if len(e.recs) != 1 || !ok {
 			return gap(1)
@@ -1291,8 +1404,11 @@ func (n *Node) follow(e *replEntry) replResult {
 			return gap(1)
 		case ti.Head < e.head:
 			return gap(ti.Head + 1)
-		case ti.Head > e.head:
+		case ti.Head > e.head && !n.isVerified(e.topic, e.term):
 			// Records the owner does not have were never acknowledged.
+			// (A copy verified in this term holds only this owner's
+			// records: it is ahead of the probe because records sent
+			// after the probe was made overtook it, and keeps them.)
 			if err := n.local.TruncateAfter(e.topic, e.head); err != nil {
 				return fail(err)
 			}
@@ -1306,6 +1422,14 @@ func (n *Node) follow(e *replEntry) replResult {
 		return fail(errors.New("no records"))
 	}
 	first, last := e.recs[0].Offset, e.recs[len(e.recs)-1].Offset
+	if first == 0 || last-first != uint64(len(e.recs)-1) {
+		return fail(fmt.Errorf("records at offsets %d to %d are not a run of %d", first, last, len(e.recs)))
+	}
+	for i := 1; i < len(e.recs); i++ {
+		if e.recs[i].Offset != e.recs[i-1].Offset+1 {
+			return fail(fmt.Errorf("records at offsets %d then %d", e.recs[i-1].Offset, e.recs[i].Offset))
+		}
+	}
 	// A copy that never held a record (none, or the empty one an agreement
 	// on nothing created) takes its first record at any offset: it must be
 	// the owner's first or earliest, or the copy would start past a hole
@@ -1447,7 +1571,7 @@ func (n *Node) ensureFollowers(ti broker.TopicInfo) {
 	if term == 0 {
 		return
 	}
-	e := replEntry{topic: ti.Topic, term: term, epoch: ti.Epoch, flags: rfProbe | rfAgree}
+	e := replEntry{topic: ti.Topic, term: term, epoch: ti.Epoch, flags: rfCreate}
 	var wg sync.WaitGroup
 	for _, f := range want {
 		wg.Add(1)

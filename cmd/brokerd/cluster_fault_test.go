@@ -16,7 +16,9 @@ var clusterCycles = flag.Int("cluster.cycles", 2, "kill -9 cycles of TestCluster
 // random topic (every fourth cycle, any node) with SIGKILL at a random
 // moment, keeps publishing on the survivors past the
 // lease TTL, checks that every acknowledged publish is served, in one
-// epoch, without gap or duplicate, then restarts the killed node on its
+// epoch, without gap or duplicate, and that a durable consumer resumes on
+// a survivor right after what it acknowledged before the kill (the
+// acknowledgement had its copies), then restarts the killed node on its
 // data, waits for the partitions to settle and checks again. At the end
 // it stops every node and checks each one's own store. -cluster.cycles
 // sets how many cycles; the summary at the end counts what a soak needs.
@@ -55,6 +57,12 @@ func TestClusterKillOwnerKeepsAckedRecords(t *testing.T) {
 			percentile(gaps, 50), percentile(gaps, 99), percentile(gaps, 100))
 	}()
 
+	// A durable consumer of the first topic steps through it on one node
+	// after another: before each kill it acknowledges some messages, and
+	// after the kill it must resume right after them on a survivor.
+	consumer := &durableConsumer{c: c, log: log, topic: topics[0], name: "fault-consumer", epoch: epochs[topics[0]], node: rng.IntN(len(c.nodes))}
+	defer func() { t.Logf("durable consumer: %d steps, acknowledged up to %d", consumer.steps, consumer.acked) }()
+
 	const publishers, window = 4, 16
 	for cycle := 1; cycle <= *clusterCycles; cycle++ {
 		l := c.startLoad(log, topics, fmt.Sprintf("c%d", cycle), publishers, window)
@@ -72,6 +80,9 @@ func TestClusterKillOwnerKeepsAckedRecords(t *testing.T) {
 					victim = n
 				}
 			}
+		}
+		if err := consumer.step(50, 20*time.Second); err != nil {
+			t.Fatalf("cycle %d, before the kill: %v", cycle, err)
 		}
 		var roles []string
 		for _, tp := range topics {
@@ -101,6 +112,9 @@ func TestClusterKillOwnerKeepsAckedRecords(t *testing.T) {
 		found.worst(c.verifyServed(fmt.Sprintf("cycle %d after the kill", cycle), log, epochs))
 		if t.Failed() {
 			return
+		}
+		if err := consumer.step(50, 20*time.Second); err != nil {
+			t.Fatalf("cycle %d, after killing %s: %v", cycle, victim.name, err)
 		}
 
 		restartAt := time.Now()
