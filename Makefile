@@ -34,6 +34,7 @@ FUZZTIME ?= 1m
 fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeFrame$$' -fuzztime=$(FUZZTIME) ./subproto/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./subproto/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeRepl$$' -fuzztime=$(FUZZTIME) ./cluster/
 
 # A longer crash soak of the store: CYCLES kill -9 cycles.
 CYCLES ?= 200

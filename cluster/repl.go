@@ -46,14 +46,19 @@ import (
 // partition's term. A follower answers per topic with the offset it now
 // holds durably, "gap at N" (the owner then sends from N, read from its
 // local log in pages: catchUp), or "verify": its copy is not known to
-// agree with this term's owner.
+// agree with this term's owner. When a topic's acknowledgements stall (a
+// request or its answer lost, a batch dropped from a full queue), its
+// followers in sync are sent what they have not confirmed again, from the
+// log (resendLocked).
 //
 // Agreement. Logs of one epoch can differ only past some offset: records
 // an owner committed and never had acknowledged, which a later owner
 // replaced. Before a follower takes records of a term into a copy it
 // already holds, the owner compares the copy's last record with its own
 // and, when they differ, finds by binary search where the logs part; the
-// follower drops what follows (agree).
+// follower drops what follows (agree). A copy verified in a term holds
+// only that term's owner's records and is never cut by one of its probes
+// (records sent after a probe can overtake it).
 //
 // Ordering. The records of a batch are on the owner's disk before they are
 // sent, but they are neither handed to the broker's hook, nor published
@@ -63,7 +68,8 @@ import (
 // go through one queue read by replDeliverLoop, in the order the topics'
 // acked offsets move, so each topic's records reach the hook in offset
 // order. Read and Topic on the owner do not show records above acked
-// either, so that a replay cannot get ahead of the live stream.
+// either, so that a replay cannot get ahead of the live stream: from the
+// commit on, not from the commit hook on (replCap, marks).
 //
 // A publish not acknowledged within RequestTimeout fails with
 // ErrUnavailable, but its record stays in the owner's log and is
@@ -1067,6 +1073,42 @@ func encodeRepl(from string, es []replEntry) []byte {
 	return b
 }
 
+// decodeRepl reads a request encodeRepl made. It never panics and never
+// allocates much more than the message holds, whatever the bytes.
+func decodeRepl(b []byte) ([]replEntry, error) {
+	r := &reader{b: b}
+	_ = r.string() // the sender, for debugging
+	k := r.uvarint()
+	if k > uint64(len(r.b)) {
+		r.fail()
+	}
+	var es []replEntry
+	for i := uint64(0); i < k && r.err == nil; i++ {
+		e := replEntry{topic: r.string(), term: r.uvarint(), epoch: r.string(), flags: r.byte(), head: r.uvarint()}
+		if e.flags&rfConsumer != 0 {
+			e.consumer = r.string()
+		}
+		c := r.uvarint()
+		if c > uint64(len(r.b)) {
+			r.fail()
+			break
+		}
+		e.recs = make([]broker.Record, 0, min(c, 1024)) // c is a claim: grow past it only as records decode
+		for range c {
+			if rec := r.record(); r.err == nil {
+				e.recs = append(e.recs, rec)
+			} else {
+				break
+			}
+		}
+		es = append(es, e)
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	return es, nil
+}
+
 // sendRepl sends es to follower node; done gets one result per entry.
 func (n *Node) sendRepl(node string, es []replEntry, done func([]replResult, error)) {
 	n.sendTo(n.replSubject(node), node, encodeRepl(n.cfg.Node, es), func(r *reader, err error) {
@@ -1144,6 +1186,7 @@ func (n *Node) replTickLoop() {
 	tick := time.NewTicker(min(n.cfg.RequestTimeout/10, 100*time.Millisecond))
 	defer tick.Stop()
 	resend := min(n.cfg.RequestTimeout/4, time.Second)
+	pruned := time.Now()
 	for {
 		select {
 		case <-tick.C:
@@ -1151,6 +1194,10 @@ func (n *Node) replTickLoop() {
 			return
 		}
 		now := time.Now()
+		if now.Sub(pruned) > time.Minute {
+			pruned = now
+			n.pruneVerified()
+		}
 		var expired []replWait
 		n.rmu.Lock()
 		for t, rt := range n.repl {
@@ -1268,31 +1315,9 @@ func (n *Node) capInfo(ti broker.TopicInfo) broker.TopicInfo {
 func (n *Node) serveRepl(m *nats.Msg) {
 	n.followMu.Lock()
 	defer n.followMu.Unlock()
-	r := &reader{b: m.Data}
-	_ = r.string() // the sender, for debugging
-	k := r.uvarint()
-	if k > uint64(len(r.b)) {
-		r.fail()
-	}
-	var es []replEntry
-	for i := uint64(0); i < k && r.err == nil; i++ {
-		e := replEntry{topic: r.string(), term: r.uvarint(), epoch: r.string(), flags: r.byte(), head: r.uvarint()}
-		if e.flags&rfConsumer != 0 {
-			e.consumer = r.string()
-		}
-		c := r.uvarint()
-		if c > uint64(len(r.b)) {
-			r.fail()
-			break
-		}
-		e.recs = make([]broker.Record, 0, c)
-		for range c {
-			e.recs = append(e.recs, r.record())
-		}
-		es = append(es, e)
-	}
-	if r.err != nil {
-		respondErr(m, r.err)
+	es, err := decodeRepl(m.Data)
+	if err != nil {
+		respondErr(m, err)
 		return
 	}
 	res := make([]replResult, len(es))
@@ -1488,6 +1513,21 @@ func (n *Node) setVerified(topic string, term uint64) {
 	n.vmu.Lock()
 	n.verified[topic] = term
 	n.vmu.Unlock()
+}
+
+// pruneVerified forgets the copies verified in a term older than the
+// latest one seen for their partition: no owner sends records of it.
+func (n *Node) pruneVerified() {
+	n.mu.Lock()
+	fence := slices.Clone(n.fence)
+	n.mu.Unlock()
+	n.vmu.Lock()
+	defer n.vmu.Unlock()
+	for t, term := range n.verified {
+		if term < fence[n.partition(t)] {
+			delete(n.verified, t)
+		}
+	}
 }
 
 func (n *Node) isVerified(topic string, term uint64) bool {

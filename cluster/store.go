@@ -134,9 +134,13 @@ func (n *Node) Read(topic string, from uint64, max, maxBytes int) (recs []broker
 		if k > uint64(len(r.b)) {
 			return errShort
 		}
-		recs = make([]broker.Record, 0, k)
+		recs = make([]broker.Record, 0, min(k, 1024))
 		for range k {
-			recs = append(recs, r.record())
+			if rec := r.record(); r.err == nil {
+				recs = append(recs, rec)
+			} else {
+				break
+			}
 		}
 		return r.err
 	})
