@@ -40,6 +40,46 @@ func BenchmarkAppend(b *testing.B) {
 	}
 }
 
+// BenchmarkAppendTopics appends 128-byte records to many topics at once,
+// the appenders taking the topics round robin: each group commit writes
+// to many topics' logs.
+func BenchmarkAppendTopics(b *testing.B) {
+	for _, topics := range []int{1, 10, 100, 1000} {
+		b.Run(fmt.Sprintf("topics=%d/appenders=256", topics), func(b *testing.B) {
+			db, _ := openTest(b, &Options{RetentionInterval: -1})
+			var commits atomic.Int64
+			db.SetCommitHook(func([]broker.Committed) { commits.Add(1) })
+			names := make([]string, topics)
+			for i := range names {
+				names[i] = fmt.Sprintf("bench.%d", i)
+				if _, err := db.Ensure(context.Background(), names[i]); err != nil {
+					b.Fatal(err)
+				}
+			}
+			data := make([]byte, 128)
+			var next atomic.Int64
+			b.ResetTimer()
+			start := time.Now()
+			var wg sync.WaitGroup
+			for range 256 {
+				wg.Go(func() {
+					for n := next.Add(1); n <= int64(b.N); n = next.Add(1) {
+						if _, err := db.Append(context.Background(), names[int(n)%topics], data, ""); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			elapsed := time.Since(start)
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "records/s")
+			b.ReportMetric(float64(b.N)/float64(max(commits.Load(), 1)), "records/commit")
+		})
+	}
+}
+
 func noKey() string { return "" }
 
 func randomKey() string { return uuid.New().String() }
