@@ -569,11 +569,7 @@ func (n *Node) acquire(p int, rev, term uint64, sent time.Time, keep bool) {
 	if !again {
 		n.dropRepl(p)
 	}
-	err := n.prepare(p, term, keep)
-	if err == nil {
-		err = n.markLocal(p)
-	}
-	if err != nil {
+	if err := n.prepare(p, term, keep); err != nil {
 		n.log.Error("cluster: preparing partition; releasing it", "partition", p, "err", err)
 		n.release([]int{p})
 		return

@@ -91,7 +91,7 @@ type Node struct {
 	// Replication (repl.go).
 	rmu       sync.Mutex
 	repl      map[string]*replTopic // guarded by rmu: owned topics with records being replicated
-	marks     map[string]replMark   // guarded by rmu: owned topics without replication state, and what they acknowledged
+	marks     map[string]replMark   // guarded by rmu: owned topics without replication state, and what they acknowledged (markBeforeAppend)
 	replOut   chan replSend         // requests to followers, sent by replOutLoop
 	replDel   chan replDelivery     // replicated records and answers, in order, for replDeliverLoop
 	followSub *nats.Subscription    // records of other owners for this node as a follower

@@ -69,7 +69,7 @@ import (
 // acked offsets move, so each topic's records reach the hook in offset
 // order. Read and Topic on the owner do not show records above acked
 // either, so that a replay cannot get ahead of the live stream: from the
-// commit on, not from the commit hook on (replCap, marks).
+// commit on, not from the commit hook on (replCap, markBeforeAppend).
 //
 // A publish not acknowledged within RequestTimeout fails with
 // ErrUnavailable, but its record stays in the owner's log and is
@@ -552,26 +552,32 @@ func (n *Node) dropRepl(p int) {
 	}
 }
 
-// markLocal records every local topic of p, just taken, as acknowledged up
-// to its head: the records a node holds when it takes a partition are
-// served (see "A new owner's lease" above).
-func (n *Node) markLocal(p int) error {
-	marks := map[string]replMark{}
-	err := n.eachLocalTopic(p, func(ti broker.TopicInfo) error {
-		marks[ti.Topic] = replMark{ti.Epoch, ti.Head}
-		return nil
-	})
+// markBeforeAppend gives topic a mark before this node, its owner,
+// appends to it, unless it has replication state or a mark already: what
+// the log holds now is served (see "A new owner's lease" above), what is
+// appended next only once acknowledged, although the local store shows it
+// from its commit on, before the commit hook has made its replication
+// state. Every append of an owner passes here first, so a topic without
+// either has had nothing appended since the partition was taken.
+func (n *Node) markBeforeAppend(topic string) {
+	n.rmu.Lock()
+	_, marked := n.marks[topic]
+	marked = marked || n.repl[topic] != nil
+	n.rmu.Unlock()
+	if marked {
+		return
+	}
+	ti, _, err := n.local.Topic(topic)
 	if err != nil {
-		return err
+		ti = broker.TopicInfo{} // nothing shown until acknowledged
 	}
 	n.rmu.Lock()
-	defer n.rmu.Unlock()
-	for t, m := range marks {
-		if n.repl[t] == nil {
-			n.marks[t] = m
-		}
+	if _, ok := n.marks[topic]; !ok && n.repl[topic] == nil {
+		// Nobody marked it meanwhile, so nothing was appended since
+		// the read: the head read is still the head.
+		n.marks[topic] = replMark{ti.Epoch, ti.Head}
 	}
-	return nil
+	n.rmu.Unlock()
 }
 
 // dropUnacked runs when another node holds p in term, later than the
@@ -1276,8 +1282,9 @@ func (n *Node) failReplWaits() {
 // replCap returns where reads of topic on its owner stop: its acknowledged
 // offset. The local store shows a record as soon as it is committed, before
 // the commit hook has handed it to replicate, so the cap does not depend on
-// what replicate has seen: a topic with neither replication state nor a
-// mark has had nothing acknowledged since this node took its partition.
+// what replicate has seen: markBeforeAppend marks a topic before its first
+// append, and a topic with neither replication state nor a mark has had
+// nothing appended since this node took its partition.
 func (n *Node) replCap(topic string) (uint64, bool) {
 	if !n.cfg.replicated() {
 		return 0, false
@@ -1287,8 +1294,10 @@ func (n *Node) replCap(topic string) (uint64, bool) {
 	if rt := n.repl[topic]; rt != nil {
 		return rt.acked, true
 	}
-	m := n.marks[topic]
-	return m.acked, true
+	if m, ok := n.marks[topic]; ok {
+		return m.acked, true
+	}
+	return 0, false // nothing appended since the partition was taken
 }
 
 func (n *Node) capRecs(topic string, recs []broker.Record) []broker.Record {

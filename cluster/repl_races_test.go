@@ -94,7 +94,49 @@ func TestOwnerReadsWaitForCopies(t *testing.T) {
 	if _, err := owner.Node.Append(t.Context(), topic, []byte(`"acked"`), ""); err != nil {
 		t.Fatal(err)
 	}
-	// Widen the moment between a commit and its hook.
+	checkReadsWaitForCopies(t, owner, f, topic, 1)
+}
+
+// The same on a follower that took the partition over: its first append
+// to a topic it holds is not shown before its new follower has it.
+func TestNewOwnerReadsWaitForCopies(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t)
+	nodes := startClusterR(t, url, "capread2", 3, 2)
+	owner := nodes[0]
+	topic := topicOwnedBy(t, owner, "cap.")
+	waitListed(t, nodes, owner, topic)
+	for i := range 5 {
+		if _, err := owner.Node.Append(t.Context(), topic, []byte(fmt.Sprint(i)), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	owner.kill()
+	others := []*testNode{nodes[1], nodes[2]}
+	var next *testNode
+	waitFor(t, "a new owner with a follower in sync", func() bool {
+		for _, tn := range others {
+			if o, _ := tn.Node.Owner(topic); o == tn.name {
+				if _, listed := tn.Node.Followers(topic); len(listed) == 1 {
+					next = tn
+					return true
+				}
+			}
+		}
+		return false
+	})
+	f := nodeBesides(others, next)
+	if ti, _, _ := next.Node.Topic(topic); ti.Head != 5 {
+		t.Fatalf("the new owner shows head %d, want 5", ti.Head)
+	}
+	checkReadsWaitForCopies(t, next, f, topic, 5)
+}
+
+// checkReadsWaitForCopies pauses follower f and widens the moment between
+// owner's commits and its commit hook, appends to topic, whose head is
+// head, and fails if owner's Read or Topic shows a record past head.
+func checkReadsWaitForCopies(t *testing.T, owner, f *testNode, topic string, head uint64) {
+	t.Helper()
 	hook := owner.Node.LocalCommitHook()
 	owner.Store.SetCommitHook(func(b []broker.Committed) {
 		time.Sleep(20 * time.Millisecond)
@@ -112,10 +154,10 @@ func TestOwnerReadsWaitForCopies(t *testing.T) {
 				return
 			default:
 			}
-			if recs, err := owner.Node.Read(topic, 2, 10, 1<<20); err == nil && len(recs) > 0 {
+			if recs, err := owner.Node.Read(topic, head+1, 10, 1<<20); err == nil && len(recs) > 0 {
 				seen = append(seen, fmt.Sprintf("read offset %d", recs[0].Offset))
 			}
-			if ti, _, err := owner.Node.Topic(topic); err == nil && ti.Head > 1 {
+			if ti, _, err := owner.Node.Topic(topic); err == nil && ti.Head > head {
 				seen = append(seen, fmt.Sprintf("head %d", ti.Head))
 			}
 		}

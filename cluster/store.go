@@ -65,6 +65,9 @@ func (n *Node) appendTry(topic string, data []byte, key string, done func(broker
 // ErrUnavailable: its offset belongs to a history the new owner does not
 // have.
 func (n *Node) appendLocal(p int, term uint64, topic string, data []byte, key string, done func(broker.Appended, error)) {
+	if n.cfg.replicated() {
+		n.markBeforeAppend(topic)
+	}
 	n.inflight.Add(1)
 	n.local.AppendAsync(topic, data, key, func(a broker.Appended, err error) {
 		n.inflight.Add(-1)
