@@ -71,3 +71,39 @@ func (n *Node) CheckCopies(topic string) {
 // LocalCommitHook returns the hook the node installed on its local store,
 // for a test to wrap it.
 func (n *Node) LocalCommitHook() func([]broker.Committed) { return n.onLocalCommit }
+
+// RefuseRenewal does to topic's partition what a renewal refused by the
+// lease bucket does (sent with a stale revision after one whose answer
+// was lost): the node stops serving it until the next pass claims it back.
+func (n *Node) RefuseRenewal(topic string) {
+	n.mu.Lock()
+	st := &n.parts[n.partition(topic)]
+	st.mine, st.ready = false, false
+	n.mu.Unlock()
+}
+
+// Syncing lists the followers of topic's partition being brought up to
+// date.
+func (n *Node) Syncing(topic string) []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []string
+	for f, v := range n.parts[n.partition(topic)].syncing {
+		if v {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// Serving tells whether this node holds topic's partition and serves it.
+func (n *Node) Serving(topic string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st := &n.parts[n.partition(topic)]
+	return st.mine && st.ready
+}
+
+// MarkBeforeAppend does what an append on the owner does before it
+// reaches the local store.
+func (n *Node) MarkBeforeAppend(topic string) { n.markBeforeAppend(topic) }

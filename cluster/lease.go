@@ -701,6 +701,9 @@ type terms struct {
 	// Followed: with replication, the term of the owner whose records
 	// this node last accepted as a follower, per partition.
 	Followed map[int]uint64 `json:"followed,omitempty"`
+	// Bucket identifies the lease bucket the terms are revisions of (its
+	// creation time): a bucket made anew starts its revisions over.
+	Bucket string `json:"bucket,omitempty"`
 }
 
 func loadTerms(path, cluster string, partitions int) (*terms, error) {
@@ -717,7 +720,7 @@ func loadTerms(path, cluster string, partitions int) (*terms, error) {
 		return nil, fmt.Errorf("cluster: %s: %w", filepath.Base(path), err)
 	}
 	if f.Cluster == cluster && f.Partitions == partitions && f.Terms != nil {
-		t.Terms = f.Terms
+		t.Terms, t.Bucket = f.Terms, f.Bucket
 		if f.Followed != nil {
 			t.Followed = f.Followed
 		}

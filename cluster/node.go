@@ -149,11 +149,6 @@ func New(cfg Config) (*Node, error) {
 	if n.terms, err = loadTerms(n.termsPath, cfg.Cluster, cfg.Partitions); err != nil {
 		return nil, err
 	}
-	// The fence survives a restart: records of a term older than one this
-	// node owned or followed are refused from the first request on.
-	for p := range n.fence {
-		n.fence[p] = max(n.terms.Terms[p], n.terms.Followed[p])
-	}
 	if n.nc == nil {
 		n.nc, err = nats.Connect(strings.Join(cfg.NATSURLs, ","),
 			nats.Name("brokerd "+cfg.Cluster+"/"+cfg.Node), nats.NoEcho(),
@@ -185,6 +180,9 @@ func (n *Node) start() error {
 		Bucket: bucket + "leases", Description: "brokerd partition leases: partition → owner and term",
 	}); err != nil {
 		return fmt.Errorf("cluster: lease bucket: %w", err)
+	}
+	if err := n.checkBucket(ctx); err != nil {
+		return err
 	}
 	if n.nodes, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket: bucket + "nodes", Description: "brokerd live nodes: node → heartbeat", TTL: n.cfg.LeaseTTL,
@@ -296,6 +294,42 @@ func (n *Node) shut() {
 	if n.ownConn && n.nc != nil {
 		n.nc.Close()
 	}
+}
+
+// checkBucket matches the terms kept beside the store with the lease
+// bucket they are revisions of, and restores the fence from them: records
+// of a term older than one this node owned or followed are refused from
+// the first request on. Terms of a lease bucket made anew (its revisions
+// start over) are forgotten: the local data then belongs to no term.
+func (n *Node) checkBucket(ctx context.Context) error {
+	st, err := n.leases.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("cluster: lease bucket: %w", err)
+	}
+	var id string
+	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo() != nil {
+		id = bs.StreamInfo().Created.UTC().Format(time.RFC3339Nano)
+	}
+	n.tmu.Lock()
+	defer n.tmu.Unlock()
+	if id != n.terms.Bucket {
+		if n.terms.Bucket != "" {
+			n.log.Warn("cluster: the lease bucket was made anew since this node last ran; its terms start over and the local data belongs to none",
+				"was", n.terms.Bucket, "now", id)
+			clear(n.terms.Terms)
+			clear(n.terms.Followed)
+		}
+		n.terms.Bucket = id
+		if err := n.terms.save(n.termsPath); err != nil {
+			return fmt.Errorf("cluster: %w", err)
+		}
+	}
+	n.mu.Lock()
+	for p := range n.fence {
+		n.fence[p] = max(n.terms.Terms[p], n.terms.Followed[p])
+	}
+	n.mu.Unlock()
+	return nil
 }
 
 // Owned returns the partitions this node serves now.

@@ -175,11 +175,12 @@ type replTopic struct {
 	p      int
 	term   uint64
 	epoch  string
-	acked  uint64            // every follower holds the records up to here; delivered
-	head   uint64            // the last offset committed locally
-	recs   []broker.Record   // when held: the records acked+1..head
-	held   bool              // recs holds every record above acked
-	conf   map[string]uint64 // follower → offset it confirmed
+	acked  uint64               // every follower holds the records up to here; delivered
+	head   uint64               // the last offset committed locally
+	recs   []broker.Record      // when held: the records acked+1..head
+	held   bool                 // recs holds every record above acked
+	conf   map[string]uint64    // follower → offset it confirmed
+	confAt map[string]time.Time // follower → when its confirmed offset last moved
 	waits  []replWait
 	fetch  map[string]*bool // follower → catch-up running; true: a gap was reported meanwhile
 	idle   time.Time        // when the last record was committed
@@ -192,8 +193,22 @@ type replTopic struct {
 // replication state: forgotten while idle, or not written to since the
 // partition was taken. Reads of the owner stop there too.
 type replMark struct {
-	epoch string
+	epoch string // "" when the topic had no log yet
 	acked uint64
+}
+
+// of tells whether the mark is of history epoch.
+func (m replMark) of(epoch string) bool { return m.epoch == epoch || m.epoch == "" }
+
+// setConf records that follower f holds the records up to off.
+func (rt *replTopic) setConf(f string, off uint64) {
+	if off > rt.conf[f] {
+		rt.conf[f] = off
+		if rt.confAt == nil {
+			rt.confAt = map[string]time.Time{}
+		}
+		rt.confAt[f] = time.Now()
+	}
 }
 
 // maxHeldRecords and maxHeldBytes bound the records of a topic kept in
@@ -386,7 +401,10 @@ func (n *Node) syncFollower(p int, term uint64, f string) {
 	n.mu.Lock()
 	st := &n.parts[p]
 	ok := st.mine && st.term == term
-	if ok {
+	if st.owner == n.cfg.Node && st.term == term {
+		// Even while the lease is in doubt: a lease taken back in the
+		// same term keeps syncing, and a follower left in it would
+		// never be brought up to date again.
 		delete(st.syncing, f)
 	}
 	n.mu.Unlock()
@@ -479,7 +497,7 @@ func (n *Node) replicate(batch []broker.Committed) {
 				if rt.epoch == c.Epoch {
 					acked = min(acked, rt.acked)
 				}
-			} else if m, ok := n.marks[c.Topic]; ok && m.epoch == c.Epoch {
+			} else if m, ok := n.marks[c.Topic]; ok && m.of(c.Epoch) {
 				acked = min(acked, m.acked)
 			}
 			delete(n.marks, c.Topic)
@@ -690,6 +708,17 @@ func (n *Node) awaitRepl(a broker.Appended, done func(broker.Appended, error)) {
 		return
 	}
 	rt := n.repl[a.Topic]
+	if rt == nil {
+		if m, ok := n.marks[a.Topic]; ok && m.of(a.Epoch) && a.Offset > m.acked {
+			rt = n.unseenLocked(a)
+		}
+	} else if rt.epoch == a.Epoch && a.Offset > rt.head {
+		// Committed while the commit hook passed this node's records by
+		// (the lease in doubt, then kept): never sent; send it now.
+		rt.head, rt.recs, rt.held, rt.bytes = a.Offset, nil, false, 0
+		rt.resent = time.Now()
+		n.resendLocked(a.Topic, rt, 0)
+	}
 	if rt == nil || rt.epoch != a.Epoch {
 		// Not a record of this term's replication: an old record (a
 		// duplicate key) that is as safe as it will get.
@@ -707,14 +736,33 @@ func (n *Node) awaitRepl(a broker.Appended, done func(broker.Appended, error)) {
 	n.rmu.Unlock()
 }
 
+// unseenLocked makes the replication state of a record that replicate
+// never saw although it is past the topic's mark: committed while the
+// commit hook passed this node's records by (its lease in doubt, then
+// kept), and now the answer to a retry with the same key. It is sent to
+// the followers at once, and answered once they hold it.
+func (n *Node) unseenLocked(a broker.Appended) *replTopic {
+	p := n.partition(a.Topic)
+	term, _, _, _ := n.wantOf(p)
+	if term == 0 {
+		return nil
+	}
+	m := n.marks[a.Topic]
+	delete(n.marks, a.Topic)
+	now := time.Now()
+	rt := &replTopic{p: p, term: term, epoch: a.Epoch, acked: m.acked, head: a.Offset,
+		conf: map[string]uint64{}, fetch: map[string]*bool{}, moved: now, resent: now, idle: now}
+	n.repl[a.Topic] = rt
+	n.resendLocked(a.Topic, rt, 0)
+	return rt
+}
+
 // confirm records that follower node holds topic up to off.
 func (n *Node) confirm(topic, epoch string, term uint64, node string, off uint64) {
 	n.rmu.Lock()
 	defer n.rmu.Unlock()
 	if rt := n.repl[topic]; rt != nil && rt.epoch == epoch && rt.term == term {
-		if off > rt.conf[node] {
-			rt.conf[node] = off
-		}
+		rt.setConf(node, off)
 		n.advanceLocked(topic, rt)
 	}
 }
@@ -865,9 +913,7 @@ func (n *Node) onReplied(node string, es []replEntry, res []replResult, err erro
 		}
 		switch res[i].st {
 		case rsOK:
-			if res[i].off > rt.conf[node] {
-				rt.conf[node] = res[i].off
-			}
+			rt.setConf(node, res[i].off)
 			n.advanceLocked(e.topic, rt)
 		case rsGap:
 			n.startFetchLocked(e.topic, rt, node, res[i].off)
@@ -1209,7 +1255,7 @@ func (n *Node) replTickLoop() {
 		for t, rt := range n.repl {
 			if rt.acked < rt.head && now.Sub(rt.moved) > resend && now.Sub(rt.resent) > resend {
 				rt.resent = now
-				n.resendLocked(t, rt)
+				n.resendLocked(t, rt, resend)
 			}
 			keep := rt.waits[:0]
 			for _, w := range rt.waits {
@@ -1234,14 +1280,19 @@ func (n *Node) replTickLoop() {
 }
 
 // resendLocked sends the followers in sync of topic what they have not
-// confirmed, from the log, unless a catch-up to them is under way. A
-// follower being brought up to date is left to syncFollower.
-func (n *Node) resendLocked(topic string, rt *replTopic) {
+// confirmed, from the log, unless a catch-up to them is under way or they
+// confirmed something within quiet. A follower being brought up to date
+// is left to syncFollower.
+func (n *Node) resendLocked(topic string, rt *replTopic, quiet time.Duration) {
 	term, _, insync, _ := n.wantOf(rt.p)
 	if term != rt.term {
 		return
 	}
+	now := time.Now()
 	for _, f := range insync {
+		if now.Sub(rt.confAt[f]) < quiet {
+			continue // confirming still, only slowly: not lost
+		}
 		if c := rt.conf[f]; c < rt.head && rt.fetch[f] == nil {
 			n.log.Debug("cluster: records not confirmed; sending them again", "topic", topic, "node", f, "from", max(c, rt.acked)+1)
 			n.startFetchLocked(topic, rt, f, max(c, rt.acked)+1)

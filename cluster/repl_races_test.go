@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/brokerd/brokerd/broker"
 )
 
@@ -171,5 +174,134 @@ func checkReadsWaitForCopies(t *testing.T, owner, f *testNode, topic string, hea
 	wg.Wait()
 	if len(seen) > 0 {
 		t.Fatalf("records not yet copied were visible on the owner %d times, first: %s", len(seen), seen[0])
+	}
+}
+
+// A lease bucket made anew (NATS's JetStream data lost) starts its
+// revisions, and so the partitions' terms, over. Nodes restarted on their
+// data must not refuse the new, lower terms as stale: the cluster takes
+// publishes again (the histories start new epochs: nobody can vouch for
+// them).
+func TestLeaseBucketMadeAnew(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t)
+	nodes := startClusterR(t, url, "anew", 2, 2)
+	topic := topicOwnedBy(t, nodes[0], "anew.")
+	waitListed(t, nodes, nodes[0], topic)
+	// A failover and a hand-back: terms well above those a new bucket
+	// starts with (its first leases take revisions 1, 2, …).
+	nodes[0].kill()
+	waitFor(t, "the other node takes every partition", func() bool { return len(nodes[1].Node.Owned()) == partitions })
+	nodes[0] = restartNode(t, url, "anew", nodes[0], 2)
+	waitSpread(t, nodes)
+	for i := range 5 {
+		if _, err := nodes[1].Node.Append(t.Context(), topic, []byte(fmt.Sprint(i)), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, term := nodes[1].Node.Owner(topic)
+	if term <= 2*partitions {
+		t.Fatalf("term %d: not above what a new bucket starts with", term)
+	}
+	for _, tn := range nodes {
+		tn.kill()
+	}
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteKeyValue(t.Context(), "brokerd_anew_leases"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond) // distinct creation times
+	for i := range nodes {
+		nodes[i] = restartNode(t, url, "anew", nodes[i], 2)
+	}
+	waitSpread(t, nodes)
+	a, err := nodes[1].Node.Append(t.Context(), topic, []byte(`"after"`), "")
+	if err != nil {
+		t.Fatalf("publishing after the lease bucket was made anew: %v", err)
+	}
+	if a.Offset != 1 {
+		t.Logf("offset %d in epoch %s", a.Offset, a.Epoch)
+	}
+}
+
+// A renewal refused while a follower is being brought up to date: once
+// the lease is claimed back in the same term, the follower still ends up
+// in sync and named in the lease.
+func TestFollowerSyncSurvivesLeaseInDoubt(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t)
+	a := startNodeR(t, url, "doubt", "n1", 0)
+	waitSpread(t, []*testNode{a})
+	topic := topicOwnedBy(t, a, "big.")
+	var wg sync.WaitGroup
+	for i := range 60000 {
+		wg.Add(1)
+		a.Node.AppendAsync(topic, []byte(fmt.Sprint(i)), "", func(_ broker.Appended, err error) {
+			if err != nil {
+				t.Error(err)
+			}
+			wg.Done()
+		})
+	}
+	wg.Wait()
+	startNodeR(t, url, "doubt", "n2", 0)
+	waitFor(t, "n2 being brought up to date", func() bool { return len(a.Node.Syncing(topic)) > 0 })
+	time.Sleep(20 * time.Millisecond)
+	a.Node.RefuseRenewal(topic)
+	waitFor(t, "the lease claimed back", func() bool { return a.Node.Serving(topic) })
+	waitFor(t, "n2 named in the lease", func() bool {
+		_, listed := a.Node.Followers(topic)
+		return len(listed) == 1
+	})
+}
+
+// A record committed while its owner's lease was in doubt (the commit
+// hook passes it by) and whose publisher retries with the same key once
+// the lease is claimed back: the retry is answered ok only once the
+// follower holds it, and the owner does not serve it before.
+func TestRecordCommittedInDoubtIsReplicated(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t)
+	nodes := startClusterR(t, url, "doubt2", 2, 2)
+	owner := nodes[0]
+	first := topicOwnedBy(t, owner, "warm.")
+	f := waitListed(t, nodes, owner, first)
+	var topic string
+	for i := range 10000 {
+		topic = fmt.Sprintf("fresh.%d", i)
+		if owner.Node.Partition(topic) == owner.Node.Partition(first) {
+			break
+		}
+	}
+	owner.Node.MarkBeforeAppend(topic)
+	owner.Node.RefuseRenewal(topic)
+	// The append, in flight when the renewal was refused, commits now.
+	if _, err := owner.Store.Append(t.Context(), topic, []byte(`"in doubt"`), "k1"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the lease claimed back", func() bool { return owner.Node.Serving(topic) })
+	if recs, err := owner.Node.Read(topic, 1, 10, 1<<20); err != nil || len(recs) > 0 {
+		t.Fatalf("the owner serves %d records (%v) that no follower holds", len(recs), err)
+	}
+	a, err := owner.Node.Append(t.Context(), topic, []byte(`"in doubt"`), "k1")
+	if err != nil {
+		t.Fatalf("retry with the same key: %v", err)
+	}
+	if !a.Dup || a.Offset != 1 {
+		t.Fatalf("retry answered %+v, want offset 1, dup", a)
+	}
+	if ti, ok, _ := f.Store.Topic(topic); !ok || ti.Head < 1 {
+		t.Fatalf("retry answered ok, the follower holds %+v (found %v)", ti, ok)
+	}
+	if recs, err := owner.Node.Read(topic, 1, 10, 1<<20); err != nil || len(recs) != 1 {
+		t.Fatalf("the owner serves %d records (%v), want 1", len(recs), err)
 	}
 }
