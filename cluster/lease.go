@@ -121,6 +121,9 @@ func (n *Node) pass() {
 		cancel()
 	}
 	live, liveOK := n.liveNodesOK()
+	if liveOK {
+		n.failCallsTo(live)
+	}
 	if n.cfg.replicated() && liveOK && !draining {
 		n.updateFollowers(live)
 	}

@@ -710,7 +710,11 @@ func (n *Node) awaitRepl(a broker.Appended, done func(broker.Appended, error)) {
 	rt := n.repl[a.Topic]
 	if rt == nil {
 		if m, ok := n.marks[a.Topic]; ok && m.of(a.Epoch) && a.Offset > m.acked {
-			rt = n.unseenLocked(a)
+			if rt = n.unseenLocked(a); rt == nil {
+				n.rmu.Unlock()
+				done(broker.Appended{}, fmt.Errorf("%w: the lease of the topic's partition was lost", ErrUnavailable))
+				return
+			}
 		}
 	} else if rt.epoch == a.Epoch && a.Offset > rt.head {
 		// Committed while the commit hook passed this node's records by
@@ -1507,8 +1511,8 @@ func (n *Node) follow(e *replEntry) replResult {
 		return fail(errors.New("no records"))
 	}
 	first, last := e.recs[0].Offset, e.recs[len(e.recs)-1].Offset
-	if first == 0 || last-first != uint64(len(e.recs)-1) {
-		return fail(fmt.Errorf("records at offsets %d to %d are not a run of %d", first, last, len(e.recs)))
+	if first == 0 {
+		return fail(errors.New("a record at offset 0"))
 	}
 	for i := 1; i < len(e.recs); i++ {
 		if e.recs[i].Offset != e.recs[i-1].Offset+1 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -39,6 +40,8 @@ const (
 
 // call is a request in flight awaiting its answer on the node's inbox.
 type call struct {
+	node  string
+	sent  time.Time
 	done  func(r *reader, err error)
 	timer *time.Timer
 }
@@ -60,7 +63,7 @@ func (n *Node) sendTo(subject, node string, body []byte, done func(r *reader, er
 	}
 	n.nextID++
 	id := n.nextID
-	c := &call{done: done}
+	c := &call{node: node, sent: time.Now(), done: done}
 	c.timer = time.AfterFunc(n.cfg.RequestTimeout, func() {
 		if c := n.popCall(id); c != nil {
 			c.done(nil, fmt.Errorf("%w: node %s did not answer in %v", ErrUnavailable, node, n.cfg.RequestTimeout))
@@ -74,6 +77,29 @@ func (n *Node) sendTo(subject, node string, body []byte, done func(r *reader, er
 			c.timer.Stop()
 			go c.done(nil, fmt.Errorf("%w: %v", ErrUnavailable, err))
 		}
+	}
+}
+
+// failCallsTo ends the calls in flight to nodes that are not live (their
+// heartbeat expired: dead, or cut off) with ErrUnavailable rather than at
+// their timeout, so that a client retries (with the same key) on the
+// partition's next owner as soon as there is one. Only calls older than
+// half a lease TTL: a draining node leaves the live list first and still
+// answers what it has taken.
+func (n *Node) failCallsTo(live []string) {
+	var gone []*call
+	old := time.Now().Add(-n.cfg.LeaseTTL / 2)
+	n.pmu.Lock()
+	for id, c := range n.pending {
+		if c.sent.Before(old) && !slices.Contains(live, c.node) {
+			delete(n.pending, id)
+			gone = append(gone, c)
+		}
+	}
+	n.pmu.Unlock()
+	for _, c := range gone {
+		c.timer.Stop()
+		go c.done(nil, fmt.Errorf("%w: node %s left the cluster (its heartbeat expired) before it answered", ErrUnavailable, c.node))
 	}
 }
 

@@ -76,6 +76,7 @@ func BenchmarkAppendTopics(b *testing.B) {
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "records/s")
 			b.ReportMetric(float64(b.N)/float64(max(commits.Load(), 1)), "records/commit")
+			b.ReportMetric(float64(writes(db))/float64(max(commits.Load(), 1)), "pages/commit")
 		})
 	}
 }
@@ -265,4 +266,10 @@ func BenchmarkTruncate(b *testing.B) {
 			}
 		})
 	}
+}
+
+// writes returns the pages db's transactions have written.
+func writes(db *DB) int64 {
+	st := db.bolt.Stats()
+	return st.TxStats.GetWrite()
 }
