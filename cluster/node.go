@@ -105,6 +105,7 @@ type Node struct {
 
 	takeovers   atomic.Int64 // partitions taken over with their history
 	epochResets atomic.Int64 // local topics started in a new epoch: history not held for the term
+	resends     atomic.Int64 // resendLocked's catch-ups started
 
 	kick     chan struct{}
 	stop     chan struct{}
@@ -424,13 +425,14 @@ type Stats struct {
 	Syncing         int   // followers of held partitions being brought up to date
 	Takeovers       int64 // partitions taken over with their history (a dead, drained or balancing owner's)
 	EpochResets     int64 // local topics started in a new epoch because their history was not held
+	Resends         int64 // records sent to a follower again because their confirmation did not come
 }
 
 // Stats returns a snapshot of this node's part in the cluster.
 func (n *Node) Stats() Stats {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	s := Stats{Members: len(n.members), Takeovers: n.takeovers.Load(), EpochResets: n.epochResets.Load()}
+	s := Stats{Members: len(n.members), Takeovers: n.takeovers.Load(), EpochResets: n.epochResets.Load(), Resends: n.resends.Load()}
 	need := n.cfg.followerCount(len(n.members))
 	if n.cfg.Replicas >= 2 {
 		need = n.cfg.Replicas - 1 // strict: fewer live nodes is under-replication too

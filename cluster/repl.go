@@ -1298,6 +1298,7 @@ func (n *Node) resendLocked(topic string, rt *replTopic, quiet time.Duration) {
 			continue // confirming still, only slowly: not lost
 		}
 		if c := rt.conf[f]; c < rt.head && rt.fetch[f] == nil {
+			n.resends.Add(1)
 			n.log.Debug("cluster: records not confirmed; sending them again", "topic", topic, "node", f, "from", max(c, rt.acked)+1)
 			n.startFetchLocked(topic, rt, f, max(c, rt.acked)+1)
 		}

@@ -62,6 +62,7 @@ func TestLostReplicationIsSentAgain(t *testing.T) {
 	if _, err := owner.Node.Append(t.Context(), topic, []byte(`"a"`), ""); err != nil {
 		t.Fatal(err)
 	}
+	resends := owner.Node.Stats().Resends
 	resume := f.Node.PauseFollowing()
 	done := make(chan error, 1)
 	sent := time.Now()
@@ -75,6 +76,9 @@ func TestLostReplicationIsSentAgain(t *testing.T) {
 		t.Fatalf("the publish sent while the follower was away: %v after %v", err, time.Since(sent))
 	}
 	t.Logf("answered ok %v after it was sent", time.Since(sent).Round(time.Millisecond))
+	if s := owner.Node.Stats(); s.Resends <= resends {
+		t.Errorf("resends counted %d, %d before", s.Resends, resends)
+	}
 	recs, err := owner.Node.Read(topic, 1, 10, 1<<20)
 	if err != nil || len(recs) != 2 {
 		t.Fatalf("the owner serves %d records (%v), want 2", len(recs), err)

@@ -110,6 +110,7 @@ func (m *Metrics) Register(src Sources) {
 		gauge("cluster_followers_syncing", "Followers of this node's partitions being brought up to date.", func() float64 { return float64(src.Cluster().Syncing) })
 		counter("cluster_takeovers_total", "Partitions this node took over with their history (from a dead, draining or balancing owner).", func() float64 { return float64(src.Cluster().Takeovers) })
 		counter("cluster_epoch_resets_total", "Local topics this node started in a new epoch because it did not hold their history.", func() float64 { return float64(src.Cluster().EpochResets) })
+		counter("cluster_resends_total", "Times this node sent a follower records again because their confirmation did not come (a request or its answer lost).", func() float64 { return float64(src.Cluster().Resends) })
 	}
 	m.reg.MustRegister(&errorCollector{st: st, desc: prometheus.NewDesc(ns+"_errors_total", "Errors answered, by code.", []string{"code"}, nil)})
 }

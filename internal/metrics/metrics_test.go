@@ -28,7 +28,7 @@ func TestScrape(t *testing.T) {
 	defer b.Shutdown(context.Background())
 	m.Register(Sources{Broker: b, StoreBytes: st.Size, ReadPanics: func() int64 { return 3 }, Rejected: func() (int64, int64) { return 4, 5 },
 		Cluster: func() cluster.Stats {
-			return cluster.Stats{Members: 3, Owned: 21, UnderReplicated: 2, Syncing: 1, Takeovers: 5, EpochResets: 7}
+			return cluster.Stats{Members: 3, Owned: 21, UnderReplicated: 2, Syncing: 1, Takeovers: 5, EpochResets: 7, Resends: 9}
 		}})
 	for i := 0; i < 3; i++ {
 		if _, err := b.Publish(t.Context(), "m.t", []byte(`1`), ""); err != nil {
@@ -65,6 +65,7 @@ func TestScrape(t *testing.T) {
 		"brokerd_cluster_followers_syncing 1",
 		"brokerd_cluster_takeovers_total 5",
 		"brokerd_cluster_epoch_resets_total 7",
+		"brokerd_cluster_resends_total 9",
 		"go_goroutines",
 	} {
 		if !strings.Contains(text, want) {
