@@ -138,3 +138,46 @@ func TestCatchUpKeepsLiveTraffic(t *testing.T) {
 		}
 	}
 }
+
+// With automatic replicas a follower still copying the history does not
+// hold publishes up: a copy on it could not take the partition over yet.
+// Once it has the history it counts, and it is named in the lease holding
+// every record acknowledged meanwhile.
+func TestAutomaticReplicasDoNotWaitForACopy(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t)
+	a := startNodeR(t, url, "nowait", "n1", 0)
+	waitSpread(t, []*testNode{a})
+	topic := topicOwnedBy(t, a, "big.")
+	var wg sync.WaitGroup
+	for i := range 60000 {
+		wg.Add(1)
+		a.Node.AppendAsync(topic, []byte(fmt.Sprint(i)), "", func(_ broker.Appended, err error) {
+			if err != nil {
+				t.Error(err)
+			}
+			wg.Done()
+		})
+	}
+	wg.Wait()
+	b := startNodeR(t, url, "nowait", "n2", 0)
+	waitFor(t, "n2 copying the history", func() bool { return len(a.Node.Syncing(topic)) > 0 })
+	var last broker.Appended
+	for i := range 10 {
+		ap, err := a.Node.Append(t.Context(), topic, []byte(fmt.Sprintf(`"during %d"`, i)), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = ap
+	}
+	if len(a.Node.Syncing(topic)) == 0 {
+		t.Fatal("the copy ended before the publishes were answered: they may have waited for it")
+	}
+	waitFor(t, "n2 named in the lease", func() bool {
+		_, listed := a.Node.Followers(topic)
+		return len(listed) == 1
+	})
+	if ti, _, _ := b.Store.Topic(topic); ti.Head < last.Offset || ti.Epoch != last.Epoch {
+		t.Fatalf("n2 named in the lease holds %+v; offset %d of epoch %s was acknowledged", ti, last.Offset, last.Epoch)
+	}
+}

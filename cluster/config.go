@@ -54,8 +54,12 @@ type Config struct {
 
 // ReplicasAuto, as Config.Replicas, keeps two copies of each record while
 // two or more nodes are alive and one when a node is alone: a cluster
-// of one node keeps working, and as soon as a second node is alive every
-// record is acknowledged only once both hold it.
+// of one node keeps working, and once a second node holds a partition's
+// history (a node joining, or replacing a dead follower, is first sent
+// it) every record is acknowledged only once both hold it. While it is
+// being sent the history, the owner acknowledges with its own copy, as
+// when alone: a copy on a node without the history could not take the
+// partition over, so waiting for it would only hold publishes up.
 const ReplicasAuto = 0
 
 // followerCount returns how many followers a partition has among the

@@ -33,6 +33,7 @@ type part struct {
 	want    []string        // mine: the followers whose confirmation an acknowledgement needs
 	synced  map[string]bool // mine: followers of want brought up to date with every topic of the partition in term
 	syncing map[string]bool // mine: followers being brought up to date
+	counted map[string]bool // mine: followers of syncing that hold the history and finish catching up: acknowledgements wait for them, the lease does not name them yet
 	extra   string          // mine: a node under its share made a follower, to hand the partition to once it is listed
 }
 

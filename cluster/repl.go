@@ -37,7 +37,10 @@ import (
 // hold: so a dead follower holds publishes up (they fail with
 // ErrUnavailable) until its heartbeat expires and the next live node
 // replaces it, and a new follower catching up holds up only the topics it
-// is needed for.
+// is needed for. With ReplicasAuto only followers in sync count (wantOf):
+// a new follower is sent the history up to the head it had when its copy
+// began, then counts (part.counted) while it catches up with what came
+// meanwhile, and is named once it holds every acknowledged record.
 //
 // Owner path. The local store's commit hook hands each batch of the
 // partitions this node owns to replicate: the records go, one request per
@@ -273,7 +276,7 @@ func (n *Node) setFollowers(p int, members []string) {
 		target = append(target, st.extra)
 	}
 	if st.synced == nil {
-		st.synced, st.syncing = map[string]bool{}, map[string]bool{}
+		st.synced, st.syncing, st.counted = map[string]bool{}, map[string]bool{}, map[string]bool{}
 	}
 	done := true
 	for _, f := range target {
@@ -312,6 +315,11 @@ func (n *Node) setFollowers(p int, members []string) {
 			delete(st.synced, f)
 		}
 	}
+	for f := range st.counted {
+		if !slices.Contains(want, f) {
+			delete(st.counted, f)
+		}
+	}
 	for _, f := range want {
 		if !st.synced[f] && !st.syncing[f] {
 			st.syncing[f] = true
@@ -332,8 +340,12 @@ func (n *Node) setFollowers(p int, members []string) {
 }
 
 // wantOf returns the term of p when this node holds it, the followers
-// records are sent to, those of them in sync, and how many copies an
-// acknowledgement needs besides the owner's.
+// records are sent to, those of them in sync (or counted: finishing their
+// catch-up), and how many copies an acknowledgement needs besides the
+// owner's. With ReplicasAuto that is only the followers in sync: a
+// follower still copying the partition's history could not take it over
+// (the lease does not name it), so a copy on it would protect nothing,
+// and waiting for it would hold publishes up for the whole copy.
 func (n *Node) wantOf(p int) (term uint64, want, insync []string, need int) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -342,11 +354,15 @@ func (n *Node) wantOf(p int) (term uint64, want, insync []string, need int) {
 		return 0, nil, nil, 0
 	}
 	for _, f := range st.want {
-		if st.synced[f] {
+		if st.synced[f] || st.counted[f] {
 			insync = append(insync, f)
 		}
 	}
-	return st.term, st.want, insync, n.cfg.followerCount(len(n.members))
+	need = n.cfg.followerCount(len(n.members))
+	if n.cfg.Replicas == ReplicasAuto {
+		need = min(need, len(insync))
+	}
+	return st.term, st.want, insync, need
 }
 
 // followed returns the term of the owner whose records this node last
@@ -362,6 +378,16 @@ func (n *Node) followed(p int) uint64 {
 // acknowledgements wait for it and the lease names it.
 func (n *Node) syncFollower(p int, term uint64, f string) {
 	err := n.syncTopics(p, term, f)
+	if err == nil {
+		// f holds the history as it was a moment ago: from now on
+		// acknowledgements wait for f too, so that what it still misses
+		// stops growing and the check below comes true.
+		n.mu.Lock()
+		if st := &n.parts[p]; st.mine && st.term == term && slices.Contains(st.want, f) {
+			st.counted[f] = true
+		}
+		n.mu.Unlock()
+	}
 	for round := 0; err == nil; round++ {
 		// Records acknowledged while f was catching up, which it may
 		// have missed: in sync only when it holds every one of them.
@@ -393,7 +419,7 @@ func (n *Node) syncFollower(p int, term uint64, f string) {
 			if ep == "" {
 				continue // forgotten: acknowledged and idle
 			}
-			if _, err = n.catchUp(t, f, p, term, ep, 0); err != nil {
+			if _, err = n.catchUp(t, f, p, term, ep, 0, 0); err != nil {
 				break
 			}
 		}
@@ -406,6 +432,7 @@ func (n *Node) syncFollower(p int, term uint64, f string) {
 		// same term keeps syncing, and a follower left in it would
 		// never be brought up to date again.
 		delete(st.syncing, f)
+		delete(st.counted, f)
 	}
 	n.mu.Unlock()
 	if err != nil {
@@ -439,7 +466,11 @@ func (n *Node) syncTopics(p int, term uint64, f string) error {
 		return err
 	}
 	err = n.eachLocalTopic(p, func(ti broker.TopicInfo) error {
-		_, err := n.catchUp(ti.Topic, f, p, term, ti.Epoch, 0)
+		// Up to the head as it is now: what is appended meanwhile
+		// reaches f live, or at the check after the copy, once
+		// acknowledgements wait for f (with automatic replicas they do
+		// not before, and the copy would chase a growing log).
+		_, err := n.catchUp(ti.Topic, f, p, term, ti.Epoch, 0, ti.Head)
 		return err
 	})
 	if err != nil {
@@ -940,7 +971,7 @@ func (n *Node) startFetchLocked(topic string, rt *replTopic, node string, from u
 	rt.fetch[node] = again
 	go func() {
 		for {
-			next, err := n.catchUp(topic, node, rt.p, rt.term, rt.epoch, from)
+			next, err := n.catchUp(topic, node, rt.p, rt.term, rt.epoch, from, 0)
 			n.rmu.Lock()
 			if err == nil && *again && n.repl[topic] == rt {
 				*again = false
@@ -959,13 +990,17 @@ func (n *Node) startFetchLocked(topic string, rt *replTopic, node string, from u
 }
 
 // catchUp sends node topic's records from from on, read from the local log
-// in pages, until node holds all the log holds, and returns the offset
-// after it. from 0 first agrees with node on a common prefix (agree).
-func (n *Node) catchUp(topic, node string, p int, term uint64, epoch string, from uint64) (uint64, error) {
+// in pages, until node holds all the log holds (or, with until > 0, the
+// records up to until), and returns the offset after it. from 0 first
+// agrees with node on a common prefix (agree).
+func (n *Node) catchUp(topic, node string, p int, term uint64, epoch string, from, until uint64) (uint64, error) {
 	stuck := 0
 	for {
 		if n.closed.Load() {
 			return from, broker.ErrClosed
+		}
+		if until > 0 && from > until {
+			return from, nil
 		}
 		if !n.holds(p, term) {
 			return from, fmt.Errorf("%w: the lease of partition %d was lost", ErrUnavailable, p)
