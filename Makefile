@@ -43,12 +43,14 @@ crash:
 
 # A longer fault soak of a three-node cluster: SOAK_CYCLES kill -9 cycles
 # (each kills a node under load and restarts it), then a summary of acked,
-# lost and duplicated records and failover times. SOAK_SEED replays a run.
+# lost and duplicated records and failover times. SOAK_SEED replays a run;
+# SOAK_REPLICAS=0 runs the nodes with automatic replicas.
 SOAK_CYCLES ?= 20
 SOAK_SEED ?= 0
+SOAK_REPLICAS ?= 2
 soak:
 	$(GO) test -race -count=1 -v -timeout 60m -run='^TestClusterKillOwnerKeepsAckedRecords$$' ./cmd/brokerd/ \
-		-cluster.cycles=$(SOAK_CYCLES) -cluster.seed=$(SOAK_SEED)
+		-cluster.cycles=$(SOAK_CYCLES) -cluster.seed=$(SOAK_SEED) -cluster.replicas=$(SOAK_REPLICAS)
 
 lint:
 	gofmt -l . | tee /dev/stderr | (! read)

@@ -38,7 +38,10 @@ import (
 	"github.com/brokerd/brokerd/store"
 )
 
-var clusterSeed = flag.Uint64("cluster.seed", 0, "random seed of the TestCluster fault tests (0: from the clock)")
+var (
+	clusterSeed       = flag.Uint64("cluster.seed", 0, "random seed of the TestCluster fault tests (0: from the clock)")
+	clusterReplicasOf = flag.Int("cluster.replicas", clusterReplicas, "--replicas of the TestCluster fault tests' nodes: 2, or 0 for automatic (two copies with three nodes, the checks' expectation either way)")
+)
 
 // The cluster every fault test runs: three nodes, two copies of each
 // record, 64 partitions, a short lease.
@@ -176,7 +179,7 @@ func (c *testCluster) start(n *clusterNode) {
 	}
 	d := startDaemon(c.t, n.dataDir,
 		"--nats", url, "--cluster", c.name, "--node", n.name,
-		"--replicas", strconv.Itoa(clusterReplicas), "--partitions", strconv.Itoa(clusterPartitions),
+		"--replicas", strconv.Itoa(*clusterReplicasOf), "--partitions", strconv.Itoa(clusterPartitions),
 		"--lease-ttl", clusterLeaseTTL.String(), "--log-level", "debug")
 	c.mu.Lock()
 	c.all = append(c.all, d)
