@@ -384,6 +384,9 @@ func (n *Node) syncFollower(p int, term uint64, f string) {
 		// stops growing and the check below comes true.
 		n.mu.Lock()
 		if st := &n.parts[p]; st.mine && st.term == term && slices.Contains(st.want, f) {
+			if st.counted == nil {
+				st.counted = map[string]bool{}
+			}
 			st.counted[f] = true
 		}
 		n.mu.Unlock()
