@@ -149,17 +149,7 @@ func TestAutomaticReplicasDoNotWaitForACopy(t *testing.T) {
 	a := startNodeR(t, url, "nowait", "n1", 0)
 	waitSpread(t, []*testNode{a})
 	topic := topicOwnedBy(t, a, "big.")
-	var wg sync.WaitGroup
-	for i := range 60000 {
-		wg.Add(1)
-		a.Node.AppendAsync(topic, []byte(fmt.Sprint(i)), "", func(_ broker.Appended, err error) {
-			if err != nil {
-				t.Error(err)
-			}
-			wg.Done()
-		})
-	}
-	wg.Wait()
+	fill(t, a, topic, 60000)
 	b := startNodeR(t, url, "nowait", "n2", 0)
 	waitFor(t, "n2 copying the history", func() bool { return len(a.Node.Syncing(topic)) > 0 })
 	var last broker.Appended

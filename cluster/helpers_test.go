@@ -184,6 +184,23 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
+// fill appends n records to topic through tn, pipelined, and waits for
+// every answer.
+func fill(t testing.TB, tn *testNode, topic string, n int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		tn.Node.AppendAsync(topic, []byte(fmt.Sprint(i)), "", func(_ broker.Appended, err error) {
+			if err != nil {
+				t.Error(err)
+			}
+			wg.Done()
+		})
+	}
+	wg.Wait()
+}
+
 // topicOwnedBy returns a topic name, with prefix, whose partition nodes[i] owns.
 func topicOwnedBy(t testing.TB, owner *testNode, prefix string) string {
 	t.Helper()

@@ -374,8 +374,9 @@ func (n *Node) followed(p int) uint64 {
 }
 
 // syncFollower brings follower f up to date with every local topic of p
-// and every consumer position in it, then puts it in sync: from then on
-// acknowledgements wait for it and the lease names it.
+// and every consumer position in it, then puts it in sync: the lease names
+// it. Acknowledgements wait for it from the moment it holds the history
+// (counted), and consumer positions are sent after that moment.
 func (n *Node) syncFollower(p int, term uint64, f string) {
 	err := n.syncTopics(p, term, f)
 	if err == nil {
@@ -390,6 +391,7 @@ func (n *Node) syncFollower(p int, term uint64, f string) {
 			st.counted[f] = true
 		}
 		n.mu.Unlock()
+		err = n.syncConsumers(p, term, f)
 	}
 	for round := 0; err == nil; round++ {
 		// Records acknowledged while f was catching up, which it may
@@ -468,7 +470,7 @@ func (n *Node) syncTopics(p int, term uint64, f string) error {
 	if err != nil {
 		return err
 	}
-	err = n.eachLocalTopic(p, func(ti broker.TopicInfo) error {
+	return n.eachLocalTopic(p, func(ti broker.TopicInfo) error {
 		// Up to the head as it is now: what is appended meanwhile
 		// reaches f live, or at the check after the copy, once
 		// acknowledgements wait for f (with automatic replicas they do
@@ -476,9 +478,14 @@ func (n *Node) syncTopics(p int, term uint64, f string) error {
 		_, err := n.catchUp(ti.Topic, f, p, term, ti.Epoch, 0, ti.Head)
 		return err
 	})
-	if err != nil {
-		return err
-	}
+}
+
+// syncConsumers sends f every consumer position of p. Called once f
+// counts: a position acknowledged from then on has reached f, and one
+// acknowledged before is read here, so f ends holding every acknowledged
+// position (a position sent to it live before it counted may have failed
+// without holding the acknowledgement up).
+func (n *Node) syncConsumers(p int, term uint64, f string) error {
 	return n.eachLocalConsumer(p, func(co broker.ConsumerOffset) error {
 		return n.sendConsumer(f, p, term, co)
 	})
