@@ -79,13 +79,17 @@ func (d *durableConsumer) stepOn(addr string, n int, timeout time.Duration) (boo
 	}
 	deadline := time.Now().Add(timeout)
 	var (
-		next  uint64 // the next offset expected
-		got   int
-		ackID uint64
+		next   uint64 // the next offset expected
+		got    int
+		ackID  uint64
+		ackOff uint64 // the offset acknowledged: messages past it may come before the ack's ok, once the window opens
 	)
 	for {
 		ev, err := cl.next(time.Until(deadline))
 		if errors.Is(err, errClientClosed) {
+			if ackID != 0 {
+				d.maybe = ackOff // sent, its answer lost
+			}
 			return false, fmt.Errorf("%w: connection to %s ended: %v", errRetryStep, node, cl.closeError())
 		}
 		if err != nil {
@@ -94,7 +98,7 @@ func (d *durableConsumer) stepOn(addr string, n int, timeout time.Duration) (boo
 		switch {
 		case ev.Op == "err" && ev.Code == "unavailable", ev.Op == "unsubbed" && ev.Code != "epoch_mismatch":
 			if ackID != 0 && ev.ID == ackID {
-				d.maybe = next - 1
+				d.maybe = ackOff
 			}
 			return false, fmt.Errorf("%w: %s on %s", errRetryStep, ev, node)
 		case ev.Op == "ok" && ev.ID == subID:
@@ -119,16 +123,16 @@ func (d *durableConsumer) stepOn(addr string, n int, timeout time.Duration) (boo
 			next++
 			if got++; got == n {
 				d.subID++
-				ackID = d.subID
+				ackID, ackOff = d.subID, ev.Offset
 				cmd := `{"op":"ack","id":` + strconv.FormatUint(ackID, 10) + `,"topic":` + strconv.Quote(d.topic) +
 					`,"consumer":` + strconv.Quote(d.name) + `,"offset":` + strconv.FormatUint(ev.Offset, 10) + `}`
 				if err := cl.send(cmd); err != nil {
-					d.maybe = ev.Offset
+					d.maybe = ackOff
 					return false, fmt.Errorf("%w: %v", errRetryStep, err)
 				}
 			}
 		case ev.Op == "ok" && ackID != 0 && ev.ID == ackID:
-			d.acked, d.maybe = next-1, 0
+			d.acked, d.maybe = ackOff, 0
 			return true, nil
 		default:
 			return false, fmt.Errorf("consumer %s on %s: unexpected %s", d.name, node, ev)
