@@ -291,13 +291,20 @@ func (n *Node) setFollowers(p int, members []string) {
 		}
 	}
 	term, rev := st.term, st.rev
-	var nl []string
+	// The lease names the followers of the new want that are in sync: a
+	// follower no longer wanted leaves it, and one that has just come in
+	// sync enters it in the same write, so it never names nobody meanwhile.
+	drop := false
 	for _, f := range st.listed {
-		if slices.Contains(want, f) {
+		drop = drop || !slices.Contains(want, f)
+	}
+	var nl []string
+	for _, f := range want {
+		if st.synced[f] {
 			nl = append(nl, f)
 		}
 	}
-	drop := len(nl) != len(st.listed)
+	slices.Sort(nl)
 	n.mu.Unlock()
 	if drop && !n.renew(p, term, rev, nl) {
 		return
@@ -398,20 +405,32 @@ func (n *Node) syncFollower(p int, term uint64, f string) {
 		// have missed: in sync only when it holds every one of them.
 		// Deciding under rmu keeps an acknowledgement from slipping
 		// between the check and the change.
-		var behind []string
+		type lag struct {
+			topic string
+			acked uint64
+		}
+		var behind []lag
 		n.rmu.Lock()
 		for t, rt := range n.repl {
 			if rt.p == p && rt.term == term && rt.conf[f] < rt.acked {
-				behind = append(behind, t)
+				behind = append(behind, lag{t, rt.acked})
 			}
 		}
 		if len(behind) == 0 {
 			n.mu.Lock()
-			if st := &n.parts[p]; st.mine && st.term == term && slices.Contains(st.want, f) {
+			st := &n.parts[p]
+			// Counted without a break: else consumer positions
+			// acknowledged while f was out of want may have passed
+			// it by (syncConsumers ran before them): start over.
+			inSync := st.mine && st.term == term && slices.Contains(st.want, f) && st.counted[f]
+			if inSync {
 				st.synced[f] = true
 			}
 			n.mu.Unlock()
 			n.rmu.Unlock()
+			if !inSync {
+				err = fmt.Errorf("cluster: follower %s left the partition's followers while it was brought up to date", f)
+			}
 			break
 		}
 		n.rmu.Unlock()
@@ -419,12 +438,15 @@ func (n *Node) syncFollower(p int, term uint64, f string) {
 			err = fmt.Errorf("cluster: follower %s still behind on %d topics", f, len(behind))
 			break
 		}
-		for _, t := range behind {
-			ep := n.topicEpoch(t)
+		for _, l := range behind {
+			ep := n.topicEpoch(l.topic)
 			if ep == "" {
 				continue // forgotten: acknowledged and idle
 			}
-			if _, err = n.catchUp(t, f, p, term, ep, 0, 0); err != nil {
+			// Up to what was acknowledged: f counts, so nothing
+			// is acknowledged past what it holds any more, and
+			// chasing a busy log's head might never end.
+			if _, err = n.catchUp(l.topic, f, p, term, ep, 0, l.acked); err != nil {
 				break
 			}
 		}
@@ -475,7 +497,7 @@ func (n *Node) syncTopics(p int, term uint64, f string) error {
 		// reaches f live, or at the check after the copy, once
 		// acknowledgements wait for f (with automatic replicas they do
 		// not before, and the copy would chase a growing log).
-		_, err := n.catchUp(ti.Topic, f, p, term, ti.Epoch, 0, ti.Head)
+		_, err := n.catchUp(ti.Topic, f, p, term, ti.Epoch, 0, max(ti.Head, 1))
 		return err
 	})
 }
@@ -763,6 +785,7 @@ func (n *Node) awaitRepl(a broker.Appended, done func(broker.Appended, error)) {
 		rt.head, rt.recs, rt.held, rt.bytes = a.Offset, nil, false, 0
 		rt.resent = time.Now()
 		n.resendLocked(a.Topic, rt, 0)
+		n.advanceLocked(a.Topic, rt) // no follower to wait for: acknowledged at once
 	}
 	if rt == nil || rt.epoch != a.Epoch {
 		// Not a record of this term's replication: an old record (a
@@ -799,6 +822,7 @@ func (n *Node) unseenLocked(a broker.Appended) *replTopic {
 		conf: map[string]uint64{}, fetch: map[string]*bool{}, moved: now, resent: now, idle: now}
 	n.repl[a.Topic] = rt
 	n.resendLocked(a.Topic, rt, 0)
+	n.advanceLocked(a.Topic, rt) // no follower to wait for: acknowledged at once
 	return rt
 }
 
