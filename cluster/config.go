@@ -49,7 +49,21 @@ type Config struct {
 	// alive for a publish to succeed. 0, the default, is ReplicasAuto.
 	// Every node of a cluster must use the same value.
 	Replicas int
-	Logger   *slog.Logger
+	// UncleanTakeoverAfter, when positive, lets a node that does not hold
+	// a partition's history take the partition over, its topics starting a
+	// new epoch, once the partition's lease has gone unrenewed (as this
+	// node watched it) for this long and none of the nodes that hold the
+	// history (its owner and the followers named in the lease) has taken
+	// it. It trades the history for availability when those nodes are
+	// gone for good. 0, the default, never does: the partition stays
+	// unavailable until a node holding its history comes back. Without
+	// replication (Replicas = 1) it has no effect.
+	UncleanTakeoverAfter time.Duration
+	// ObserveRenewLateness, when set, is called after each renewal of a
+	// lease this node holds with how late it was: from when the renewal was
+	// due (a third of the TTL after the last one was sent) to its answer.
+	ObserveRenewLateness func(time.Duration)
+	Logger               *slog.Logger
 }
 
 // ReplicasAuto, as Config.Replicas, keeps two copies of each record while
@@ -118,6 +132,9 @@ func (c Config) validate() error {
 	}
 	if c.Replicas < 0 || c.Replicas > 16 {
 		errs = append(errs, fmt.Errorf("cluster: replicas %d: want 0 (automatic) or 1 to 16", c.Replicas))
+	}
+	if c.UncleanTakeoverAfter < 0 {
+		errs = append(errs, fmt.Errorf("cluster: unclean takeover after %v: want 0 (never) or a positive duration", c.UncleanTakeoverAfter))
 	}
 	if c.RequestTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("cluster: request timeout %v must be positive", c.RequestTimeout))

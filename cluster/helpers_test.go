@@ -99,7 +99,7 @@ func restartNode(t testing.TB, url, clusterName string, old *testNode, replicas 
 
 func startNodeOn(t testing.TB, url, clusterName, name string, replicas int, st *store.DB) *testNode {
 	t.Helper()
-	nc, err := nats.Connect(url, nats.NoEcho())
+	nc, err := nats.Connect(url, nats.NoEcho(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}

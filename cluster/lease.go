@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -35,6 +36,8 @@ type part struct {
 	syncing map[string]bool // mine: followers being brought up to date
 	counted map[string]bool // mine: followers of syncing that hold the history and finish catching up: acknowledgements wait for them, the lease does not name them yet
 	extra   string          // mine: a node under its share made a follower, to hand the partition to once it is listed
+
+	releasing bool // mine, being handed over: not renewed any more
 }
 
 // A lease value is "<node> <term>", followed with replication by
@@ -106,7 +109,9 @@ func (n *Node) opCtx() (context.Context, context.CancelFunc) {
 }
 
 // pass runs one round over every partition. Passes and Drain are
-// serialised by passMu.
+// serialised by passMu. Renewals of held leases and heartbeats are not
+// done here but by renewLoop and heartbeatLoop, so that a long pass (many
+// partitions taken, a slow NATS) never starves them.
 func (n *Node) pass() {
 	n.passMu.Lock()
 	defer n.passMu.Unlock()
@@ -114,14 +119,11 @@ func (n *Node) pass() {
 		return
 	}
 	draining := n.draining.Load()
-	if !draining {
-		ctx, cancel := n.opCtx()
-		if _, err := n.nodes.Put(ctx, n.cfg.Node, []byte(strconv.Itoa(n.cfg.Partitions))); err != nil {
-			n.log.Warn("cluster: heartbeat", "err", err)
-		}
-		cancel()
-	}
 	live, liveOK := n.liveNodesOK()
+	if !liveOK {
+		n.markBlind()
+	}
+	live = n.withGrace(live, liveOK)
 	if liveOK {
 		n.failCallsTo(live)
 	}
@@ -138,19 +140,14 @@ func (n *Node) pass() {
 		}
 	}()
 	start := rand.IntN(n.cfg.Partitions)
+	reads := n.readLeases()
 	unsettled := false // a lease of a dead owner was seen
 	for i := range n.cfg.Partitions {
 		if n.closed.Load() {
 			return
 		}
-		// Taking partitions can take long (a new term resets local
-		// topics): keep the leases already held alive meanwhile.
-		n.renewDue()
 		p := (start + i) % n.cfg.Partitions
-		key := leaseKey(p)
-		ctx, cancel := n.opCtx()
-		e, err := n.leases.Get(ctx, key)
-		cancel()
+		e, err := reads[p].e, reads[p].err
 		now := time.Now()
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			n.mu.Lock()
@@ -166,6 +163,7 @@ func (n *Node) pass() {
 			continue
 		}
 		if err != nil {
+			n.markBlind()
 			n.log.Warn("cluster: reading lease", "partition", p, "err", err)
 			continue
 		}
@@ -177,10 +175,10 @@ func (n *Node) pass() {
 		followed, held := n.followed(p), n.dataTerm(p)
 		n.mu.Lock()
 		st := &n.parts[p]
-		if e.Revision() != st.rev {
+		if e.Revision() != st.rev && !(st.mine && e.Revision() < st.rev) {
 			st.rev, st.seen = e.Revision(), now
 		}
-		mine, sent := st.mine, st.sent
+		mine := st.mine
 		if owner != n.cfg.Node {
 			if st.mine {
 				n.log.Warn("cluster: lease lost", "partition", p, "to", owner)
@@ -189,8 +187,14 @@ func (n *Node) pass() {
 			st.owner, st.term, st.listed = owner, term, listed
 			n.fence[p] = max(n.fence[p], term)
 		}
-		stale := free || now.Sub(st.seen) >= ttl+ttl/10
-		waited := now.Sub(st.seen) >= 2*ttl+ttl/10
+		// A lease is stale once its revision has not changed for a TTL
+		// that this node watched: time this node could not see the bucket
+		// (NATS away, JetStream not answering) does not count, or every
+		// lease would look stale when NATS comes back, before any owner
+		// had a chance to renew.
+		unchanged := now.Sub(later(st.seen, n.blindAt()))
+		stale := free || unchanged >= ttl+ttl/10
+		waited := unchanged >= 2*ttl+ttl/10
 		n.mu.Unlock()
 		if t, ok := replTerms[p]; ok && t < term && owner != "" && owner != n.cfg.Node {
 			n.dropUnacked(p, term)
@@ -200,28 +204,41 @@ func (n *Node) pass() {
 			check = append(check, p)
 		}
 		switch {
-		case owner == n.cfg.Node && mine && e.Revision() == n.partRev(p):
-			if now.Sub(sent) >= ttl/3 {
-				n.mu.Lock()
-				l := n.parts[p].listing()
-				n.mu.Unlock()
-				n.renew(p, term, e.Revision(), l)
+		case owner == n.cfg.Node && mine:
+			// Renewed by renewLoop. A revision past the one this node
+			// wrote last is a renewal whose answer was lost: take it.
+			if e.Revision() > n.partRev(p) && !draining {
+				n.claim(p, e.Revision(), term)
 			}
-		case owner == n.cfg.Node:
+		case owner == n.cfg.Node && (!n.cfg.replicated() || held == term):
 			// Written by an earlier run of this node (or a renewal whose
-			// answer was lost): nobody took it since, so it is ours.
+			// answer was lost), and its data is of that term: nobody took
+			// it since, so it is ours.
 			if !draining {
 				n.claim(p, e.Revision(), term)
 			}
 		case stale && !draining:
-			c := takeCase{free: free, prev: prev, listed: listed, waited: waited, under: n.owned() < share}
+			c := takeCase{free: free, prev: prev, owner: owner, listed: listed, waited: waited, under: n.owned() < share,
+				replicated: n.cfg.replicated()}
 			if n.cfg.replicated() {
 				c.keep = slices.Contains(listed, n.cfg.Node) && followed == term ||
 					free && prev == n.cfg.Node && held == term
+				c.unclean = n.cfg.UncleanTakeoverAfter > 0 && unchanged >= n.cfg.UncleanTakeoverAfter
 			}
-			if take, keep := c.decide(n.cfg.Node, live); take && n.take(p, e.Revision(), keep) {
+			take, keep := c.decide(n.cfg.Node, live)
+			if take && !keep && n.cfg.replicated() {
+				n.log.Warn("cluster: unclean takeover: no node holding the partition's history came back within --unclean-takeover-after; its topics start a new epoch",
+					"partition", p, "holder", owner+prev, "followers", listed, "unchanged", unchanged.Round(time.Millisecond))
+			}
+			if take && n.take(p, e.Revision(), keep) {
 				n.tookAt = time.Now()
+			} else if !take && !c.keep && n.cfg.replicated() && n.waiting[p].Swap(true) == false {
+				n.log.Warn("cluster: partition unavailable until a node holding its history comes back",
+					"partition", p, "holder", owner+prev, "followers", listed)
 			}
+		}
+		if !stale || owner == n.cfg.Node {
+			n.waiting[p].Store(false)
 		}
 		if stale && !free && owner != n.cfg.Node {
 			unsettled = true
@@ -244,30 +261,111 @@ func (n *Node) pass() {
 	}
 }
 
+// leaseRead is one partition's lease as read at the start of a pass.
+type leaseRead struct {
+	e   jetstream.KeyValueEntry
+	err error
+}
+
+// readLeases reads every partition's lease, many at a time: a pass
+// decides from one recent picture, and reading them one after the other
+// would take a round trip per partition.
+func (n *Node) readLeases() []leaseRead {
+	out := make([]leaseRead, n.cfg.Partitions)
+	sem := make(chan struct{}, 32)
+	var wg sync.WaitGroup
+	for p := range out {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			ctx, cancel := n.opCtx()
+			defer cancel()
+			out[p].e, out[p].err = n.leases.Get(ctx, leaseKey(p))
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// markBlind records that this node could not see the cluster's buckets
+// just now: NATS was away, or JetStream did not answer.
+func (n *Node) markBlind() { n.blind.Store(time.Now().UnixNano()) }
+
+// blindAt returns when this node last could not see the buckets.
+func (n *Node) blindAt() time.Time {
+	if b := n.blind.Load(); b != 0 {
+		return time.Unix(0, b)
+	}
+	return time.Time{}
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// withGrace returns the live nodes to decide with. Right after this node
+// could not see the node bucket, heartbeats are no evidence of death: after
+// a NATS outage longer than the lease TTL every heartbeat has expired at
+// once, and the nodes come back one by one. For a lease TTL after such a
+// moment, the nodes live before it count as live too, so that followers
+// are not dropped and calls to them not failed meanwhile. Called with
+// passMu held.
+func (n *Node) withGrace(live []string, ok bool) []string {
+	ttl := n.cfg.LeaseTTL
+	if time.Since(n.blindAt()) < ttl+ttl/10 {
+		for _, m := range n.liveSeen {
+			if !slices.Contains(live, m) {
+				live = append(live, m)
+			}
+		}
+	}
+	if ok {
+		n.liveSeen = slices.Clone(live)
+	}
+	return live
+}
+
 // takeCase is what a lease pass knows of a stale or handed-back lease
 // when deciding whether this node takes it.
 type takeCase struct {
-	free   bool     // handed back by prev, which is perhaps alive
-	prev   string   // free: the node that handed it back
-	listed []string // the followers that hold every acknowledged record
-	keep   bool     // this node holds every acknowledged record: a listed follower that followed the term, or prev with its own data
-	waited bool     // the lease has not changed for 2×LeaseTTL: nobody better took it
-	under  bool     // this node holds less than its share
+	free       bool     // handed back by prev, which is perhaps alive
+	prev       string   // free: the node that handed it back
+	owner      string   // not free: the owner whose lease went stale
+	listed     []string // the followers that hold every acknowledged record
+	keep       bool     // this node holds every acknowledged record: a listed follower that followed the term, or prev with its own data
+	waited     bool     // the lease has not changed for 2×LeaseTTL: nobody better took it
+	under      bool     // this node holds less than its share
+	replicated bool     // records are copied to followers (Replicas ≠ 1)
+	unclean    bool     // replicated: the lease has not changed for UncleanTakeoverAfter (set only when that is on)
 }
 
 // decide tells whether to take the lease, and whether with the local
-// data (keep) or in new epochs. Without replication nothing is listed
-// and a node takes a lease within its share. With replication the
-// history must not be lost while a node holding it is alive:
+// data (keep) or in new epochs.
 //
-//   - a holder takes the partition of a dead owner at once, even past
+// Without replication a topic's log lives only on its owner and nothing
+// is listed: a node takes a stale lease within its share, starting its
+// topics in a new epoch (documented: any move of a partition costs its
+// history), and a handed-back one unless prev, alive, takes it back.
+//
+// With replication the holders of a partition's history are the lease's
+// owner (or prev, when handed back) and its listed followers: durable
+// facts, written in the lease, not heartbeats, which all expire together
+// when NATS itself is away. Only a holder takes the partition:
+//
+//   - a holder takes the partition of a stale owner at once, even past
 //     its share (it hands the excess back later);
 //   - a holder takes a handed-back partition within its share, or when
 //     prev died, or when nobody took it for a while;
-//   - any other node takes a lease only within its share and only when
-//     no holder is alive, or when it is listed but lost its copy (a
-//     wiped data directory) and nobody else took it for a while: then
-//     the history is gone and a new epoch is the truth.
+//   - a node that holds no copy never takes it, however long the holders
+//     are away: the partition is unavailable until one comes back (like
+//     Kafka without unclean leader election), unless the operator allowed
+//     an unclean takeover (Config.UncleanTakeoverAfter) and the lease has
+//     not changed for that long: then, within its share, it takes it and
+//     the topics start a new epoch.
 func (c takeCase) decide(self string, live []string) (take, keep bool) {
 	if c.keep {
 		if !c.free {
@@ -275,12 +373,11 @@ func (c takeCase) decide(self string, live []string) (take, keep bool) {
 		}
 		return c.under || !slices.Contains(live, c.prev) || c.waited, true
 	}
-	holderLive := c.free && c.prev != self && slices.Contains(live, c.prev)
-	for _, h := range c.listed {
-		holderLive = holderLive || h != self && slices.Contains(live, h)
+	if c.replicated {
+		return c.under && c.unclean, false
 	}
-	listedMe := slices.Contains(c.listed, self)
-	return c.under && (!holderLive || listedMe && c.waited && !c.free), false
+	prevLive := c.free && c.prev != self && slices.Contains(live, c.prev)
+	return c.under && !prevLive, false
 }
 
 // rebalance hands partitions over past this node's share, with
@@ -479,37 +576,115 @@ func (n *Node) claim(p int, rev, term uint64) {
 		listed = st.listing()
 	}
 	n.mu.Unlock()
+	n.renewMu.Lock()
 	nrev, err := n.leases.Update(ctx, leaseKey(p), leaseValue(n.cfg.Node, term, listed), rev)
+	n.renewMu.Unlock()
 	if err != nil {
 		return
 	}
 	n.acquire(p, nrev, term, sent, false)
 }
 
+// renewLoop renews this node's leases and does nothing else, so that no
+// other work of the node (a long lease pass, a partition's topics reset, a
+// busy store) delays a renewal: a lease is renewed once a third of its TTL
+// is gone, leaving two more chances before it lapses.
+func (n *Node) renewLoop() {
+	defer n.wg.Done()
+	tick := time.NewTicker(max(n.cfg.LeaseTTL/12, 10*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-tick.C:
+		case <-n.renewKick:
+		}
+		n.renewDue()
+	}
+}
+
+// heartbeatLoop announces this node in the node bucket every quarter of
+// the lease TTL (entries expire after one TTL), and at once when the
+// connection to NATS comes back, whatever the rest of the node is doing.
+func (n *Node) heartbeatLoop() {
+	defer n.wg.Done()
+	tick := time.NewTicker(max(n.cfg.LeaseTTL/4, 10*time.Millisecond))
+	defer tick.Stop()
+	failing := false
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-tick.C:
+		case <-n.beatKick:
+		}
+		if n.draining.Load() || n.closed.Load() {
+			continue
+		}
+		err := n.heartbeat()
+		switch {
+		case err != nil && !failing:
+			n.log.Warn("cluster: heartbeat", "err", err)
+		case err == nil && failing:
+			n.log.Info("cluster: heartbeats resumed")
+		}
+		failing = err != nil
+	}
+}
+
+// heartbeat writes this node's entry in the node bucket once.
+func (n *Node) heartbeat() error {
+	ctx, cancel := n.opCtx()
+	defer cancel()
+	_, err := n.nodes.Put(ctx, n.cfg.Node, []byte(strconv.Itoa(n.cfg.Partitions)))
+	if err != nil {
+		n.markBlind()
+	}
+	return err
+}
+
 // renewDue renews every held lease whose last renewal is a third of the
-// TTL old, or whose followers to name have changed.
+// TTL old, or whose followers to name have changed, all at once.
 func (n *Node) renewDue() {
 	type due struct {
 		p         int
 		term, rev uint64
 		listed    []string
+		at        time.Time // when the renewal was due
 	}
 	var list []due
+	n.renewMu.Lock()
+	defer n.renewMu.Unlock()
 	n.mu.Lock()
 	for p := range n.parts {
 		st := &n.parts[p]
-		if !st.mine {
+		if !st.mine || st.releasing {
 			continue
 		}
 		l := st.listing()
-		if time.Since(st.sent) >= n.cfg.LeaseTTL/3 || !slices.Equal(l, st.listed) {
-			list = append(list, due{p, st.term, st.rev, l})
+		at := st.sent.Add(n.cfg.LeaseTTL / 3)
+		if !time.Now().Before(at) || !slices.Equal(l, st.listed) {
+			list = append(list, due{p, st.term, st.rev, l, at})
 		}
 	}
 	n.mu.Unlock()
-	for _, d := range list {
-		n.renew(d.p, d.term, d.rev, d.listed)
+	if len(list) == 0 {
+		return
 	}
+	sem := make(chan struct{}, 32)
+	var wg sync.WaitGroup
+	for _, d := range list {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if n.renew(d.p, d.term, d.rev, d.listed) && n.cfg.ObserveRenewLateness != nil {
+				n.cfg.ObserveRenewLateness(max(time.Since(d.at), 0))
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // listing returns the followers the lease of a held partition names: those
@@ -541,6 +716,8 @@ func (n *Node) renew(p int, term, rev uint64, listed []string) bool {
 			// Somebody else wrote the lease: stop serving at once; the
 			// next pass sees who holds it.
 			st.mine, st.ready = false, false
+		} else {
+			n.markBlind()
 		}
 		n.log.Warn("cluster: renewing lease", "partition", p, "err", err)
 		return false
@@ -655,19 +832,19 @@ func (n *Node) eachLocalTopicOf(in func(p int) bool, fn func(broker.TopicInfo) e
 }
 
 // release hands partitions over: it stops serving them, waits (briefly)
-// for local appends in flight, and deletes their leases so that another
-// node takes them at once.
+// for local appends in flight, and frees their leases so that another
+// node takes them at once. With replication a lease is handed back, not
+// deleted, naming this node and the followers: the nodes that hold the
+// history, one of which must take it. Only a partition of which this node
+// holds no topic, so that there is no history to keep, is deleted.
 func (n *Node) release(ps []int) {
 	if len(ps) == 0 {
 		return
 	}
 	n.mu.Lock()
-	revs := make([]uint64, len(ps))
-	tms := make([]uint64, len(ps))
-	listed := make([][]string, len(ps))
-	for i, p := range ps {
+	for _, p := range ps {
 		n.parts[p].ready = false
-		revs[i], tms[i], listed[i] = n.parts[p].rev, n.parts[p].term, n.parts[p].listed
+		n.parts[p].releasing = true
 	}
 	n.mu.Unlock()
 	// Let the writes already taken finish, and their copies be confirmed:
@@ -675,14 +852,35 @@ func (n *Node) release(ps []int) {
 	for deadline := time.Now().Add(n.cfg.LeaseTTL / 3); (n.inflight.Load() > 0 || n.unacked(ps)) && time.Now().Before(deadline); {
 		time.Sleep(2 * time.Millisecond)
 	}
-	for i, p := range ps {
+	var hasTopics map[int]bool
+	if n.cfg.replicated() {
+		hasTopics = map[int]bool{}
+		err := n.eachLocalTopicOf(func(p int) bool { return slices.Contains(ps, p) }, func(ti broker.TopicInfo) error {
+			hasTopics[n.partition(ti.Topic)] = true
+			return nil
+		})
+		if err != nil {
+			for _, p := range ps {
+				hasTopics[p] = true // unsure: keep what may be history
+			}
+		}
+	}
+	n.renewMu.Lock() // a renewal in flight lands first; later ones skip these partitions
+	defer n.renewMu.Unlock()
+	for _, p := range ps {
+		n.mu.Lock()
+		st := n.parts[p]
+		n.mu.Unlock()
+		if !st.mine {
+			continue
+		}
 		ctx, cancel := n.opCtx()
 		var err error
-		if len(listed[i]) > 0 {
-			// Handed back naming the followers, which hold the history.
-			_, err = n.leases.Update(ctx, leaseKey(p), leaseValue(freeMark+n.cfg.Node, tms[i], listed[i]), revs[i])
+		if len(st.listed) > 0 || hasTopics[p] {
+			// Handed back naming the nodes that hold the history.
+			_, err = n.leases.Update(ctx, leaseKey(p), leaseValue(freeMark+n.cfg.Node, st.term, st.listed), st.rev)
 		} else {
-			err = n.leases.Delete(ctx, leaseKey(p), jetstream.LastRevision(revs[i]))
+			err = n.leases.Delete(ctx, leaseKey(p), jetstream.LastRevision(st.rev))
 		}
 		cancel()
 		n.mu.Lock()

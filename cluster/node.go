@@ -37,7 +37,7 @@ var ErrUnavailable = fmt.Errorf("cluster: no owner reachable for the topic: %w",
 // and patterns its subscribers want (broker.Interested).
 //
 // Lock order (outer first): passMu → followMu → rmu → mu; passMu → tmu;
-// followMu → tmu. imu,
+// followMu → tmu; passMu → renewMu → mu. imu,
 // pmu, hookMu and mu are leaves; with rmu held nothing waits but for room
 // in replDel. The broker's commit hook runs with hookMu held and
 // nothing else; hookMu is never taken by a method the broker calls.
@@ -52,8 +52,13 @@ type Node struct {
 	prefix    string // "brokerd.<cluster>."
 	termsPath string
 
-	passMu sync.Mutex // serialises lease passes and Drain
-	tookAt time.Time  // guarded by passMu: when the last partition was taken
+	passMu   sync.Mutex // serialises lease passes and Drain
+	tookAt   time.Time  // guarded by passMu: when the last partition was taken
+	liveSeen []string   // guarded by passMu: the live nodes of the last pass that could read them (withGrace)
+
+	renewMu sync.Mutex    // held while writing a lease this node holds: renewals, claims, hand-overs
+	blind   atomic.Int64  // unix nanoseconds: when this node last could not see the buckets (markBlind)
+	waiting []atomic.Bool // per partition: a stale lease this node may not take was reported (logged once)
 
 	mu      sync.Mutex
 	parts   []part          // guarded by mu
@@ -107,11 +112,13 @@ type Node struct {
 	epochResets atomic.Int64 // local topics started in a new epoch: history not held for the term
 	resends     atomic.Int64 // resendLocked's catch-ups started
 
-	kick     chan struct{}
-	stop     chan struct{}
-	wg       sync.WaitGroup
-	closed   atomic.Bool
-	draining atomic.Bool
+	kick      chan struct{}
+	renewKick chan struct{} // wakes renewLoop
+	beatKick  chan struct{} // wakes heartbeatLoop
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	closed    atomic.Bool
+	draining  atomic.Bool
 }
 
 // New connects to NATS, joins the cluster and starts taking its share of
@@ -144,6 +151,9 @@ func New(cfg Config) (*Node, error) {
 		pending:   make(map[uint64]*call),
 		sem:       make(chan struct{}, 64),
 		kick:      make(chan struct{}, 1),
+		renewKick: make(chan struct{}, 1),
+		beatKick:  make(chan struct{}, 1),
+		waiting:   make([]atomic.Bool, cfg.Partitions),
 		stop:      make(chan struct{}),
 	}
 	var err error
@@ -207,18 +217,36 @@ func (n *Node) start() error {
 	if err := n.nc.FlushTimeout(5 * time.Second); err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
+	if err := n.heartbeat(); err != nil {
+		return fmt.Errorf("cluster: node bucket: %w", err)
+	}
 	n.pass()
-	n.wg.Add(1)
+	n.wg.Add(3)
 	n.liveWG.Add(5)
 	go n.liveLoop()
 	go n.liveOutLoop()
 	go n.replOutLoop()
 	go n.replDeliverLoop()
 	go n.replTickLoop()
+	n.nc.SetDisconnectErrHandler(func(_ *nats.Conn, err error) {
+		n.markBlind()
+		n.log.Warn("cluster: disconnected from NATS", "err", err)
+	})
 	n.nc.SetReconnectHandler(func(*nats.Conn) {
-		n.log.Info("cluster: reconnected to NATS; repairing live records")
+		// Leases are judged stale only after a TTL watched from now on,
+		// and the other nodes' heartbeats get a TTL to come back.
+		n.markBlind()
+		n.log.Info("cluster: reconnected to NATS; announcing this node and repairing live records")
+		for _, k := range []chan struct{}{n.beatKick, n.renewKick} {
+			select {
+			case k <- struct{}{}:
+			default:
+			}
+		}
 		go n.repairLive()
 	})
+	go n.heartbeatLoop()
+	go n.renewLoop()
 	go n.leaseLoop()
 	n.log.Info("cluster: joined", "partitions", n.cfg.Partitions, "owned", n.owned())
 	return nil
