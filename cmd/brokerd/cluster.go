@@ -29,6 +29,9 @@ func (c *config) validateCluster() []error {
 	if c.LeaseTTL < 300*time.Millisecond {
 		errs = append(errs, fmt.Errorf("%s must be at least 300ms, got %v", c.optName("lease-ttl"), c.LeaseTTL))
 	}
+	if c.Unclean < 0 {
+		errs = append(errs, fmt.Errorf("%s must be 0 (never) or a positive duration, got %v", c.optName("unclean-takeover-after"), c.Unclean))
+	}
 	if c.Replicas < 0 || c.Replicas > 16 {
 		errs = append(errs, fmt.Errorf("%s must be 0 (automatic) or 1 to 16, got %d", c.optName("replicas"), c.Replicas))
 	}
@@ -37,7 +40,10 @@ func (c *config) validateCluster() []error {
 
 // joinCluster connects to --nats and joins --cluster; the Node it returns
 // is the broker's store, in front of st.
-func joinCluster(c *config, log *slog.Logger, st *store.DB) (*cluster.Node, error) {
+func joinCluster(c *config, log *slog.Logger, st *store.DB, renewLateness func(time.Duration)) (*cluster.Node, error) {
+	if c.Unclean > 0 {
+		log.Warn("unclean takeovers are on: a partition whose history no live node holds starts a new epoch after --unclean-takeover-after", "after", c.Unclean)
+	}
 	n, err := cluster.New(cluster.Config{
 		NATSURLs:   splitList(c.NATS),
 		Cluster:    c.Cluster,
@@ -47,6 +53,9 @@ func joinCluster(c *config, log *slog.Logger, st *store.DB) (*cluster.Node, erro
 		LeaseTTL:   c.LeaseTTL,
 		Replicas:   c.Replicas,
 		Logger:     log,
+
+		UncleanTakeoverAfter: c.Unclean,
+		ObserveRenewLateness: renewLateness,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("--nats %s: %w", c.NATS, err)

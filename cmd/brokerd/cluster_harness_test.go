@@ -9,6 +9,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -123,12 +124,15 @@ func (n *clusterNode) get() (*daemon, nodeState) {
 // testCluster is brokerd nodes sharing one in-process NATS server.
 type testCluster struct {
 	t      *testing.T
-	ns     *natsserver.Server
-	nats   string // the server's URL
-	name   string // --cluster
+	ns     *natsserver.Server // nil when NATS runs as a process of its own
+	nats   string             // the server's URL
+	name   string             // --cluster
 	nodes  []*clusterNode
 	topics []string // the test's topics, for the failure report
-	js     jetstream.JetStream
+	// replicas, when set, is the nodes' --replicas instead of
+	// -cluster.replicas.
+	replicas string
+	js       jetstream.JetStream
 
 	mu  sync.Mutex
 	all []*daemon // every process started, in order, for the failure report
@@ -148,8 +152,17 @@ func newTestCluster(t *testing.T, name string, n int, proxies bool, topics []str
 		t.Fatal("nats server not ready")
 	}
 	t.Cleanup(ns.Shutdown)
-	c := &testCluster{t: t, ns: ns, nats: "nats://" + ns.Addr().String(), name: name, topics: topics}
-	nc, err := nats.Connect(c.nats, nats.Name("fault test"))
+	c := newTestClusterOn(t, ns.Addr().String(), name, n, proxies, topics)
+	c.ns = ns
+	return c
+}
+
+// newTestClusterOn prepares n nodes (not started) of a cluster on the NATS
+// server at addr (host:port).
+func newTestClusterOn(t *testing.T, addr, name string, n int, proxies bool, topics []string) *testCluster {
+	t.Helper()
+	c := &testCluster{t: t, nats: "nats://" + addr, name: name, topics: topics}
+	nc, err := nats.Connect(c.nats, nats.Name("fault test"), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +173,7 @@ func newTestCluster(t *testing.T, name string, n int, proxies bool, topics []str
 	for i := 1; i <= n; i++ {
 		cn := &clusterNode{name: fmt.Sprintf("n%d", i), dataDir: t.TempDir()}
 		if proxies {
-			cn.proxy = newNATSProxy(t, ns.Addr().String())
+			cn.proxy = newNATSProxy(t, addr)
 		}
 		c.nodes = append(c.nodes, cn)
 	}
@@ -179,7 +192,7 @@ func (c *testCluster) start(n *clusterNode) {
 	}
 	d := startDaemon(c.t, n.dataDir,
 		"--nats", url, "--cluster", c.name, "--node", n.name,
-		"--replicas", strconv.Itoa(*clusterReplicasOf), "--partitions", strconv.Itoa(clusterPartitions),
+		"--replicas", cmp.Or(c.replicas, strconv.Itoa(*clusterReplicasOf)), "--partitions", strconv.Itoa(clusterPartitions),
 		"--lease-ttl", clusterLeaseTTL.String(), "--log-level", "debug")
 	c.mu.Lock()
 	c.all = append(c.all, d)

@@ -66,6 +66,7 @@ type config struct {
 	Partitions int
 	LeaseTTL   time.Duration
 	Replicas   int
+	Unclean    time.Duration
 
 	// fromEnv maps the name of each flag whose value came from the
 	// environment to its variable, so that errors name what the user set.
@@ -125,6 +126,7 @@ func parseConfig(args []string, getenv func(string) string) (*config, error) {
 	fs.StringVar(&c.Cluster, "cluster", "brokerd", "cluster name: namespaces the NATS subjects and KV buckets, so that clusters can share one NATS")
 	fs.IntVar(&c.Partitions, "partitions", 64, "with --nats: partitions topics are hashed into, each with one owner node; the same on every node")
 	fs.DurationVar(&c.LeaseTTL, "lease-ttl", 5*time.Second, "with --nats: a dead node's partitions move to others after about this long")
+	fs.DurationVar(&c.Unclean, "unclean-takeover-after", 0, "with --nats: let a node that does not hold a partition's history take it over, its topics starting a new epoch, once no node holding that history has renewed or taken its lease for this long; 0 (the default) never does: the partition stays unavailable until a holder comes back")
 	fs.IntVar(&c.Replicas, "replicas", 0, "with --nats: nodes holding each record and consumer position before ok; 0 (automatic): 2 while two or more nodes are alive, 1 alone; N ≥ 2 needs N live nodes; the same on every node")
 
 	if err := fs.Parse(args); err != nil {

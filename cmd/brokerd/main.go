@@ -73,7 +73,7 @@ func run(cfg *config) error {
 	var bst broker.Store = st
 	var node *cluster.Node
 	if cfg.NATS != "" {
-		if node, err = joinCluster(cfg, log, st); err != nil {
+		if node, err = joinCluster(cfg, log, st, m.ObserveRenewLateness); err != nil {
 			return err
 		}
 		defer node.Close()

@@ -24,6 +24,7 @@ type Metrics struct {
 	publishAck    prometheus.Histogram
 	commitRecords prometheus.Histogram
 	commitSeconds prometheus.Histogram
+	renewLateness prometheus.Histogram // registered in a cluster only
 }
 
 // New returns Metrics with its histograms; call Register once the broker
@@ -46,6 +47,11 @@ func New() *Metrics {
 			Help:    "Duration of one store transaction including its fsync.",
 			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 14),
 		}),
+		renewLateness: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Name: "cluster_lease_renew_lateness_seconds",
+			Help:    "How late each renewal of a partition lease this node holds was answered, from when it was due (a third of the lease TTL after the last one). Values near the lease TTL mean leases are about to be lost.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14), // 1ms .. 8s
+		}),
 	}
 	m.reg.MustRegister(m.publishAck, m.commitRecords, m.commitSeconds,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -60,6 +66,9 @@ func (m *Metrics) ObserveCommit(ops int, d time.Duration) {
 	m.commitRecords.Observe(float64(ops))
 	m.commitSeconds.Observe(d.Seconds())
 }
+
+// ObserveRenewLateness records how late one lease renewal was.
+func (m *Metrics) ObserveRenewLateness(d time.Duration) { m.renewLateness.Observe(d.Seconds()) }
 
 // Sources are the values read at scrape time.
 type Sources struct {
@@ -104,6 +113,7 @@ func (m *Metrics) Register(src Sources) {
 		counter("connections_rejected_rate_total", "Connections refused by the per-IP connection rate limit (429).", func() float64 { _, b := src.Rejected(); return float64(b) })
 	}
 	if src.Cluster != nil {
+		m.reg.MustRegister(m.renewLateness)
 		gauge("cluster_members", "Live nodes of the cluster, as this node saw them at its last lease pass.", func() float64 { return float64(src.Cluster().Members) })
 		gauge("cluster_partitions_owned", "Partitions this node owns.", func() float64 { return float64(src.Cluster().Owned) })
 		gauge("cluster_partitions_under_replicated", "Partitions this node owns whose lease names fewer followers holding every acknowledged record than --replicas asks for.", func() float64 { return float64(src.Cluster().UnderReplicated) })
