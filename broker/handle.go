@@ -312,7 +312,7 @@ func (s *Session) handleSub(cmd *subproto.Command) {
 			s.consumerEpochs = make(map[consumerTopic]string)
 		}
 		s.consumerEpochs[consumerTopic{sub.consumerKey, topic}] = sub.epoch
-		if old := s.srv.takeOver(sub); old != nil && old != sub {
+		if old := s.srv.claim(sub); old != nil && old != sub {
 			old.sess.endSub(old, subproto.CodeTakenOver)
 		}
 		// A close that raced with the take-over has detached sub before

@@ -106,6 +106,9 @@ func New(cfg Config, st Store) (*Server, error) {
 		srv.shards[i].topics = make(map[string]*topicState)
 	}
 	st.SetCommitHook(srv.onCommit)
+	if cl, ok := st.(Claims); ok {
+		cl.SetClaimHook(srv.claimedElsewhere)
+	}
 	srv.wg.Add(1)
 	go srv.heartbeatLoop()
 	return srv, nil

@@ -76,6 +76,7 @@ type subscription struct {
 	consumerKey string      // owner-qualified consumer name, "" if none
 	maxInflight int
 	epoch       string
+	claim       ClaimStamp // consumer subscriptions: when it took the consumer over (Claims); set before it is registered
 
 	ended   bool
 	live    bool   // receives records from dispatch; else fed from the log

@@ -105,8 +105,11 @@ type Node struct {
 	verified  map[string]uint64 // guarded by vmu: as a follower, topic → the term its copy is known to agree with
 
 	rpcSub, replySub *nats.Subscription
-	sem              chan struct{} // bounds requests served concurrently
-	inflight         atomic.Int64  // local writes of owned partitions in flight
+	claimSub         *nats.Subscription                                      // other nodes' consumer claims (claims.go)
+	claimHook        atomic.Pointer[func(string, string, broker.ClaimStamp)] // the broker's
+	clock            atomic.Int64                                            // hybrid logical clock of claim stamps
+	sem              chan struct{}                                           // bounds requests served concurrently
+	inflight         atomic.Int64                                            // local writes of owned partitions in flight
 
 	takeovers   atomic.Int64 // partitions taken over with their history
 	epochResets atomic.Int64 // local topics started in a new epoch: history not held for the term
@@ -211,6 +214,9 @@ func (n *Node) start() error {
 	if n.followSub, err = n.nc.Subscribe(n.replSubject(n.cfg.Node), n.serveRepl); err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
+	if n.claimSub, err = n.nc.Subscribe(n.claimSubject(), n.onClaim); err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
 	for _, s := range []*nats.Subscription{n.rpcSub, n.replySub, n.followSub} {
 		_ = s.SetPendingLimits(-1, 256<<20)
 	}
@@ -298,7 +304,7 @@ func (n *Node) Close() error {
 
 func (n *Node) shut() {
 	n.closed.Store(true)
-	for _, s := range []*nats.Subscription{n.rpcSub, n.replySub, n.followSub} {
+	for _, s := range []*nats.Subscription{n.rpcSub, n.replySub, n.followSub, n.claimSub} {
 		if s != nil {
 			_ = s.Unsubscribe()
 		}
