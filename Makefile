@@ -2,7 +2,7 @@
 GO ?= go
 PKGS := ./...
 
-.PHONY: run test vet unit race bench fuzz lint build crash soak test-js
+.PHONY: run test vet unit race bench fuzz lint build crash soak test-js stress-test nats-soak
 
 run:
 	$(GO) run ./cmd/brokerd
@@ -17,8 +17,15 @@ test: vet race test-js
 vet:
 	$(GO) vet $(PKGS)
 
+# The packages that run clusters (in-process nodes, and brokerd and NATS
+# processes) run one after the other once the rest has run, so that their
+# leases and timeouts never share the machine with another package's tests.
+# BROKERD_TEST_SCALE=2 doubles every time bound of the tests on a slow
+# machine.
+CLUSTER_PKGS := ./cluster/ ./cmd/brokerd/
 race:
-	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+	$(GO) test -race -count=1 -timeout 15m $$($(GO) list $(PKGS) | grep -v -e '/cluster$$' -e '/cmd/brokerd$$')
+	$(GO) test -race -count=1 -timeout 15m -p 1 $(CLUSTER_PKGS)
 
 unit:
 	$(GO) test -count=1 $(PKGS)
@@ -35,6 +42,27 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeFrame$$' -fuzztime=$(FUZZTIME) ./subproto/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./subproto/
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeRepl$$' -fuzztime=$(FUZZTIME) ./cluster/
+
+# The suite under a CPU hog (stress-ng --cpu 2, from Debian): make test
+# STRESS_RUNS times in a row, then the cluster package STRESS_COUNT times;
+# the first failure stops it.
+STRESS_RUNS ?= 10
+STRESS_COUNT ?= 20
+stress-test:
+	@command -v stress-ng >/dev/null || { echo "make stress-test needs stress-ng: apt-get install stress-ng" >&2; exit 2; }
+	@stress-ng --cpu 2 --timeout 0 >/dev/null 2>&1 & hog=$$!; trap "kill $$hog" EXIT; \
+	for i in $$(seq $(STRESS_RUNS)); do \
+		echo "== make test, run $$i of $(STRESS_RUNS), beside stress-ng --cpu 2"; \
+		$(MAKE) --no-print-directory test || exit 1; \
+	done; \
+	echo "== go test -race -count=$(STRESS_COUNT) ./cluster/, beside stress-ng --cpu 2"; \
+	$(GO) test -race -count=$(STRESS_COUNT) -timeout 180m ./cluster/
+
+# NATS killed with kill -9 and restarted on its store under a three-node
+# cluster with publishers on every node, NATS_SOAK_COUNT times in a row.
+NATS_SOAK_COUNT ?= 20
+nats-soak:
+	$(GO) test -race -count=$(NATS_SOAK_COUNT) -timeout 120m -run='^TestClusterNATSRestartKeepsAckedRecords$$' ./cmd/brokerd/
 
 # A longer crash soak of the store: CYCLES kill -9 cycles.
 CYCLES ?= 200

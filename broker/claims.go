@@ -15,12 +15,15 @@ import "github.com/brokerd/brokerd/subproto"
 //     subscription to topic is live here since stamp. It must not block;
 //     delivery is best effort (a broker away from the others at that
 //     moment misses it).
-//   - The hook set with SetClaimHook is called, from the store's own
-//     goroutine, with each claim another broker made. It must not block.
+//   - SetClaimHooks installs claimed, called from the store's own
+//     goroutine with each claim another broker made, and announce, called
+//     when claims may have been missed (the store was cut off from the
+//     others and is back): the broker then announces each of its live
+//     consumer subscriptions again with Claim. Neither may block for long.
 type Claims interface {
 	ClaimStamp() ClaimStamp
 	Claim(consumerKey, topic string, stamp ClaimStamp)
-	SetClaimHook(fn func(consumerKey, topic string, stamp ClaimStamp))
+	SetClaimHooks(claimed func(consumerKey, topic string, stamp ClaimStamp), announce func())
 }
 
 // ClaimStamp orders the subscriptions of one durable consumer and topic
@@ -57,6 +60,28 @@ func (srv *Server) claimedElsewhere(consumerKey, topic string, stamp ClaimStamp)
 	delete(srv.consumers, k)
 	srv.cmu.Unlock()
 	sub.sess.endSub(sub, subproto.CodeTakenOver)
+}
+
+// announceClaims announces every live consumer subscription of this
+// broker again, after the store may have missed other brokers' claims.
+func (srv *Server) announceClaims() {
+	cl, ok := srv.store.(Claims)
+	if !ok {
+		return
+	}
+	type claim struct {
+		k     consumerTopic
+		stamp ClaimStamp
+	}
+	srv.cmu.Lock()
+	list := make([]claim, 0, len(srv.consumers))
+	for k, sub := range srv.consumers {
+		list = append(list, claim{k, sub.claim})
+	}
+	srv.cmu.Unlock()
+	for _, c := range list {
+		cl.Claim(c.k.consumer, c.k.topic, c.stamp)
+	}
 }
 
 // claim stamps sub as the newest subscription of its consumer and topic

@@ -107,7 +107,7 @@ func New(cfg Config, st Store) (*Server, error) {
 	}
 	st.SetCommitHook(srv.onCommit)
 	if cl, ok := st.(Claims); ok {
-		cl.SetClaimHook(srv.claimedElsewhere)
+		cl.SetClaimHooks(srv.claimedElsewhere, srv.announceClaims)
 	}
 	srv.wg.Add(1)
 	go srv.heartbeatLoop()

@@ -17,7 +17,9 @@ var _ broker.Claims = (*Node)(nil)
 // clock stamp. Every other node ends its own live subscription of that
 // consumer and topic when the claim is later than it, or announces its own
 // again when it is the later one, so that exactly one stays live. Claims
-// are best effort: a node cut off from NATS when one is made misses it.
+// are best effort: a node cut off from NATS when one is made misses it,
+// so on reconnecting every node announces its live consumer subscriptions
+// again, and the older of each pair ends then.
 
 // maxClaim bounds a claim message; larger ones are ignored.
 const maxClaim = 4 << 10
@@ -64,13 +66,20 @@ func (n *Node) Claim(consumerKey, topic string, stamp broker.ClaimStamp) {
 	}
 }
 
-// SetClaimHook installs the broker's hook for other nodes' claims.
-func (n *Node) SetClaimHook(fn func(consumerKey, topic string, stamp broker.ClaimStamp)) {
-	if fn == nil {
-		n.claimHook.Store(nil)
-		return
+// SetClaimHooks installs the broker's hooks: claimed for other nodes'
+// claims, announce after a reconnection to NATS, when claims made
+// meanwhile were missed.
+func (n *Node) SetClaimHooks(claimed func(consumerKey, topic string, stamp broker.ClaimStamp), announce func()) {
+	n.claimHook.Store(&claimed)
+	n.announceHook.Store(&announce)
+}
+
+// announceClaims has the broker announce its live consumer
+// subscriptions again.
+func (n *Node) announceClaims() {
+	if fp := n.announceHook.Load(); fp != nil && *fp != nil {
+		(*fp)()
 	}
-	n.claimHook.Store(&fn)
 }
 
 // onClaim hands another node's claim to the broker.
@@ -83,7 +92,7 @@ func (n *Node) onClaim(m *nats.Msg) {
 		return
 	}
 	n.seeStamp(c.Time)
-	if fp := n.claimHook.Load(); fp != nil {
+	if fp := n.claimHook.Load(); fp != nil && *fp != nil {
 		(*fp)(c.Consumer, c.Topic, broker.ClaimStamp{Time: c.Time, Node: c.Node})
 	}
 }

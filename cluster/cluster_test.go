@@ -1,10 +1,15 @@
 package cluster_test
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 func TestLeasesSpread(t *testing.T) {
@@ -276,10 +281,34 @@ func TestDrainHandsOver(t *testing.T) {
 	if n := len(b.Node.Owned()); n != 0 {
 		t.Fatalf("drained node still owns %d partitions", n)
 	}
-	waitSpread(t, []*testNode{a, c})
-	if d := time.Since(start); d > 2*time.Second {
-		t.Errorf("hand-over took %v", d)
+	// Handed over, not left to expire: once Drain returns no lease names
+	// the drained node as its owner any more.
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(t.Context(), "brokerd_drain_leases")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p := range partitions {
+		e, err := kv.Get(t.Context(), fmt.Sprintf("p%d", p))
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f := strings.Fields(string(e.Value())); len(f) > 0 && f[0] == b.name {
+			t.Errorf("partition %d: lease %q still names the drained node after Drain returned", p, e.Value())
+		}
+	}
+	waitSpread(t, []*testNode{a, c})
 	t.Logf("hand-over took %v", time.Since(start).Round(time.Millisecond))
 	// The drained node still serves its clients by forwarding.
 	cb := connect(t, b)

@@ -18,13 +18,19 @@ import (
 
 	"github.com/brokerd/brokerd/broker"
 	"github.com/brokerd/brokerd/cluster"
+	"github.com/brokerd/brokerd/internal/testscale"
 	"github.com/brokerd/brokerd/store"
 )
 
-const (
-	waitTimeout = 15 * time.Second
-	leaseTTL    = 1500 * time.Millisecond
-	partitions  = 12
+const partitions = 12
+
+// The tests' time bounds, scaled by BROKERD_TEST_SCALE (testscale): a
+// wait gives up only after waitTimeout, far beyond what a pass takes on
+// an idle machine, so that a loaded one (-race, other processes) passes
+// too; leaseTTL is the nodes' lease TTL.
+var (
+	waitTimeout = testscale.D(30 * time.Second)
+	leaseTTL    = testscale.D(1500 * time.Millisecond)
 )
 
 var quiet = slog.New(slog.DiscardHandler)

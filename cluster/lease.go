@@ -37,7 +37,8 @@ type part struct {
 	counted map[string]bool // mine: followers of syncing that hold the history and finish catching up: acknowledgements wait for them, the lease does not name them yet
 	extra   string          // mine: a node under its share made a follower, to hand the partition to once it is listed
 
-	releasing bool // mine, being handed over: not renewed any more
+	releasing bool      // mine, being handed over: not renewed any more
+	unsure    time.Time // mine: when the first renewal since the last answered one was sent whose answer did not come
 }
 
 // A lease value is "<node> <term>", followed with replication by
@@ -635,7 +636,7 @@ func (n *Node) heartbeatLoop() {
 
 // heartbeat writes this node's entry in the node bucket once.
 func (n *Node) heartbeat() error {
-	ctx, cancel := n.opCtx()
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.LeaseTTL/2)
 	defer cancel()
 	_, err := n.nodes.Put(ctx, n.cfg.Node, []byte(strconv.Itoa(n.cfg.Partitions)))
 	if err != nil {
@@ -701,29 +702,57 @@ func (st *part) listing() []string {
 }
 
 // renew writes the lease of p again, naming listed as its followers, and
-// reports whether that succeeded.
+// reports whether that succeeded. A renewal answered late is still worth
+// having while the lease lasts, so it may take until then (a busy NATS or
+// machine); one whose answer never came may have been written all the
+// same, which the next renewal, refused for its stale revision, finds out
+// and takes as its own (part.unsure).
 func (n *Node) renew(p int, term, rev uint64, listed []string) bool {
-	ctx, cancel := n.opCtx()
+	n.mu.Lock()
+	st := &n.parts[p]
+	deadline := later(st.sent.Add(n.cfg.LeaseTTL), time.Now().Add(n.cfg.LeaseTTL/3))
+	unsure := st.unsure
+	n.mu.Unlock()
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	sent := time.Now()
 	nrev, err := n.leases.Update(ctx, leaseKey(p), leaseValue(n.cfg.Node, term, listed), rev)
+	var apiErr *jetstream.APIError
+	if err != nil && errors.As(err, &apiErr) && !unsure.IsZero() {
+		if e, gerr := n.leases.Get(ctx, leaseKey(p)); gerr == nil {
+			if owner, t, _ := parseLease(e); owner == n.cfg.Node && t == term && e.Revision() > rev {
+				// The renewal that went unanswered was written: the lease
+				// lasts from when it was sent.
+				n.mu.Lock()
+				adopted := st.mine && st.term == term && st.rev == rev
+				if adopted {
+					st.rev, st.seen, st.sent, st.unsure = e.Revision(), time.Now(), unsure, time.Time{}
+				}
+				n.mu.Unlock()
+				if adopted {
+					return n.renew(p, term, e.Revision(), listed)
+				}
+			}
+		}
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	st := &n.parts[p]
 	if err != nil {
-		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) {
 			// Somebody else wrote the lease: stop serving at once; the
 			// next pass sees who holds it.
 			st.mine, st.ready = false, false
 		} else {
 			n.markBlind()
+			if st.unsure.IsZero() {
+				st.unsure = sent // it may have been written
+			}
 		}
 		n.log.Warn("cluster: renewing lease", "partition", p, "err", err)
 		return false
 	}
 	if st.mine && st.term == term {
-		st.rev, st.seen, st.sent, st.listed = nrev, time.Now(), sent, listed
+		st.rev, st.seen, st.sent, st.listed, st.unsure = nrev, time.Now(), sent, listed, time.Time{}
 		return true
 	}
 	return false

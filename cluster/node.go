@@ -42,11 +42,15 @@ var ErrUnavailable = fmt.Errorf("cluster: no owner reachable for the topic: %w",
 // in replDel. The broker's commit hook runs with hookMu held and
 // nothing else; hookMu is never taken by a method the broker calls.
 type Node struct {
-	cfg       Config
-	log       *slog.Logger
-	local     *store.DB
-	nc        *nats.Conn
-	ownConn   bool
+	cfg     Config
+	log     *slog.Logger
+	local   *store.DB
+	nc      *nats.Conn
+	ownConn bool
+	// ctl is the control connection, this node's own: the lease and node
+	// buckets only, so that a renewal or a heartbeat never waits in the
+	// data connection's buffers behind live records and replication.
+	ctl       *nats.Conn
 	leases    jetstream.KeyValue
 	nodes     jetstream.KeyValue
 	prefix    string // "brokerd.<cluster>."
@@ -107,6 +111,7 @@ type Node struct {
 	rpcSub, replySub *nats.Subscription
 	claimSub         *nats.Subscription                                      // other nodes' consumer claims (claims.go)
 	claimHook        atomic.Pointer[func(string, string, broker.ClaimStamp)] // the broker's
+	announceHook     atomic.Pointer[func()]                                  // the broker's
 	clock            atomic.Int64                                            // hybrid logical clock of claim stamps
 	sem              chan struct{}                                           // bounds requests served concurrently
 	inflight         atomic.Int64                                            // local writes of owned partitions in flight
@@ -175,6 +180,24 @@ func New(cfg Config) (*Node, error) {
 		}
 		n.ownConn = true
 	}
+	// The control connection: the same servers and options as the data
+	// connection (credentials, TLS), reconnecting forever.
+	opts := n.nc.Opts
+	opts.Name = "brokerd " + cfg.Cluster + "/" + cfg.Node + " control"
+	opts.MaxReconnect, opts.ReconnectWait, opts.AllowReconnect = -1, 250*time.Millisecond, true
+	opts.ReconnectedCB, opts.DisconnectedErrCB, opts.ClosedCB, opts.DisconnectedCB = nil, nil, nil, nil
+	opts.AsyncErrorCB = func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		n.log.Warn("cluster: nats control connection", "err", err)
+	}
+	if len(opts.Servers) == 0 && opts.Url == "" {
+		opts.Url = n.nc.ConnectedUrl()
+	}
+	if n.ctl, err = opts.Connect(); err != nil {
+		if n.ownConn {
+			n.nc.Close()
+		}
+		return nil, fmt.Errorf("cluster: connecting to NATS: %w", err)
+	}
 	if err := n.start(); err != nil {
 		n.shut()
 		return nil, err
@@ -183,7 +206,7 @@ func New(cfg Config) (*Node, error) {
 }
 
 func (n *Node) start() error {
-	js, err := jetstream.New(n.nc)
+	js, err := jetstream.New(n.ctl)
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
@@ -234,22 +257,26 @@ func (n *Node) start() error {
 	go n.replOutLoop()
 	go n.replDeliverLoop()
 	go n.replTickLoop()
-	n.nc.SetDisconnectErrHandler(func(_ *nats.Conn, err error) {
+	n.ctl.SetDisconnectErrHandler(func(_ *nats.Conn, err error) {
 		n.markBlind()
 		n.log.Warn("cluster: disconnected from NATS", "err", err)
 	})
-	n.nc.SetReconnectHandler(func(*nats.Conn) {
+	n.ctl.SetReconnectHandler(func(*nats.Conn) {
 		// Leases are judged stale only after a TTL watched from now on,
 		// and the other nodes' heartbeats get a TTL to come back.
 		n.markBlind()
-		n.log.Info("cluster: reconnected to NATS; announcing this node and repairing live records")
+		n.log.Info("cluster: reconnected to NATS; announcing this node")
 		for _, k := range []chan struct{}{n.beatKick, n.renewKick} {
 			select {
 			case k <- struct{}{}:
 			default:
 			}
 		}
+	})
+	n.nc.SetReconnectHandler(func(*nats.Conn) {
+		n.log.Info("cluster: reconnected to NATS; repairing live records, announcing consumer subscriptions")
 		go n.repairLive()
+		go n.announceClaims()
 	})
 	go n.heartbeatLoop()
 	go n.renewLoop()
@@ -325,6 +352,9 @@ func (n *Node) shut() {
 	for _, c := range calls {
 		c.timer.Stop()
 		c.done(nil, broker.ErrClosed)
+	}
+	if n.ctl != nil {
+		n.ctl.Close()
 	}
 	if n.ownConn && n.nc != nil {
 		n.nc.Close()

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+
+	"github.com/brokerd/brokerd/internal/testscale"
 )
 
 // durableConsumer walks a topic as one durable consumer, a step at a time,
@@ -32,6 +34,7 @@ type durableConsumer struct {
 // error describing the first broken promise; a step that cannot find a
 // node to serve it within the timeout is an error too.
 func (d *durableConsumer) step(n int, timeout time.Duration) error {
+	timeout = testscale.D(timeout)
 	deadline := time.Now().Add(timeout)
 	var last error
 	for time.Now().Before(deadline) {

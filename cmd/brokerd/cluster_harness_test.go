@@ -36,6 +36,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/brokerd/brokerd/internal/testscale"
 	"github.com/brokerd/brokerd/store"
 )
 
@@ -50,7 +51,12 @@ const (
 	clusterNodes      = 3
 	clusterReplicas   = 2
 	clusterPartitions = 64
-	clusterLeaseTTL   = time.Second
+)
+
+// Its timing, scaled by BROKERD_TEST_SCALE (testscale) on a slow machine:
+// the nodes' --lease-ttl, and the bounds the tests derive from it.
+var (
+	clusterLeaseTTL = testscale.D(time.Second)
 	// clusterRequestTimeout is the cluster's default request timeout,
 	// 2×lease TTL: how long a node waits for another node's answer, for
 	// its follower's copies, or for a partition to get an owner, before it
@@ -329,6 +335,7 @@ func (c *testCluster) node(name string) *clusterNode {
 // after timeout.
 func poll(t testing.TB, timeout, interval time.Duration, msg string, cond func() bool) {
 	t.Helper()
+	timeout = testscale.D(timeout)
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
@@ -485,8 +492,8 @@ func (c *testCluster) awaitSettled(label string) time.Duration {
 		return true
 	}
 	for !settled() {
-		if time.Since(start) > 45*time.Second {
-			c.t.Fatalf("%s: the partitions did not settle over %v within 45s: %s", label, up, problem)
+		if limit := testscale.D(45 * time.Second); time.Since(start) > limit {
+			c.t.Fatalf("%s: the partitions did not settle over %v within %v: %s", label, up, limit, problem)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -868,6 +875,7 @@ func (l *load) acked() map[string]int64 {
 // awaitAcks waits until every topic has taken n more acks than in since.
 func (l *load) awaitAcks(timeout time.Duration, since map[string]int64, n int64, what string) {
 	l.c.t.Helper()
+	timeout = testscale.D(timeout)
 	ok := func() bool {
 		for tp, c := range l.acks {
 			if c.Load()-since[tp] < n {
@@ -1201,7 +1209,7 @@ func (c *testCluster) verifyServed(label string, log *ackLog, epochs map[string]
 			}
 			return true
 		}
-		deadline := time.Now().Add(10 * time.Second)
+		deadline := time.Now().Add(testscale.D(10 * time.Second))
 		for !agreed() && time.Now().Before(deadline) {
 			time.Sleep(100 * time.Millisecond)
 		}

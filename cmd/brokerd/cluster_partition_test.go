@@ -50,7 +50,7 @@ func TestClusterCutNodeAnswersUnavailable(t *testing.T) {
 
 	// Publish on the cut node for a while; every answer must be
 	// unavailable, within the bound.
-	const bound = clusterRequestTimeout + clusterLeaseTTL
+	bound := clusterRequestTimeout + clusterLeaseTTL
 	type sent struct {
 		topic string
 		at    time.Time
@@ -161,6 +161,53 @@ func TestClusterCutNodeAnswersUnavailable(t *testing.T) {
 	l.finish()
 	log.checkAcks(t)
 	c.verifyServed("after the heal", log, epochs)
+	if t.Failed() {
+		return
+	}
+	c.verifyLocal(log, epochs)
+}
+
+// TestClusterHeartbeatsResumeAfterCuts cuts nodes off NATS and heals them
+// several times (one node, then every node at once): each time every node
+// must heartbeat again by itself and the partitions settle over the three
+// of them, with no acknowledged record lost and no topic in a new epoch.
+func TestClusterHeartbeatsResumeAfterCuts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a NATS server and three brokerd processes")
+	}
+	rng, seed := clusterRand(t)
+	topics := []string{"beat.a", "beat.b", "beat.c"}
+	c := newTestCluster(t, fmt.Sprintf("beat-%d", seed%1_000_000_007), clusterNodes, true, topics)
+	c.startAll()
+	c.awaitSettled("start")
+	log := newAckLog(topics)
+	epochs := c.warmUp(log, topics, "warmup")
+	l := c.startLoad(log, topics, "beat", 3, 8)
+	l.awaitAcks(20*time.Second, nil, 20, "before the cuts")
+	for cycle := 1; cycle <= 4; cycle++ {
+		victims := []*clusterNode{c.nodes[rng.IntN(len(c.nodes))]}
+		if cycle%2 == 0 {
+			victims = c.nodes // all at once: as if NATS went away
+		}
+		var names []string
+		for _, v := range victims {
+			names = append(names, v.name)
+			c.cut(v)
+		}
+		time.Sleep(clusterLeaseTTL + time.Duration(rng.Int64N(int64(clusterLeaseTTL))))
+		for _, v := range victims {
+			c.heal(v)
+		}
+		healed := time.Now()
+		settled := c.awaitSettled(fmt.Sprintf("cycle %d, after healing %v", cycle, names))
+		before := l.acked()
+		l.awaitAcks(30*time.Second, before, 10, fmt.Sprintf("cycle %d, after healing %v", cycle, names))
+		t.Logf("cycle %d: cut %v; every node heartbeating and the partitions settled %v after the heal (%v)",
+			cycle, names, time.Since(healed).Round(time.Millisecond), settled.Round(time.Millisecond))
+	}
+	l.finish()
+	log.checkAcks(t)
+	c.verifyServed("after the cuts", log, epochs)
 	if t.Failed() {
 		return
 	}
