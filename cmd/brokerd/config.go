@@ -42,6 +42,15 @@ type config struct {
 	QueueBytes       int
 	MaxPending       int
 
+	MaxPageBytes       int
+	HTTPMaxHeaderBytes int
+	HTTPHeaderTimeout  time.Duration
+	HTTPReadTimeout    time.Duration
+	HTTPWriteTimeout   time.Duration
+	HTTPIdleTimeout    time.Duration
+	MaxHTTPConnections int
+	MaxHTTPRequests    int
+
 	ConfigFile     string
 	TLSCert        string
 	TLSKey         string
@@ -104,6 +113,14 @@ func parseConfig(args []string, getenv func(string) string) (*config, error) {
 	fs.IntVar(&c.QueueMessages, "queue-messages", 1024, "outbound queue length per connection, in messages")
 	fs.IntVar(&c.QueueBytes, "queue-bytes", 4<<20, "outbound queue size per connection, in bytes")
 	fs.IntVar(&c.MaxPending, "max-pending-publishes", 1024, "publishes per connection waiting to be durable before the connection's reads pause")
+	fs.IntVar(&c.MaxPageBytes, "max-page-bytes", 4<<20, "message data of one history page of the HTTP API, in bytes")
+	fs.IntVar(&c.HTTPMaxHeaderBytes, "http-max-header-bytes", 16<<10, "request line and headers of an HTTP request, in bytes (larger: HTTP 431)")
+	fs.DurationVar(&c.HTTPHeaderTimeout, "http-header-timeout", 5*time.Second, "time to send an HTTP request's headers, the WebSocket upgrade's included")
+	fs.DurationVar(&c.HTTPReadTimeout, "http-read-timeout", 30*time.Second, "time to send a whole HTTP request, body included (a stalled body is cut off)")
+	fs.DurationVar(&c.HTTPWriteTimeout, "http-write-timeout", 10*time.Second, "an HTTP answer (a history page) whose writes make no progress this long is cut off")
+	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", 2*time.Minute, "an idle keep-alive HTTP connection is closed after this long")
+	fs.IntVar(&c.MaxHTTPConnections, "max-http-connections", 2048, "open HTTP connections not upgraded to WebSocket; past it a new one is closed at once")
+	fs.IntVar(&c.MaxHTTPRequests, "max-http-requests", 256, "HTTP requests served at once (API, metrics, health; WebSocket excluded); past it: HTTP 503")
 	fs.StringVar(&c.ConfigFile, "config", "", "YAML config file whose keys are these flag names (e.g. `addr: \":8080\"`); flags win over the environment, which wins over the file")
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM certificate chain; with --tls-key serves wss:// and https://")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "PEM private key for --tls-cert")
@@ -224,6 +241,8 @@ func (c *config) validate() error {
 		{"max-frame-bytes", c.MaxFrameBytes}, {"max-message-bytes", c.MaxMessageBytes},
 		{"max-subscriptions", c.MaxSubscriptions}, {"max-commands-per-frame", c.MaxCommands},
 		{"queue-messages", c.QueueMessages}, {"queue-bytes", c.QueueBytes}, {"max-pending-publishes", c.MaxPending},
+		{"max-page-bytes", c.MaxPageBytes}, {"http-max-header-bytes", c.HTTPMaxHeaderBytes},
+		{"max-http-connections", c.MaxHTTPConnections}, {"max-http-requests", c.MaxHTTPRequests},
 	} {
 		if p.v <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive, got %d", c.optName(p.name), p.v))
@@ -234,6 +253,8 @@ func (c *config) validate() error {
 		v    time.Duration
 	}{
 		{"heartbeat", c.Heartbeat}, {"pong-timeout", c.PongTimeout}, {"write-timeout", c.WriteTimeout}, {"shutdown-timeout", c.ShutdownTimeout},
+		{"http-header-timeout", c.HTTPHeaderTimeout}, {"http-read-timeout", c.HTTPReadTimeout},
+		{"http-write-timeout", c.HTTPWriteTimeout}, {"http-idle-timeout", c.HTTPIdleTimeout},
 	} {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive, got %v", c.optName(d.name), d.v))
@@ -357,6 +378,15 @@ func (c *config) serverConfig(log *slog.Logger) server.Config {
 		TrustedProxies: splitList(c.TrustedProxies),
 		Compression:    c.Compression,
 		Logger:         log,
+
+		MaxPageBytes:       c.MaxPageBytes,
+		MaxHeaderBytes:     c.HTTPMaxHeaderBytes,
+		ReadHeaderTimeout:  c.HTTPHeaderTimeout,
+		ReadTimeout:        c.HTTPReadTimeout,
+		HTTPWriteTimeout:   c.HTTPWriteTimeout,
+		IdleTimeout:        c.HTTPIdleTimeout,
+		MaxHTTPConnections: c.MaxHTTPConnections,
+		MaxHTTPRequests:    c.MaxHTTPRequests,
 	}
 }
 

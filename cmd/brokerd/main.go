@@ -12,13 +12,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/brokerd/brokerd/broker"
 	"github.com/brokerd/brokerd/cluster"
@@ -87,7 +84,7 @@ func run(cfg *config) error {
 	if err != nil {
 		return err
 	}
-	src := metrics.Sources{Broker: b, StoreBytes: st.Size, ReadPanics: edge.ReadPanics, Rejected: edge.Rejected}
+	src := metrics.Sources{Broker: b, StoreBytes: st.Size, ReadPanics: edge.ReadPanics, Rejected: edge.Rejected, Edge: edge}
 	if node != nil {
 		src.Cluster = node.Stats
 	}
@@ -103,12 +100,7 @@ func run(cfg *config) error {
 		ln = tls.NewListener(ln, tlsCfg)
 		scheme = "https"
 	}
-	hs := &http.Server{
-		Handler:           edge.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
+	hs := edge.HTTPServer()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(ln) }()
 	authMode := "off: every client may publish and subscribe to every topic"

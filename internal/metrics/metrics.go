@@ -77,6 +77,14 @@ type Sources struct {
 	ReadPanics func() int64 // panics recovered in WebSocket readers
 	Rejected   func() (connLimit, rateLimit int64)
 	Cluster    func() cluster.Stats // set when the node is in a cluster
+	Edge       EdgeStats            // the HTTP and WebSocket edge, when set
+}
+
+// EdgeStats are the counters of the network edge (internal/server).
+type EdgeStats interface {
+	HTTPRejected() (conns, requests int64)
+	HTTPConnections() int64
+	HTTPWriteTimeouts() int64
 }
 
 // Register adds the broker's counters and gauges.
@@ -111,6 +119,12 @@ func (m *Metrics) Register(src Sources) {
 	if src.Rejected != nil {
 		counter("connections_rejected_limit_total", "Connections refused because the connection limit was reached (1013).", func() float64 { a, _ := src.Rejected(); return float64(a) })
 		counter("connections_rejected_rate_total", "Connections refused by the per-IP connection rate limit (429).", func() float64 { _, b := src.Rejected(); return float64(b) })
+	}
+	if e := src.Edge; e != nil {
+		gauge("http_connections", "Open HTTP connections not upgraded to WebSocket.", func() float64 { return float64(e.HTTPConnections()) })
+		counter("http_connections_rejected_total", "HTTP connections closed at once because --max-http-connections were open.", func() float64 { a, _ := e.HTTPRejected(); return float64(a) })
+		counter("http_requests_rejected_total", "HTTP requests answered 503 because --max-http-requests were being served.", func() float64 { _, b := e.HTTPRejected(); return float64(b) })
+		counter("http_write_timeouts_total", "HTTP answers (history pages) cut off because the client did not read them within --http-write-timeout.", func() float64 { return float64(e.HTTPWriteTimeouts()) })
 	}
 	if src.Cluster != nil {
 		m.reg.MustRegister(m.renewLateness)

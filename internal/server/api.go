@@ -288,22 +288,36 @@ func (s *Server) serveMessages(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, subproto.CodeOffsetOutOfRange, fmt.Sprintf("offset %d is outside the retained range %d-%d", from, info.Earliest, info.Head), rangeCtx)
 		return
 	}
+	s.streamPage(w, topic, info, from, limit)
+}
+
+// pageChunkBytes bounds the message data read and held at once while a
+// history page is written.
+const pageChunkBytes = 256 << 10
+
+// streamPage writes a history page of at most limit records and about
+// MaxPageBytes of data, reading and writing it piece by piece: a client
+// that does not read holds one piece in memory, and only until the write
+// deadline (HTTPWriteTimeout per piece) closes its connection. The page is
+// built by hand so that each data is written byte for byte (an
+// encoding/json RawMessage would be compacted and HTML-escaped).
+//
+// The status is sent before the records are read: a storage error met
+// after the first piece cuts the answer short (the client sees a broken
+// body, never a well-formed partial page).
+func (s *Server) streamPage(w http.ResponseWriter, topic string, info broker.TopicInfo, from uint64, limit int) {
+	st := s.broker.Store()
 	var recs []broker.Record
 	if from <= info.Head {
-		recs, err = st.Read(topic, from, limit, s.cfg.MaxPageBytes)
+		var err error
+		recs, err = st.Read(topic, from, limit, min(pageChunkBytes, s.cfg.MaxPageBytes))
 		if err != nil && !errors.Is(err, broker.ErrTopicNotFound) {
 			code, msg := publishErr(err)
 			s.writeErr(w, code, msg, nil)
 			return
 		}
 	}
-	// Built by hand so that each data is written byte for byte (an
-	// encoding/json RawMessage would be compacted and HTML-escaped).
-	next := from
-	if n := len(recs); n > 0 {
-		next = recs[n-1].Offset + 1
-	}
-	out := make([]byte, 0, 256+len(recs)*64)
+	out := make([]byte, 0, 256)
 	out = append(out, `{"topic":`...)
 	out = strconv.AppendQuote(out, topic) // topic names are plain ASCII
 	out = append(out, `,"epoch":`...)
@@ -313,24 +327,52 @@ func (s *Server) serveMessages(w http.ResponseWriter, r *http.Request) {
 	out = append(out, `,"head":`...)
 	out = strconv.AppendUint(out, info.Head, 10)
 	out = append(out, `,"messages":[`...)
-	for i, rec := range recs {
-		if i > 0 {
-			out = append(out, ',')
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	next, n, budget := from, 0, s.cfg.MaxPageBytes
+	for {
+		for _, rec := range recs {
+			if rec.Offset != next || n == limit || (n > 0 && len(rec.Data) > budget) {
+				recs = nil // retention moved the log on, or the page is full
+				break
+			}
+			if n > 0 {
+				out = append(out, ',')
+			}
+			out = append(out, `{"offset":`...)
+			out = strconv.AppendUint(out, rec.Offset, 10)
+			out = append(out, `,"ts":`...)
+			out = strconv.AppendInt(out, rec.Time, 10)
+			out = append(out, `,"data":`...)
+			out = append(out, rec.Data...)
+			out = append(out, '}')
+			next, n, budget = rec.Offset+1, n+1, budget-len(rec.Data)
 		}
-		out = append(out, `{"offset":`...)
-		out = strconv.AppendUint(out, rec.Offset, 10)
-		out = append(out, `,"ts":`...)
-		out = strconv.AppendInt(out, rec.Time, 10)
-		out = append(out, `,"data":`...)
-		out = append(out, rec.Data...)
-		out = append(out, '}')
+		s.writeDeadline(w)
+		if _, err := w.Write(out); err != nil {
+			if isTimeout(err) {
+				s.http.writeTimeouts.Add(1)
+			}
+			return
+		}
+		out = out[:0]
+		if len(recs) == 0 || n == limit || budget <= 0 || next > info.Head {
+			break
+		}
+		var err error
+		recs, err = st.Read(topic, next, limit-n, min(pageChunkBytes, budget))
+		if err != nil && !errors.Is(err, broker.ErrTopicNotFound) {
+			s.log.Warn("reading a history page", "topic", topic, "err", err)
+			panic(http.ErrAbortHandler)
+		}
 	}
 	out = append(out, `],"next":`...)
 	out = strconv.AppendUint(out, next, 10)
 	out = append(out, "}\n"...)
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	_, _ = w.Write(out)
+	s.writeDeadline(w)
+	if _, err := w.Write(out); err != nil && isTimeout(err) {
+		s.http.writeTimeouts.Add(1)
+	}
 }
 
 func appendJSON(dst []byte, v any) ([]byte, error) {

@@ -126,7 +126,8 @@ func startServer(t testing.TB, opts ...func(*serverConfig)) *testServer {
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
 	}
-	hs := httptest.NewUnstartedServer(edge.Handler())
+	hs := httptest.NewUnstartedServer(nil)
+	hs.Config = edge.HTTPServer()
 	if cfg.SendBuffer > 0 {
 		lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
 			return setSockopt(rc, syscall.SO_SNDBUF, cfg.SendBuffer)

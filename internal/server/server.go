@@ -53,8 +53,34 @@ type Config struct {
 	// messages stay bounded by MaxFrameBytes.
 	Compression bool
 	// MaxPageBytes bounds the message data of one history page of the
-	// HTTP API (default 4 MiB).
+	// HTTP API (default 4 MiB). A page is streamed in pieces of at most
+	// pageChunkBytes, so a client that does not read holds one piece.
 	MaxPageBytes int
+
+	// The HTTP server (HTTPServer). A WebSocket connection leaves these
+	// behind once upgraded: its own timeouts apply from then on.
+	//
+	// MaxHeaderBytes bounds the request line and headers (default 16 KiB;
+	// past it: HTTP 431).
+	MaxHeaderBytes int
+	// ReadHeaderTimeout bounds reading a request's headers (default 5s).
+	ReadHeaderTimeout time.Duration
+	// ReadTimeout bounds reading a whole request, body included (default
+	// 30s): a body that stalls is cut off.
+	ReadTimeout time.Duration
+	// HTTPWriteTimeout is how long writing one piece of an HTTP answer may
+	// make no progress before the connection is closed (default 10s).
+	HTTPWriteTimeout time.Duration
+	// IdleTimeout closes a keep-alive connection idle this long (default 2m).
+	IdleTimeout time.Duration
+	// MaxHTTPConnections bounds open HTTP connections that have not become
+	// WebSocket connections; past it a new connection is closed at once
+	// (default 2,048; negative: no limit).
+	MaxHTTPConnections int
+	// MaxHTTPRequests bounds HTTP requests being served at once (the API,
+	// metrics, health; not WebSocket connections); past it: HTTP 503 with
+	// Retry-After (default 256; negative: no limit).
+	MaxHTTPRequests int
 	// Logger receives the edge's logs (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -84,6 +110,27 @@ func (c Config) withDefaults() Config {
 	if c.MaxPageBytes == 0 {
 		c.MaxPageBytes = 4 << 20
 	}
+	if c.MaxHeaderBytes == 0 {
+		c.MaxHeaderBytes = 16 << 10
+	}
+	if c.ReadHeaderTimeout == 0 {
+		c.ReadHeaderTimeout = 5 * time.Second
+	}
+	if c.ReadTimeout == 0 {
+		c.ReadTimeout = 30 * time.Second
+	}
+	if c.HTTPWriteTimeout == 0 {
+		c.HTTPWriteTimeout = 10 * time.Second
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 2 * time.Minute
+	}
+	if c.MaxHTTPConnections == 0 {
+		c.MaxHTTPConnections = 2048
+	}
+	if c.MaxHTTPRequests == 0 {
+		c.MaxHTTPRequests = 256
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -103,12 +150,14 @@ type Server struct {
 	readTimeout time.Duration
 	readPanics  atomic.Int64
 	admit       *admission
+	http        httpLimits
 }
 
 // New returns the edge for b.
 func New(cfg Config, b *broker.Server) (*Server, error) {
 	cfg = cfg.withDefaults()
-	if cfg.MaxFrameBytes < 0 || cfg.WriteTimeout < 0 || cfg.PongTimeout < 0 {
+	if cfg.MaxFrameBytes < 0 || cfg.WriteTimeout < 0 || cfg.PongTimeout < 0 || cfg.MaxPageBytes < 0 ||
+		cfg.MaxHeaderBytes < 0 || cfg.ReadHeaderTimeout < 0 || cfg.ReadTimeout < 0 || cfg.HTTPWriteTimeout < 0 || cfg.IdleTimeout < 0 {
 		return nil, errors.New("server: negative limit")
 	}
 	s := &Server{
@@ -134,6 +183,7 @@ func New(cfg Config, b *broker.Server) (*Server, error) {
 		}
 		s.origins[strings.ToLower(u.Scheme+"://"+u.Host)] = struct{}{}
 	}
+	s.http.init(cfg)
 	s.admit = newAdmission(cfg.MaxConnections, cfg.ConnRatePerIP, cfg.ConnBurstPerIP, 65536)
 	for _, c := range cfg.TrustedProxies {
 		p, err := netip.ParsePrefix(strings.TrimSpace(c))
@@ -176,8 +226,9 @@ func New(cfg Config, b *broker.Server) (*Server, error) {
 	return s, nil
 }
 
-// Handler returns the HTTP handler serving every endpoint.
-func (s *Server) Handler() http.Handler { return s.mux }
+// Handler returns the HTTP handler serving every endpoint, with the
+// bound on requests served at once.
+func (s *Server) Handler() http.Handler { return s.http.limit(s.mux) }
 
 // Mux returns the mux, for wiring further endpoints.
 func (s *Server) Mux() *http.ServeMux { return s.mux }
