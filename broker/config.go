@@ -36,6 +36,13 @@ type Config struct {
 	// MaxPendingPublishes bounds publishes of one connection waiting to be
 	// durable; past it the connection's reader waits (default 1,024).
 	MaxPendingPublishes int
+	// MaxPendingBytes bounds the data of one connection's publishes waiting
+	// to be durable; past it the connection's reader waits (default 8 MiB).
+	MaxPendingBytes int
+	// PendingBytes bounds the data of publishes waiting to be durable on
+	// the whole server, HTTP publishes included; past it the readers of
+	// the connections that publish wait (default 256 MiB).
+	PendingBytes int64
 	// DefaultMaxInflight is a durable consumer's max_inflight when the
 	// subscription names none (default 1,000); MaxInflight caps it (default 10,000).
 	DefaultMaxInflight int
@@ -84,6 +91,10 @@ func (c Config) withDefaults() Config {
 	def(&c.MaxFrameBytes, 64<<10)
 	def(&c.ReplayPage, 256)
 	def(&c.MaxPendingPublishes, 1024)
+	def(&c.MaxPendingBytes, 8<<20)
+	if c.PendingBytes == 0 {
+		c.PendingBytes = 256 << 20
+	}
 	def(&c.DefaultMaxInflight, 1000)
 	def(&c.MaxInflight, 10000)
 	if c.Heartbeat == 0 {
@@ -132,6 +143,10 @@ func (c Config) validate() error {
 	pos("MaxFrameBytes", c.MaxFrameBytes)
 	pos("ReplayPage", c.ReplayPage)
 	pos("MaxPendingPublishes", c.MaxPendingPublishes)
+	pos("MaxPendingBytes", c.MaxPendingBytes)
+	if c.PendingBytes < 0 {
+		errs = append(errs, fmt.Errorf("broker: PendingBytes must be positive, got %d", c.PendingBytes))
+	}
 	pos("DefaultMaxInflight", c.DefaultMaxInflight)
 	pos("MaxInflight", c.MaxInflight)
 	if c.Heartbeat < time.Second {

@@ -99,11 +99,28 @@ func (s *Session) handlePub(cmd *subproto.Command) {
 	case <-s.done:
 		return
 	}
+	// The data is held until it is durable: bounded per connection and
+	// for the server. Waiting here stops reading from the connection.
+	size := int64(len(cmd.Data))
+	waits := &s.srv.stats.PendingWaits
+	mine, ok := s.pendingBytes.acquire(size, s.done, waits)
+	if !ok {
+		<-s.pending
+		return
+	}
+	all, ok := s.srv.pending.acquire(size, s.done, waits)
+	if !ok {
+		s.pendingBytes.release(mine)
+		<-s.pending
+		return
+	}
 	id, topic := cmd.ID, cmd.Topic
 	received := time.Now()
 	// The data aliases the transport's read buffer: the store needs its own copy.
 	data := bytes.Clone(cmd.Data)
 	s.srv.store.AppendAsync(topic, data, cmd.Key, func(a Appended, err error) {
+		s.pendingBytes.release(mine)
+		s.srv.pending.release(all)
 		if f := s.srv.cfg.OnPublish; f != nil && err == nil {
 			f(time.Since(received))
 		}
@@ -132,8 +149,13 @@ func (srv *Server) Publish(ctx context.Context, topic string, data []byte, key s
 	if len(data) > srv.cfg.MaxMessageBytes {
 		return Appended{}, ErrTooLarge
 	}
+	n, ok := srv.pending.acquire(int64(len(data)), ctx.Done(), &srv.stats.PendingWaits)
+	if !ok {
+		return Appended{}, ctx.Err()
+	}
 	received := time.Now()
 	a, err := srv.store.Append(ctx, topic, data, key)
+	srv.pending.release(n)
 	if err == nil {
 		if f := srv.cfg.OnPublish; f != nil {
 			f(time.Since(received))

@@ -38,6 +38,10 @@ type Server struct {
 	log   *slog.Logger
 	seed  maphash.Seed
 
+	// pending bounds the data of publishes waiting to be durable on the
+	// whole server (Config.PendingBytes).
+	pending *budget
+
 	shards [topicShards]topicShard
 
 	pmu       sync.RWMutex
@@ -105,6 +109,7 @@ func New(cfg Config, st Store) (*Server, error) {
 	for i := range srv.shards {
 		srv.shards[i].topics = make(map[string]*topicState)
 	}
+	srv.pending = &budget{max: cfg.PendingBytes}
 	st.SetCommitHook(srv.onCommit)
 	if cl, ok := st.(Claims); ok {
 		cl.SetClaimHooks(srv.claimedElsewhere, srv.announceClaims)
@@ -453,6 +458,9 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
+// PendingBytes returns the data of publishes waiting to be durable.
+func (srv *Server) PendingBytes() int64 { return srv.pending.inUse() }
+
 // busy reports whether the session has publishes or acks in flight or
 // replies not yet written.
 func (s *Session) busy() bool {
@@ -531,6 +539,7 @@ type Stats struct {
 	SlowCloses       atomic.Int64 // connections closed with 4008
 	SlowPatternEnds  atomic.Int64 // pattern subscriptions ended as slow
 	RateLimited      atomic.Int64 // connections closed with 4029
+	PendingWaits     atomic.Int64 // times a publisher waited for MaxPendingBytes or PendingBytes
 	Errors           sync.Map     // subproto.Code → *atomic.Int64
 }
 

@@ -24,9 +24,11 @@ type Session struct {
 	id   string
 	log  *slog.Logger
 
-	// pending bounds publishes waiting to be durable.
-	pending chan struct{}
-	done    chan struct{} // closed when the session closes
+	// pending bounds publishes waiting to be durable; pendingBytes their
+	// data (Config.MaxPendingBytes).
+	pending      chan struct{}
+	pendingBytes budget
+	done         chan struct{} // closed when the session closes
 
 	// Owned by the reader goroutine (HandleFrame), except authTimer which
 	// is also stopped on close.
@@ -98,14 +100,15 @@ func newSession(srv *Server, c Conn, info ConnInfo) *Session {
 		lim = rate.NewLimiter(rate.Limit(srv.cfg.CommandRate), srv.cfg.CommandBurst)
 	}
 	s := &Session{
-		limiter: lim,
-		srv:     srv,
-		conn:    c,
-		id:      id,
-		log:     srv.log.With("conn", id, "remote", info.Remote),
-		pending: make(chan struct{}, srv.cfg.MaxPendingPublishes),
-		done:    make(chan struct{}),
-		subs:    make(map[string]*subscription),
+		limiter:      lim,
+		srv:          srv,
+		conn:         c,
+		id:           id,
+		log:          srv.log.With("conn", id, "remote", info.Remote),
+		pending:      make(chan struct{}, srv.cfg.MaxPendingPublishes),
+		pendingBytes: budget{max: int64(srv.cfg.MaxPendingBytes)},
+		done:         make(chan struct{}),
+		subs:         make(map[string]*subscription),
 	}
 	s.ctrlRoom = sync.NewCond(&s.mu)
 	return s

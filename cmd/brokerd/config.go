@@ -41,6 +41,8 @@ type config struct {
 	QueueMessages    int
 	QueueBytes       int
 	MaxPending       int
+	MaxPendingBytes  int
+	PendingBytes     int64
 
 	MaxPageBytes       int
 	HTTPMaxHeaderBytes int
@@ -113,6 +115,8 @@ func parseConfig(args []string, getenv func(string) string) (*config, error) {
 	fs.IntVar(&c.QueueMessages, "queue-messages", 1024, "outbound queue length per connection, in messages")
 	fs.IntVar(&c.QueueBytes, "queue-bytes", 4<<20, "outbound queue size per connection, in bytes")
 	fs.IntVar(&c.MaxPending, "max-pending-publishes", 1024, "publishes per connection waiting to be durable before the connection's reads pause")
+	fs.IntVar(&c.MaxPendingBytes, "max-pending-bytes", 8<<20, "data of one connection's publishes awaiting durability, in bytes, before the connection's reads pause")
+	fs.Int64Var(&c.PendingBytes, "pending-bytes", 256<<20, "data of all publishes awaiting durability (WebSocket and HTTP), in bytes, before the publishers' reads pause")
 	fs.IntVar(&c.MaxPageBytes, "max-page-bytes", 4<<20, "message data of one history page of the HTTP API, in bytes")
 	fs.IntVar(&c.HTTPMaxHeaderBytes, "http-max-header-bytes", 16<<10, "request line and headers of an HTTP request, in bytes (larger: HTTP 431)")
 	fs.DurationVar(&c.HTTPHeaderTimeout, "http-header-timeout", 5*time.Second, "time to send an HTTP request's headers, the WebSocket upgrade's included")
@@ -241,7 +245,7 @@ func (c *config) validate() error {
 		{"max-frame-bytes", c.MaxFrameBytes}, {"max-message-bytes", c.MaxMessageBytes},
 		{"max-subscriptions", c.MaxSubscriptions}, {"max-commands-per-frame", c.MaxCommands},
 		{"queue-messages", c.QueueMessages}, {"queue-bytes", c.QueueBytes}, {"max-pending-publishes", c.MaxPending},
-		{"max-page-bytes", c.MaxPageBytes}, {"http-max-header-bytes", c.HTTPMaxHeaderBytes},
+		{"max-pending-bytes", c.MaxPendingBytes}, {"max-page-bytes", c.MaxPageBytes}, {"http-max-header-bytes", c.HTTPMaxHeaderBytes},
 		{"max-http-connections", c.MaxHTTPConnections}, {"max-http-requests", c.MaxHTTPRequests},
 	} {
 		if p.v <= 0 {
@@ -286,6 +290,9 @@ func (c *config) validate() error {
 	if c.AuthTimeout <= 0 || c.DedupWindow <= 0 || c.RetentionAge <= 0 {
 		errs = append(errs, errors.New("--auth-timeout, --dedup-window and --retention-max-age must be positive"))
 	}
+	if c.PendingBytes <= 0 {
+		errs = append(errs, fmt.Errorf("%s must be positive, got %d", c.optName("pending-bytes"), c.PendingBytes))
+	}
 	if c.RetentionBytes <= 0 || c.RetentionMsgs <= 0 {
 		errs = append(errs, errors.New("--retention-max-bytes and --retention-max-messages must be positive"))
 	}
@@ -322,6 +329,8 @@ func (c *config) brokerConfig(log *slog.Logger, a broker.Authenticator, m *metri
 		QueueMessages:       c.QueueMessages,
 		QueueBytes:          c.QueueBytes,
 		MaxPendingPublishes: c.MaxPending,
+		MaxPendingBytes:     c.MaxPendingBytes,
+		PendingBytes:        c.PendingBytes,
 		AuthTimeout:         c.AuthTimeout,
 		CommandRate:         rateOrOff(c.CommandRate),
 		CommandBurst:        c.CommandBurst,

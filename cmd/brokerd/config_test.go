@@ -27,6 +27,8 @@ func defaultConfig() config {
 		QueueMessages:    1024,
 		QueueBytes:       4 << 20,
 		MaxPending:       1024,
+		MaxPendingBytes:  8 << 20,
+		PendingBytes:     256 << 20,
 
 		MaxPageBytes:       4 << 20,
 		HTTPMaxHeaderBytes: 16 << 10,

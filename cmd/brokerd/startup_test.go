@@ -192,6 +192,8 @@ var helpFlags = map[string]string{
 	"queue-bytes":            "4194304",
 	"max-pending-publishes":  "1024",
 	"max-page-bytes":         "4194304",
+	"max-pending-bytes":      "8388608",
+	"pending-bytes":          "268435456",
 	"http-max-header-bytes":  "16384",
 	"http-header-timeout":    "5s",
 	"http-read-timeout":      "30s",

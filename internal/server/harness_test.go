@@ -80,6 +80,9 @@ type serverConfig struct {
 	// small one makes a client that stops reading back the server up
 	// after kilobytes instead of megabytes.
 	SendBuffer int
+	// WrapStore, when set, wraps the store the broker uses (the store
+	// itself is still checked and closed at the end).
+	WrapStore func(*store.DB) broker.Store
 }
 
 var discard = slog.New(slog.DiscardHandler)
@@ -111,7 +114,11 @@ func startServer(t testing.TB, opts ...func(*serverConfig)) *testServer {
 			t.Errorf("store.Close: %v", err)
 		}
 	})
-	b, err := broker.New(cfg.Broker, st)
+	var bst broker.Store = st
+	if cfg.WrapStore != nil {
+		bst = cfg.WrapStore(st)
+	}
+	b, err := broker.New(cfg.Broker, bst)
 	if err != nil {
 		t.Fatalf("broker.New: %v", err)
 	}

@@ -19,6 +19,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/brokerd/brokerd/broker"
+	"github.com/brokerd/brokerd/store"
 )
 
 // heapPeak samples the heap in use until stop is called and returns the
@@ -288,4 +291,96 @@ func TestHostileTimeoutsSpareWebSockets(t *testing.T) {
 	c.sub("idle.ws", nil)
 	c.pub("idle.ws", `1`)
 	c.waitMsgs("idle.ws", 1)
+}
+
+// slowDisk is a store whose appends wait for open to be closed, as when
+// the disk cannot keep up: the publishes' data waits in memory.
+type slowDisk struct {
+	*store.DB
+	gate chan struct{}
+	once sync.Once
+}
+
+func (d *slowDisk) open() { d.once.Do(func() { close(d.gate) }) }
+
+func (d *slowDisk) AppendAsync(topic string, data []byte, key string, done func(broker.Appended, error)) {
+	go func() {
+		<-d.gate
+		d.DB.AppendAsync(topic, data, key, done)
+	}()
+}
+
+// Row 2: connections pipeline large publishes faster than the disk
+// writes. The limit counted messages (1,024 per connection), not bytes:
+// each connection could hold a gigabyte. Now the data waiting is bounded
+// per connection and for the server, and past it the server stops
+// reading from the connection; nothing is lost.
+func TestHostilePendingPublishBytes(t *testing.T) {
+	const (
+		conns = 4
+		pubs  = 48
+		size  = 256 << 10 // 12 MiB a connection, 48 MiB in all
+	)
+	disk := &slowDisk{gate: make(chan struct{})}
+	ts := startServer(t, func(c *serverConfig) {
+		c.Broker.MaxPendingBytes = 2 << 20
+		c.Broker.PendingBytes = 4 << 20
+		c.WrapStore = func(db *store.DB) broker.Store { disk.DB = db; return disk }
+	})
+	t.Cleanup(disk.open)
+	peak := heapPeak(t)
+	data := payload(0, size)
+	var wg sync.WaitGroup
+	clients := make([]*client, conns)
+	for i := range clients {
+		c := dial(t, ts)
+		clients[i] = c
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 1; j <= pubs; j++ {
+				frame := fmt.Sprintf(`{"op":"pub","id":%d,"topic":"pending.%d","data":%s}`, j, i, data)
+				if err := c.Conn.WriteString(frame); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	eventually(t, waitTimeout, "the server-wide budget to fill", func() bool {
+		return ts.Broker.PendingBytes() >= 3<<20
+	})
+	// The readers wait: what was read stays within the budgets plus the
+	// one frame each reader holds while it waits.
+	read := ts.Broker.Stats().BytesIn.Load()
+	time.Sleep(300 * time.Millisecond) // only absence is checked here
+	if more := ts.Broker.Stats().BytesIn.Load(); more != read {
+		t.Logf("read %d more bytes after the budget filled", more-read)
+	}
+	read = ts.Broker.Stats().BytesIn.Load()
+	grew := peak()
+	t.Logf("while the disk stalled: %.1f MiB read of %d MiB sent, heap +%.1f MiB, %d bytes pending",
+		float64(read)/(1<<20), conns*pubs*size>>20, float64(grew)/(1<<20), ts.Broker.PendingBytes())
+	if read > 4<<20+conns*(size+1024) {
+		t.Errorf("the server read %d bytes of publishes that wait for the disk; want at most the 4 MiB budget and one frame a connection", read)
+	}
+	if pb := ts.Broker.PendingBytes(); pb > 4<<20 {
+		t.Errorf("%d bytes pending, over the 4 MiB budget", pb)
+	}
+	if grew > 32<<20 {
+		t.Errorf("the heap grew by %d MiB; want well under 32 MiB", grew>>20)
+	}
+	if ts.Broker.Stats().PendingWaits.Load() == 0 {
+		t.Error("no publisher was counted as waiting")
+	}
+	// The disk catches up: every publish is stored and answered.
+	disk.open()
+	wg.Wait()
+	for _, c := range clients {
+		c.waitReplies(pubs)
+	}
+	for i := 0; i < conns; i++ {
+		if h := ts.head(fmt.Sprintf("pending.%d", i)); h != pubs {
+			t.Fatalf("pending.%d: head %d, want %d", i, h, pubs)
+		}
+	}
 }
