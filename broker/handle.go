@@ -21,8 +21,8 @@ func (s *Session) HandleFrame(frame []byte) {
 		return
 	default:
 	}
-	if s.srv.draining.Load() {
-		return // shutting down: commands are no longer taken
+	if s.srv.draining.Load() || s.closing.Load() {
+		return // shutting down, or closing once the queue is written
 	}
 	st := &s.srv.stats
 	st.FramesIn.Add(1)
@@ -32,6 +32,17 @@ func (s *Session) HandleFrame(frame []byte) {
 		s.log.Debug("closing connection on bad frame", "code", ferr.Code, "reason", ferr.Message)
 		s.Close(uint16(ferr.Close), subproto.AppendCloseReason(nil, ferr.Close.String(), ferr.Message, 0))
 	}
+}
+
+// HandlePing counts a WebSocket ping of the client against its command
+// rate and reports whether it may be answered; past the rate the
+// connection is closed with 4029 as for commands.
+func (s *Session) HandlePing() bool {
+	if s.limiter != nil && !s.limiter.Allow() {
+		s.rateLimited()
+		return false
+	}
+	return true
 }
 
 // HandleBinary answers a binary frame, which the JSON subprotocol does not
@@ -209,8 +220,17 @@ func (s *Session) handleSub(cmd *subproto.Command) {
 		return
 	}
 
+	if cmd.Consumer != "" && len(s.consumerKey(cmd.Consumer)) > MaxConsumerKeyBytes {
+		s.replyErr(consumerTooLong(id, s.user), nil)
+		return
+	}
 	info, exists, err := s.srv.store.Topic(topic)
 	if err == nil && !exists {
+		// A sub the empty log would refuse creates nothing.
+		if e := refusedOnEmpty(cmd); e != nil && cmd.Consumer == "" {
+			s.replyErr(e, &subproto.ErrContext{Earliest: 1, Latest: 0, HasRange: true})
+			return
+		}
 		// Create the log now, so the client learns the epoch its
 		// offsets belong to before the first message.
 		info, err = s.srv.store.Ensure(context.Background(), topic)
@@ -421,6 +441,10 @@ func (s *Session) handleAck(cmd *subproto.Command) {
 		return
 	}
 	key := s.consumerKey(cmd.Consumer)
+	if len(key) > MaxConsumerKeyBytes {
+		s.replyErr(consumerTooLong(id, s.user), nil)
+		return
+	}
 	// The ack has no epoch of its own. When this connection holds the
 	// consumer's subscription, the offsets it acknowledges are of that
 	// subscription's epoch: after a reset they must not land in the new

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/brokerd/brokerd/subproto"
@@ -29,6 +30,7 @@ type Session struct {
 	pending      chan struct{}
 	pendingBytes budget
 	done         chan struct{} // closed when the session closes
+	closing      atomic.Bool   // closeWhenFlushed was called: commands are ignored
 
 	// Owned by the reader goroutine (HandleFrame), except authTimer which
 	// is also stopped on close.
@@ -56,6 +58,14 @@ type Session struct {
 	lagging  []*subscription          // subscriptions fed from the log
 	closeErr error
 	ctrlRoom *sync.Cond // signalled when control frames leave the queue
+	// flushClose: close with this code and reason once the queue is
+	// written (closeWhenFlushed); nil otherwise.
+	flushClose *flushClose
+}
+
+type flushClose struct {
+	code   uint16
+	reason []byte
 }
 
 type outItem struct {
@@ -356,6 +366,9 @@ func (s *Session) writeLoop() {
 		}
 		if len(s.out) == 0 {
 			s.writing = false
+			if fc := s.flushClose; fc != nil {
+				s.closeLocked(fc.code, fc.reason, nil)
+			}
 			s.mu.Unlock()
 			return
 		}
@@ -586,6 +599,25 @@ func (s *Session) Close(code uint16, reason []byte) {
 	s.mu.Lock()
 	s.closeLocked(code, reason, nil)
 	s.mu.Unlock()
+}
+
+// closeWhenFlushed closes the session with code and reason once what is
+// queued (welcome, replies) has been written, so that the client sees it
+// before the close; commands that arrive meanwhile are ignored. A client
+// that does not read is closed by the write timeout as usual.
+func (s *Session) closeWhenFlushed(code uint16, reason []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.flushClose != nil {
+		return
+	}
+	s.flushClose = &flushClose{code: code, reason: reason}
+	s.closing.Store(true)
+	if len(s.out) == 0 && !s.writing {
+		s.closeLocked(code, reason, nil)
+		return
+	}
+	s.kickLocked()
 }
 
 // Closed tells the broker the transport's connection has ended.

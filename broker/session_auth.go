@@ -34,12 +34,15 @@ func (s *Session) startAuth(token string) {
 	s.mu.Unlock()
 }
 
+// closeForToken closes a connection whose token was refused, after what
+// is queued (welcome first) has been written: the contract is welcome,
+// then the 4001 or 4003 close.
 func (s *Session) closeForToken(err error) {
 	if errors.Is(err, ErrTokenExpired) {
-		s.Close(uint16(subproto.CloseTokenExpired), subproto.AppendCloseReason(nil, "token_expired", "the token has expired", 0))
+		s.closeWhenFlushed(uint16(subproto.CloseTokenExpired), subproto.AppendCloseReason(nil, "token_expired", tokenRefusal(err), 0))
 		return
 	}
-	s.Close(uint16(subproto.CloseUnauthorized), subproto.AppendCloseReason(nil, "unauthorized", "invalid token", 0))
+	s.closeWhenFlushed(uint16(subproto.CloseUnauthorized), subproto.AppendCloseReason(nil, "unauthorized", tokenRefusal(err), 0))
 }
 
 // setGrant installs g and schedules the close at its expiry.
@@ -73,7 +76,7 @@ func (s *Session) handleAuth(cmd *subproto.Command) {
 			s.closeForToken(err)
 			return
 		}
-		msg := "invalid token; the current token stays in force"
+		msg := tokenRefusal(err) + "; the current token stays in force"
 		if errors.Is(err, ErrTokenExpired) {
 			msg = "the new token has expired; the current token stays in force"
 		}

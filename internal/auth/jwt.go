@@ -2,20 +2,24 @@
 // configured HMAC secret or public key, the algorithm pinned by the key so
 // that neither "none" nor a key-confusion attack gets through.
 //
-// Claims: "sub" (the user; durable consumers belong to it), "exp"
-// (required), and the arrays "publish" and "subscribe" of topic patterns
+// Claims: "sub" (the user, at most broker.MaxSubjectBytes; durable
+// consumers belong to it), "exp" (required, a JSON number), and the arrays "publish" and "subscribe" of topic patterns
 // ('*' one segment, '>' the rest).
 package auth
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/brokerd/brokerd/broker"
@@ -97,6 +101,37 @@ func NewPublicKey(pemBytes []byte) (*Verifier, error) {
 	return nil, fmt.Errorf("auth: unsupported public key type %T", key)
 }
 
+// numericDates refuses a token whose exp, nbf or iat is not a JSON number
+// (RFC 7519 NumericDate): the JWT library also takes a string such as
+// "9999999999". The token's signature has been checked already.
+func numericDates(token string) error {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return errors.New("the token is not three parts")
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	if err != nil {
+		return fmt.Errorf("the payload is not base64url: %v", err)
+	}
+	var dates struct {
+		Exp json.RawMessage `json:"exp"`
+		Nbf json.RawMessage `json:"nbf"`
+		Iat json.RawMessage `json:"iat"`
+	}
+	if err := json.Unmarshal(payload, &dates); err != nil {
+		return fmt.Errorf("the payload is not a JSON object: %v", err)
+	}
+	for _, d := range []struct {
+		name string
+		v    json.RawMessage
+	}{{"exp", dates.Exp}, {"nbf", dates.Nbf}, {"iat", dates.Iat}} {
+		if len(d.v) > 0 && !bytes.Equal(d.v, []byte("null")) && d.v[0] != '-' && (d.v[0] < '0' || d.v[0] > '9') {
+			return fmt.Errorf("the %s claim is not a number of seconds: %s", d.name, d.v)
+		}
+	}
+	return nil
+}
+
 // Methods returns the signing algorithms the verifier accepts.
 func (v *Verifier) Methods() []string { return append([]string(nil), v.methods...) }
 
@@ -109,6 +144,9 @@ func (v *Verifier) Verify(token string) (*broker.Grant, error) {
 		jwt.WithExpirationRequired(),
 		jwt.WithLeeway(v.leeway),
 	)
+	if err == nil {
+		err = numericDates(token)
+	}
 	if err != nil {
 		if errors.Is(err, jwt.ErrTokenExpired) {
 			return nil, fmt.Errorf("%w: %v", broker.ErrTokenExpired, err)
@@ -117,6 +155,9 @@ func (v *Verifier) Verify(token string) (*broker.Grant, error) {
 	}
 	if c.Subject == "" {
 		return nil, fmt.Errorf("%w: the token has no sub claim", broker.ErrTokenInvalid)
+	}
+	if len(c.Subject) > broker.MaxSubjectBytes {
+		return nil, broker.ErrSubjectTooLong
 	}
 	for _, list := range [][]string{c.Publish, c.Subscribe} {
 		for _, p := range list {

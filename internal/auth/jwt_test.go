@@ -9,6 +9,8 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -126,5 +128,33 @@ func TestKeyErrors(t *testing.T) {
 	priv := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k)})
 	if _, err := NewPublicKey(priv); err == nil {
 		t.Fatal("private key accepted")
+	}
+}
+
+// Issue 15: an exp given as a string was accepted, and a sub claim of
+// kilobytes made every durable consumer command fail later.
+func TestVerifyRefusesOddClaims(t *testing.T) {
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	v, err := NewHMAC(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := time.Now().Add(time.Hour).Unix()
+	for _, tc := range []struct {
+		name   string
+		claims jwt.MapClaims
+		want   error
+	}{
+		{"exp as a string", jwt.MapClaims{"sub": "a", "exp": fmt.Sprint(exp)}, broker.ErrTokenInvalid},
+		{"nbf as a string", jwt.MapClaims{"sub": "a", "exp": exp, "nbf": "0"}, broker.ErrTokenInvalid},
+		{"long sub", jwt.MapClaims{"sub": strings.Repeat("u", 2000), "exp": exp}, broker.ErrSubjectTooLong},
+		{"sub at the limit", jwt.MapClaims{"sub": strings.Repeat("u", broker.MaxSubjectBytes), "exp": exp}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := v.Verify(sign(t, jwt.SigningMethodHS256, secret, tc.claims))
+			if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
+				t.Fatalf("Verify: %v, want %v", err, tc.want)
+			}
+		})
 	}
 }

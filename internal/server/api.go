@@ -98,11 +98,7 @@ func (s *Server) grant(w http.ResponseWriter, r *http.Request) (*broker.Grant, b
 	}
 	g, err := auth.Verify(tok)
 	if err != nil {
-		msg := "invalid token"
-		if errors.Is(err, broker.ErrTokenExpired) {
-			msg = "the token has expired"
-		}
-		s.writeErr(w, subproto.CodeUnauthorized, msg, nil)
+		s.writeErr(w, subproto.CodeUnauthorized, broker.TokenRefusal(err), nil)
 		return nil, false
 	}
 	return g, true

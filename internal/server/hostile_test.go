@@ -8,6 +8,7 @@ package server_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/brokerd/brokerd/broker"
 	"github.com/brokerd/brokerd/store"
+	"github.com/lxzan/gws"
 )
 
 // heapPeak samples the heap in use until stop is called and returns the
@@ -383,4 +385,207 @@ func TestHostilePendingPublishBytes(t *testing.T) {
 			t.Fatalf("pending.%d: head %d, want %d", i, h, pubs)
 		}
 	}
+}
+
+// Row 10: with compression, a message that inflates past the frame limit
+// (a deflate bomb, or one byte over the limit) was closed with 1011, which
+// tells a client to reconnect and retry; it is 1009, as without
+// compression.
+func TestHostileCompressedTooBig(t *testing.T) {
+	const limit = 64 << 10
+	ts := startServer(t, func(c *serverConfig) {
+		c.Server.Compression = true
+		c.Server.MaxFrameBytes = limit
+	})
+	pub := func(n int) string {
+		head := `{"op":"pub","topic":"deflate.big","data":"`
+		return head + strings.Repeat("a", n-len(head)-2) + `"}`
+	}
+	for _, tc := range []struct {
+		name string
+		msg  string
+	}{
+		{"one byte over", pub(limit + 1)},
+		{"bomb", pub(16 << 20)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conn, dc := dialDeflate(t, ts)
+			select {
+			case <-dc.msgs: // welcome
+			case <-time.After(waitTimeout):
+				t.Fatal("no welcome")
+			}
+			_ = conn.WriteString(tc.msg)
+			select {
+			case err := <-dc.closed:
+				var ce *gws.CloseError
+				if !errors.As(err, &ce) || ce.Code != 1009 {
+					t.Fatalf("closed with %v, want 1009", err)
+				}
+			case <-time.After(waitTimeout):
+				t.Fatal("the connection is still open")
+			}
+		})
+	}
+	// At the limit it is taken.
+	conn, dc := dialDeflate(t, ts)
+	<-dc.msgs
+	_ = conn.WriteString(pub(limit))
+	eventually(t, waitTimeout, "the message at the limit to be stored", func() bool { return ts.head("deflate.big") == 1 })
+}
+
+// upgradeRaw does the WebSocket upgrade by hand with extra header lines
+// and returns the connection once the 101 is read.
+func upgradeRaw(t testing.TB, ts *testServer, extra string) *rawConn {
+	t.Helper()
+	c, err := net.Dial("tcp", ts.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	_ = c.SetDeadline(time.Now().Add(waitTimeout))
+	fmt.Fprintf(c, "GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"+
+		"Sec-WebSocket-Protocol: brokerd.v1.json\r\n%s\r\n", ts.Host, extra)
+	r := &rawConn{t: t, c: c, br: bufio.NewReader(c)}
+	resp, err := http.ReadResponse(r.br, nil)
+	if err != nil {
+		t.Fatalf("reading the upgrade response: %v", err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: HTTP %d, want 101", resp.StatusCode)
+	}
+	return r
+}
+
+// Row 11: a bad token in the handshake. The close cleared the queue before
+// welcome was written, so most clients saw the 4001 without the welcome
+// the contract puts first.
+func TestHostileBadTokenGetsWelcome(t *testing.T) {
+	ts := startServer(t, func(c *serverConfig) {
+		c.Broker.Auth = staticAuth{"good": {Subject: "u", Publish: []string{">"}, Subscribe: []string{">"}}}
+	})
+	const n = 100
+	var wg sync.WaitGroup
+	var missing atomic.Int64
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := upgradeRaw(t, ts, "Authorization: Bearer bogus\r\n")
+			rc := r.readUntilClose(waitTimeout)
+			if !rc.gotClose || rc.code != 4001 {
+				t.Errorf("closed with %d (close frame: %v, %v), want 4001", rc.code, rc.gotClose, rc.err)
+			}
+			if len(rc.texts) == 0 || !strings.HasPrefix(rc.texts[0], `{"op":"welcome"`) {
+				missing.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if m := missing.Load(); m > 0 {
+		t.Fatalf("%d of %d connections got the 4001 close without welcome first", m, n)
+	}
+}
+
+// Row 12: a sub refused with epoch_mismatch or offset_out_of_range
+// created the topic all the same; a client could create topics by the
+// thousand with subs that all fail.
+func TestHostileRefusedSubCreatesNothing(t *testing.T) {
+	ts := startServer(t)
+	c := dial(t, ts)
+	c.mustErr(map[string]any{"op": "sub", "topic": "ghost.epoch", "epoch": "e-from-elsewhere"}, "epoch_mismatch")
+	c.mustErr(map[string]any{"op": "sub", "topic": "ghost.offset", "from": 5}, "offset_out_of_range")
+	for _, topic := range []string{"ghost.epoch", "ghost.offset"} {
+		if info, ok, err := ts.Store.Topic(topic); ok || err != nil {
+			t.Errorf("%s exists after a refused sub: %+v, %v", topic, info, err)
+		}
+	}
+	// A sub that is taken still creates the log and names its epoch.
+	if ok := c.sub("ghost.taken", map[string]any{"from": 1}); ok.str("epoch") == "" {
+		t.Fatalf("ok without epoch: %s", ok)
+	}
+}
+
+// Row 13: a token whose sub claim is 2,000 bytes made every durable
+// consumer sub and ack answer internal (the store's key limit). The token
+// is refused now (tested in internal/auth); whatever the authenticator,
+// a subject and consumer name too long to store together get bad_request.
+func TestHostileLongConsumerKey(t *testing.T) {
+	long := strings.Repeat("u", 200)
+	ts := startServer(t, func(c *serverConfig) {
+		c.Broker.Auth = staticAuth{"long": {Subject: long, Publish: []string{">"}, Subscribe: []string{">"}}}
+	})
+	c := dial(t, ts)
+	c.mustOK(map[string]any{"op": "auth", "token": "long"})
+	name := strings.Repeat("c", 100)
+	c.mustErr(map[string]any{"op": "sub", "topic": "keys.long", "consumer": name}, "bad_request")
+	c.pub("keys.long", `1`)
+	c.mustErr(map[string]any{"op": "ack", "topic": "keys.long", "consumer": name, "offset": 1}, "bad_request")
+	if n := ts.Broker.Stats().ErrorCount("internal"); n != 0 {
+		t.Fatalf("%d internal errors", n)
+	}
+	c.sub("keys.long", map[string]any{"consumer": "short"})
+}
+
+// Row 14: small things. An HTTP/1.0 upgrade got 101; PUT and DELETE on
+// the API got the console's 404; WebSocket pings were outside the
+// command rate.
+func TestHostileSmallThings(t *testing.T) {
+	ts := startServer(t, func(c *serverConfig) {
+		c.Broker.CommandRate = 20
+		c.Broker.CommandBurst = 20
+	})
+	t.Run("HTTP/1.0 upgrade", func(t *testing.T) {
+		c, err := net.Dial("tcp", ts.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(waitTimeout))
+		fmt.Fprintf(c, "GET /ws HTTP/1.0\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"+
+			"Sec-WebSocket-Protocol: brokerd.v1.json\r\n\r\n", ts.Host)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusHTTPVersionNotSupported {
+			t.Fatalf("HTTP/1.0 upgrade: %d, want 505", resp.StatusCode)
+		}
+	})
+	t.Run("405", func(t *testing.T) {
+		for _, tc := range []struct{ method, path, allow string }{
+			{http.MethodPut, "/v1/topics/t", "POST"},
+			{http.MethodDelete, "/v1/topics/t", "POST"},
+			{http.MethodPost, "/v1/topics/t/messages", "GET, HEAD"},
+			{http.MethodDelete, "/v1/topics", "GET, HEAD"},
+		} {
+			req, _ := http.NewRequest(tc.method, ts.HTTP.URL+tc.path, nil)
+			resp, err := ts.HTTP.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != tc.allow {
+				t.Errorf("%s %s: %d Allow %q, want 405 Allow %q", tc.method, tc.path, resp.StatusCode, resp.Header.Get("Allow"), tc.allow)
+			}
+		}
+	})
+	t.Run("pings count in the command rate", func(t *testing.T) {
+		r := upgradeRaw(t, ts, "")
+		// In one write: the server reads them all before it closes (a
+		// close with unread bytes would reset the connection and lose
+		// the close frame).
+		var pings []byte
+		for i := 0; i < 30; i++ {
+			pings = append(pings, frame(true, 0x9, []byte("p"))...)
+		}
+		r.write(pings)
+		rc := r.readUntilClose(waitTimeout)
+		if !rc.gotClose || rc.code != 4029 {
+			t.Fatalf("30 pings at once at a rate of 20/s: closed %v with %d (%v), want 4029", rc.gotClose, rc.code, rc.err)
+		}
+	})
 }

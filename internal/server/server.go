@@ -222,6 +222,11 @@ func New(cfg Config, b *broker.Server) (*Server, error) {
 	s.mux.HandleFunc("POST /v1/topics/{topic}", s.servePublish)
 	s.mux.HandleFunc("GET /v1/topics/{topic}/messages", s.serveMessages)
 	s.mux.HandleFunc("GET /v1/topics", s.serveTopics)
+	// Other methods on the API's paths: 405 naming the allowed ones, not
+	// the console's 404.
+	s.mux.Handle("/v1/topics/{topic}", methodNotAllowed(http.MethodPost))
+	s.mux.Handle("/v1/topics/{topic}/messages", methodNotAllowed(http.MethodGet, http.MethodHead))
+	s.mux.Handle("/v1/topics", methodNotAllowed(http.MethodGet, http.MethodHead))
 	s.mux.Handle("/", console.Handler())
 	return s, nil
 }
@@ -258,6 +263,16 @@ func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	_, _ = w.Write([]byte("ready\n"))
+}
+
+// methodNotAllowed answers 405 with the Allow header.
+func methodNotAllowed(allow ...string) http.Handler {
+	list := strings.Join(allow, ", ")
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", list)
+		writeJSON(w, http.StatusMethodNotAllowed, map[string]any{"code": subproto.CodeBadRequest,
+			"message": r.Method + " is not allowed here; allowed: " + list})
+	})
 }
 
 type gwsLogger struct{ l *slog.Logger }

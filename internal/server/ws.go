@@ -3,6 +3,7 @@ package server
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -140,7 +141,11 @@ func (h *wsHandler) OnClose(c *gws.Conn, err error) {
 
 func (h *wsHandler) OnPing(c *gws.Conn, payload []byte) {
 	h.touch(c)
-	if st := stateOf(c); st.conn != nil {
+	st := stateOf(c)
+	if st.sess != nil && !st.sess.HandlePing() {
+		return
+	}
+	if st.conn != nil {
 		st.conn.writePong(payload)
 	}
 }
@@ -201,6 +206,10 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this endpoint speaks WebSocket only (subprotocol "+subproto.Subprotocol+")", http.StatusUpgradeRequired)
 		return
 	}
+	if !r.ProtoAtLeast(1, 1) {
+		http.Error(w, "the WebSocket upgrade needs HTTP/1.1", http.StatusHTTPVersionNotSupported)
+		return
+	}
 	if !offersSubprotocol(r) {
 		http.Error(w, "unsupported or missing WebSocket subprotocol; this server speaks: "+subproto.Subprotocol, http.StatusBadRequest)
 		return
@@ -236,7 +245,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.log.Debug("websocket upgrade failed", "remote", r.RemoteAddr, "err", err)
 		return
 	}
-	c, err := s.upgrader.UpgradeFromConn(netConn, smallReader(netConn, brw.Reader), r)
+	c, err := s.upgrader.UpgradeFromConn(tooLargeConn{netConn}, smallReader(netConn, brw.Reader), r)
 	if err != nil {
 		s.log.Debug("websocket upgrade failed", "remote", r.RemoteAddr, "err", err)
 		return
@@ -287,6 +296,25 @@ func (s *Server) readLoop(c *gws.Conn, sess *broker.Session) {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// tooLargeConn corrects the close code gws sends when a compressed
+// message inflates past the frame limit (a deflate bomb, or a message one
+// byte over the limit once inflated): gws closes with 1011 ("internal
+// error, reconnect and retry") and the reason "gws: message too large";
+// the contract is 1009, as for an uncompressed message over the limit.
+// gws writes each frame with one Write, so the close frame is whole here.
+type tooLargeConn struct{ net.Conn }
+
+var gwsTooLarge = []byte("gws: message too large")
+
+func (c tooLargeConn) Write(b []byte) (int, error) {
+	if len(b) >= 4 && b[0] == 0x88 && b[1] < 126 && b[2] == 0x03 && b[3] == 0xf3 && bytes.Equal(b[4:], gwsTooLarge) {
+		p := bytes.Clone(b)
+		binary.BigEndian.PutUint16(p[2:], uint16(subproto.CloseTooBig))
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Write(b)
 }
 
 // readBufferSize is the read buffer each connection keeps for life.
