@@ -55,7 +55,7 @@ type Config struct {
 	// and subscribe to everything.
 	Auth Authenticator
 	// AuthTimeout is how long a connection may stay unauthenticated before
-	// it is closed with 4001 (default 10s).
+	// it is closed with 4001 (default 5s).
 	AuthTimeout time.Duration
 	// CommandRate bounds the commands per second one connection may send,
 	// with bursts up to CommandBurst; past it the connection is closed
@@ -110,7 +110,7 @@ func (c Config) withDefaults() Config {
 		c.DrainGrace = 2 * time.Second
 	}
 	if c.AuthTimeout == 0 {
-		c.AuthTimeout = 10 * time.Second
+		c.AuthTimeout = 5 * time.Second
 	}
 	if c.ShutdownRetryAfter == 0 {
 		c.ShutdownRetryAfter = 5 * time.Second

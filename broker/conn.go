@@ -22,4 +22,9 @@ type Conn interface {
 type ConnInfo struct {
 	Remote string // the peer's address, for logs
 	Token  string // bearer token from the handshake (header or query), "" if none
+	// OnAuthenticated, when set, is called once when a connection that
+	// was not authenticated at connect authenticates with auth (the edge
+	// moves it from its slots for unauthenticated connections to the
+	// others). false refuses it: the connection is closed with 1013.
+	OnAuthenticated func() bool
 }

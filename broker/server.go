@@ -368,6 +368,7 @@ func (srv *Server) Connect(c Conn, info ConnInfo) (*Session, error) {
 		return nil, ErrDraining
 	}
 	s := newSession(srv, c, info)
+	s.onAuth = info.OnAuthenticated
 	srv.smu.Lock()
 	if srv.draining.Load() { // Shutdown takes its list under smu after setting draining
 		srv.smu.Unlock()

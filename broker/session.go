@@ -39,6 +39,7 @@ type Session struct {
 	user      string // authenticated subject, "" without auth
 	authTimer *time.Timer
 	limiter   *rate.Limiter // nil when unlimited
+	onAuth    func() bool   // ConnInfo.OnAuthenticated
 	// consumerEpochs: the epoch of this connection's latest subscription
 	// of each consumer and topic. The ack command has no epoch; an ack for
 	// offsets of an older epoch is refused instead of landing in a new

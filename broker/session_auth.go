@@ -88,6 +88,10 @@ func (s *Session) handleAuth(cmd *subproto.Command) {
 			Message: "a token for another subject cannot replace this connection's; reconnect instead"}, nil)
 		return
 	}
+	if !s.authed && s.onAuth != nil && !s.onAuth() {
+		s.Close(uint16(subproto.CloseTryAgainLater), subproto.AppendCloseReason(nil, "try_again_later", "connection limit reached", s.srv.RetryAfter()))
+		return
+	}
 	s.setGrant(g)
 	// Re-evaluate every subscription against the new grant at once.
 	s.mu.Lock()

@@ -61,6 +61,7 @@ type config struct {
 	JWTPublicKey   string
 	AuthTimeout    time.Duration
 	MaxConnections int
+	MaxUnauth      int
 	ConnRatePerIP  float64
 	ConnBurstPerIP int
 	TrustedProxies string
@@ -131,10 +132,11 @@ func parseConfig(args []string, getenv func(string) string) (*config, error) {
 	fs.StringVar(&c.JWTSecret, "jwt-secret", "", "HMAC secret (at least 32 bytes) verifying HS256/384/512 tokens; turns auth on. Prefer --jwt-secret-file or the environment: flags show in process lists")
 	fs.StringVar(&c.JWTSecretFile, "jwt-secret-file", "", "file holding the HMAC secret (surrounding whitespace trimmed); turns auth on")
 	fs.StringVar(&c.JWTPublicKey, "jwt-public-key", "", "PEM public key file verifying tokens (RSA: RS256, EC P-256: ES256, Ed25519: EdDSA); turns auth on")
-	fs.DurationVar(&c.AuthTimeout, "auth-timeout", 10*time.Second, "with auth on, how long a connection may stay unauthenticated before it is closed (4001)")
+	fs.DurationVar(&c.AuthTimeout, "auth-timeout", 5*time.Second, "with auth on, how long a connection may stay unauthenticated before it is closed (4001)")
 	fs.IntVar(&c.MaxConnections, "max-connections", 10000, "open WebSocket connections; past it new ones are closed with 1013")
-	fs.Float64Var(&c.ConnRatePerIP, "conn-rate-per-ip", 50, "new connections per second from one IP (HTTP 429 past it); 0 turns the limit off. Behind a proxy set --trusted-proxies")
-	fs.IntVar(&c.ConnBurstPerIP, "conn-burst-per-ip", 100, "burst of new connections from one IP")
+	fs.IntVar(&c.MaxUnauth, "max-unauth-connections", 1000, "with auth on, connections that have yet to authenticate (no token in the handshake); they do not count in --max-connections until they do. Past it new ones are closed with 1013")
+	fs.Float64Var(&c.ConnRatePerIP, "conn-rate-per-ip", 1000, "new connections per second from one IP address (IPv6: one /64) (HTTP 429 past it); 0 turns the limit off. Behind a proxy set --trusted-proxies")
+	fs.IntVar(&c.ConnBurstPerIP, "conn-burst-per-ip", 2000, "burst of new connections from one IP address (IPv6: one /64)")
 	fs.StringVar(&c.TrustedProxies, "trusted-proxies", "", "comma-separated CIDRs of reverse proxies whose X-Forwarded-For names the client's IP (for the per-IP limit and logs)")
 	fs.Float64Var(&c.CommandRate, "command-rate", 50000, "commands per second one connection may send (past it: close 4029); 0 turns the limit off")
 	fs.IntVar(&c.CommandBurst, "command-burst", 100000, "burst of commands one connection may send")
@@ -282,7 +284,7 @@ func (c *config) validate() error {
 	for _, p := range []struct {
 		name string
 		v    int
-	}{{"max-connections", c.MaxConnections}, {"conn-burst-per-ip", c.ConnBurstPerIP}, {"command-burst", c.CommandBurst}} {
+	}{{"max-connections", c.MaxConnections}, {"max-unauth-connections", c.MaxUnauth}, {"conn-burst-per-ip", c.ConnBurstPerIP}, {"command-burst", c.CommandBurst}} {
 		if p.v <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive, got %d", c.optName(p.name), p.v))
 		}
@@ -377,16 +379,17 @@ func (c *config) storeOptions(log *slog.Logger, m *metrics.Metrics) *store.Optio
 
 func (c *config) serverConfig(log *slog.Logger) server.Config {
 	return server.Config{
-		AllowedOrigins: splitList(c.AllowedOrigins),
-		MaxFrameBytes:  c.MaxFrameBytes,
-		WriteTimeout:   c.WriteTimeout,
-		PongTimeout:    c.PongTimeout,
-		MaxConnections: c.MaxConnections,
-		ConnRatePerIP:  rateOrOff(c.ConnRatePerIP),
-		ConnBurstPerIP: c.ConnBurstPerIP,
-		TrustedProxies: splitList(c.TrustedProxies),
-		Compression:    c.Compression,
-		Logger:         log,
+		AllowedOrigins:       splitList(c.AllowedOrigins),
+		MaxFrameBytes:        c.MaxFrameBytes,
+		WriteTimeout:         c.WriteTimeout,
+		PongTimeout:          c.PongTimeout,
+		MaxConnections:       c.MaxConnections,
+		MaxUnauthConnections: c.MaxUnauth,
+		ConnRatePerIP:        rateOrOff(c.ConnRatePerIP),
+		ConnBurstPerIP:       c.ConnBurstPerIP,
+		TrustedProxies:       splitList(c.TrustedProxies),
+		Compression:          c.Compression,
+		Logger:               log,
 
 		MaxPageBytes:       c.MaxPageBytes,
 		MaxHeaderBytes:     c.HTTPMaxHeaderBytes,

@@ -207,10 +207,11 @@ var helpFlags = map[string]string{
 	"jwt-secret":             "",
 	"jwt-secret-file":        "",
 	"jwt-public-key":         "",
-	"auth-timeout":           "10s",
+	"auth-timeout":           "5s",
+	"max-unauth-connections": "1000",
 	"max-connections":        "10000",
-	"conn-rate-per-ip":       "50",
-	"conn-burst-per-ip":      "100",
+	"conn-rate-per-ip":       "1000",
+	"conn-burst-per-ip":      "2000",
 	"trusted-proxies":        "",
 	"command-rate":           "50000",
 	"command-burst":          "100000",
@@ -223,6 +224,7 @@ var helpFlags = map[string]string{
 	"cluster":                "brokerd",
 	"partitions":             "64",
 	"lease-ttl":              "5s",
+	"unclean-takeover-after": "0s",
 	"replicas":               "0",
 }
 

@@ -85,6 +85,8 @@ type EdgeStats interface {
 	HTTPRejected() (conns, requests int64)
 	HTTPConnections() int64
 	HTTPWriteTimeouts() int64
+	Unauthed() int64
+	RejectedUnauthed() int64
 }
 
 // Register adds the broker's counters and gauges.
@@ -126,6 +128,8 @@ func (m *Metrics) Register(src Sources) {
 		gauge("http_connections", "Open HTTP connections not upgraded to WebSocket.", func() float64 { return float64(e.HTTPConnections()) })
 		counter("http_connections_rejected_total", "HTTP connections closed at once because --max-http-connections were open.", func() float64 { a, _ := e.HTTPRejected(); return float64(a) })
 		counter("http_requests_rejected_total", "HTTP requests answered 503 because --max-http-requests were being served.", func() float64 { _, b := e.HTTPRejected(); return float64(b) })
+		gauge("connections_unauthenticated", "Open connections that have yet to authenticate (bounded by --max-unauth-connections).", func() float64 { return float64(e.Unauthed()) })
+		counter("connections_rejected_unauthenticated_total", "Connections refused (1013) because --max-unauth-connections were waiting to authenticate.", func() float64 { return float64(e.RejectedUnauthed()) })
 		counter("http_write_timeouts_total", "HTTP answers (history pages) cut off because the client did not read them within --http-write-timeout.", func() float64 { return float64(e.HTTPWriteTimeouts()) })
 	}
 	if src.Cluster != nil {

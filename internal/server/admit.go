@@ -17,9 +17,14 @@ import (
 type admission struct {
 	max   int64
 	conns atomic.Int64
+	// Connections that may still authenticate (auth on, no handshake
+	// token) have slots of their own.
+	maxUnauthed int64
+	unauthed    atomic.Int64
 
-	rejectedLimit atomic.Int64
-	rejectedRate  atomic.Int64
+	rejectedLimit    atomic.Int64
+	rejectedRate     atomic.Int64
+	rejectedUnauthed atomic.Int64
 
 	trusted []netip.Prefix // proxies whose X-Forwarded-For is believed
 
@@ -53,7 +58,7 @@ func (a *admission) allowIP(r *http.Request) bool {
 	if a.perIP <= 0 {
 		return true
 	}
-	host := a.clientIP(r)
+	host := ipKey(a.clientIP(r))
 	now := time.Now()
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -71,6 +76,21 @@ func (a *admission) allowIP(r *http.Request) bool {
 		return false
 	}
 	return true
+}
+
+// ipKey is the key of the per-IP limit: the address, or for IPv6 its /64
+// (one host usually holds a whole /64).
+func ipKey(ip string) string {
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
+	}
+	addr = addr.Unmap()
+	if addr.Is4() {
+		return addr.String()
+	}
+	p, _ := addr.Prefix(64)
+	return p.String()
 }
 
 // clientIP is the peer's IP, or, when the peer is a trusted proxy, the
@@ -143,3 +163,20 @@ func (a *admission) acquire() bool {
 }
 
 func (a *admission) release() { a.conns.Add(-1) }
+
+// acquireUnauthed takes a slot for a connection that is not yet
+// authenticated; false when they are all taken.
+func (a *admission) acquireUnauthed() bool {
+	if a.maxUnauthed <= 0 {
+		a.unauthed.Add(1)
+		return true
+	}
+	if a.unauthed.Add(1) > a.maxUnauthed {
+		a.unauthed.Add(-1)
+		a.rejectedUnauthed.Add(1)
+		return false
+	}
+	return true
+}
+
+func (a *admission) releaseUnauthed() { a.unauthed.Add(-1) }

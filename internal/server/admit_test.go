@@ -40,3 +40,23 @@ func TestIPTableBounded(t *testing.T) {
 		}
 	}
 }
+
+// Issue 15 row 7: the per-IP limit keyed on the whole IPv6 address, so a
+// host with a /64 had no limit.
+func TestIPv6KeyedOnSlash64(t *testing.T) {
+	a := newAdmission(0, 0.001, 2, 8)
+	for i, remote := range []string{"[2001:db8:1:2::1]:1000", "[2001:db8:1:2::ffff:1]:1000"} {
+		if !a.allowIP(&http.Request{RemoteAddr: remote, Header: http.Header{}}) {
+			t.Fatalf("connection %d refused within the burst", i)
+		}
+	}
+	if a.allowIP(&http.Request{RemoteAddr: "[2001:db8:1:2:aaaa::1]:1000", Header: http.Header{}}) {
+		t.Fatal("a third address of the same /64 was let past the burst of 2")
+	}
+	if !a.allowIP(&http.Request{RemoteAddr: "[2001:db8:1:3::1]:1000", Header: http.Header{}}) {
+		t.Fatal("another /64 was refused")
+	}
+	if !a.allowIP(&http.Request{RemoteAddr: "192.0.2.1:1000", Header: http.Header{}}) {
+		t.Fatal("an IPv4 address was refused")
+	}
+}

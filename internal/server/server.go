@@ -39,11 +39,20 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// MaxConnections bounds open WebSocket connections; past it a new one
 	// is closed with 1013 and a retry_after_ms (default 10,000; negative:
-	// no limit).
+	// no limit). With auth on, a connection without a handshake token is
+	// not counted here until it authenticates, but in MaxUnauthConnections.
 	MaxConnections int
-	// ConnRatePerIP bounds new connections per second from one IP, with
-	// bursts of ConnBurstPerIP; past it the upgrade is refused with HTTP
-	// 429 (defaults 50/s and 100; negative rate: no limit).
+	// MaxUnauthConnections bounds connections that have yet to send auth
+	// (auth on, no token in the handshake); past it a new one is closed
+	// with 1013, and one that authenticates when MaxConnections are open
+	// too (default 1,000; negative: no limit).
+	MaxUnauthConnections int
+	// ConnRatePerIP bounds new connections per second from one IP (one
+	// /64 for IPv6), with bursts of ConnBurstPerIP; past it the upgrade is
+	// refused with HTTP 429 (defaults 1,000/s and 2,000: thousands of
+	// clients behind one NAT get back in within seconds of a restart, while
+	// one address cannot open connections faster than that; negative rate:
+	// no limit).
 	ConnRatePerIP  float64
 	ConnBurstPerIP int
 	// TrustedProxies lists the CIDRs of reverse proxies whose
@@ -101,11 +110,14 @@ func (c Config) withDefaults() Config {
 	if c.MaxConnections == 0 {
 		c.MaxConnections = 10000
 	}
+	if c.MaxUnauthConnections == 0 {
+		c.MaxUnauthConnections = 1000
+	}
 	if c.ConnRatePerIP == 0 {
-		c.ConnRatePerIP = 50
+		c.ConnRatePerIP = 1000
 	}
 	if c.ConnBurstPerIP == 0 {
-		c.ConnBurstPerIP = 100
+		c.ConnBurstPerIP = 2000
 	}
 	if c.MaxPageBytes == 0 {
 		c.MaxPageBytes = 4 << 20
@@ -185,6 +197,7 @@ func New(cfg Config, b *broker.Server) (*Server, error) {
 	}
 	s.http.init(cfg)
 	s.admit = newAdmission(cfg.MaxConnections, cfg.ConnRatePerIP, cfg.ConnBurstPerIP, 65536)
+	s.admit.maxUnauthed = int64(cfg.MaxUnauthConnections)
 	for _, c := range cfg.TrustedProxies {
 		p, err := netip.ParsePrefix(strings.TrimSpace(c))
 		if err != nil {
@@ -243,6 +256,17 @@ func (s *Server) Mux() *http.ServeMux { return s.mux }
 func (s *Server) Rejected() (connLimit, rateLimit int64) {
 	return s.admit.rejectedLimit.Load(), s.admit.rejectedRate.Load()
 }
+
+// RejectedUnauthed counts connections refused because
+// MaxUnauthConnections connections were waiting to authenticate.
+func (s *Server) RejectedUnauthed() int64 { return s.admit.rejectedUnauthed.Load() }
+
+// Connections is the number of open WebSocket connections counted in
+// MaxConnections (authenticated, or not needing to be).
+func (s *Server) Connections() int64 { return s.admit.conns.Load() }
+
+// Unauthed is the number of open connections that have yet to authenticate.
+func (s *Server) Unauthed() int64 { return s.admit.unauthed.Load() }
 
 // ReadPanics counts panics recovered in WebSocket readers.
 func (s *Server) ReadPanics() int64 { return s.readPanics.Load() }

@@ -28,17 +28,44 @@ type wsHandler struct {
 // connState is the gws session storage of one connection; it holds the
 // broker session instead of a map, so every event finds it without a lock.
 type connState struct {
-	sess     *broker.Session
-	conn     *wsConn
-	admitted bool        // holds a connection slot
-	released atomic.Bool // the slot was given back
+	sess *broker.Session
+	conn *wsConn
+	slot atomic.Int32 // the connection slot held: slotNone, slotAuthed or slotUnauthed
 }
+
+// Connection slots: a connection that may still authenticate holds one of
+// the separate, smaller set of slots for unauthenticated connections, so
+// that token-less connections cannot take the slots of clients that have
+// a token.
+const (
+	slotNone int32 = iota
+	slotAuthed
+	slotUnauthed
+)
 
 // release gives back the connection slot of st, once.
 func (s *Server) release(st *connState) {
-	if st.admitted && st.released.CompareAndSwap(false, true) {
+	switch st.slot.Swap(slotNone) {
+	case slotAuthed:
 		s.admit.release()
+	case slotUnauthed:
+		s.admit.releaseUnauthed()
 	}
+}
+
+// authenticated moves st from an unauthenticated slot to a slot of its
+// own; false when those are all taken.
+func (s *Server) authenticated(st *connState) bool {
+	if !s.admit.acquire() {
+		s.log.Warn("connection limit reached", "max", s.cfg.MaxConnections, "when", "authenticating")
+		return false
+	}
+	if st.slot.CompareAndSwap(slotUnauthed, slotAuthed) {
+		s.admit.releaseUnauthed()
+		return true
+	}
+	s.admit.release() // closed meanwhile
+	return false
 }
 
 func (*connState) Len() int                     { return 0 }
@@ -253,13 +280,27 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	wc := &wsConn{c: c, writeTimeout: s.cfg.WriteTimeout}
 	st := stateOf(c)
 	st.conn = wc
-	if !s.admit.acquire() {
-		s.log.Warn("connection limit reached", "remote", r.RemoteAddr, "max", s.cfg.MaxConnections)
-		wc.Close(uint16(subproto.CloseTryAgainLater), subproto.AppendCloseReason(nil, "try_again_later", "connection limit reached", s.broker.RetryAfter()))
-		return
+	tok := bearer(r)
+	info := broker.ConnInfo{Remote: r.RemoteAddr, Token: tok}
+	if s.broker.Config().Auth != nil && tok == "" {
+		// No token yet: one of the slots for unauthenticated connections
+		// until it sends auth.
+		if !s.admit.acquireUnauthed() {
+			s.log.Warn("limit of unauthenticated connections reached", "remote", r.RemoteAddr, "max", s.cfg.MaxUnauthConnections)
+			wc.Close(uint16(subproto.CloseTryAgainLater), subproto.AppendCloseReason(nil, "try_again_later", "too many connections waiting to authenticate", s.broker.RetryAfter()))
+			return
+		}
+		st.slot.Store(slotUnauthed)
+		info.OnAuthenticated = func() bool { return s.authenticated(st) }
+	} else {
+		if !s.admit.acquire() {
+			s.log.Warn("connection limit reached", "remote", r.RemoteAddr, "max", s.cfg.MaxConnections)
+			wc.Close(uint16(subproto.CloseTryAgainLater), subproto.AppendCloseReason(nil, "try_again_later", "connection limit reached", s.broker.RetryAfter()))
+			return
+		}
+		st.slot.Store(slotAuthed)
 	}
-	st.admitted = true
-	sess, err := s.broker.Connect(wc, broker.ConnInfo{Remote: r.RemoteAddr, Token: bearer(r)})
+	sess, err := s.broker.Connect(wc, info)
 	if err != nil {
 		code := subproto.CloseInternal
 		if errors.Is(err, broker.ErrDraining) {
