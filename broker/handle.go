@@ -135,10 +135,11 @@ func (s *Session) handlePub(cmd *subproto.Command) {
 		if f := s.srv.cfg.OnPublish; f != nil && err == nil {
 			f(time.Since(received))
 		}
+		s.srv.wrote(err)
 		if err != nil {
 			e := storeError(id, err)
 			s.srv.stats.countErr(e.Code)
-			s.replyPending(subproto.AppendErr(nil, e, nil))
+			s.replyPending(subproto.AppendErr(nil, e, s.srv.retryCtx(e, nil)))
 			return
 		}
 		if a.Dup {
@@ -167,6 +168,9 @@ func (srv *Server) Publish(ctx context.Context, topic string, data []byte, key s
 	received := time.Now()
 	a, err := srv.store.Append(ctx, topic, data, key)
 	srv.pending.release(n)
+	if ctx.Err() == nil {
+		srv.wrote(err)
+	}
 	if err == nil {
 		if f := srv.cfg.OnPublish; f != nil {
 			f(time.Since(received))
@@ -189,7 +193,9 @@ func storeError(id uint64, err error) *subproto.Error {
 	case errors.Is(err, ErrClosed):
 		return &subproto.Error{Code: subproto.CodeUnavailable, ID: id, Message: "the broker is shutting down"}
 	default:
-		return &subproto.Error{Code: subproto.CodeInternal, ID: id, Message: "storage error"}
+		// The storage failed (a full disk, an I/O error): the client may
+		// retry later, as after a failover.
+		return &subproto.Error{Code: subproto.CodeUnavailable, ID: id, Message: "storage error, retry later: " + err.Error()}
 	}
 }
 
@@ -461,10 +467,11 @@ func (s *Session) handleAck(cmd *subproto.Command) {
 		return
 	}
 	s.srv.store.CommitAsync(key, topic, info.Epoch, cmd.Offset, func(co ConsumerOffset, err error) {
+		s.srv.wrote(err)
 		if err != nil {
 			e := storeError(id, err)
 			s.srv.stats.countErr(e.Code)
-			s.replyPending(subproto.AppendErr(nil, e, nil))
+			s.replyPending(subproto.AppendErr(nil, e, s.srv.retryCtx(e, nil)))
 			return
 		}
 		s.srv.acked(key, topic, co)

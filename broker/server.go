@@ -41,6 +41,7 @@ type Server struct {
 	// pending bounds the data of publishes waiting to be durable on the
 	// whole server (Config.PendingBytes).
 	pending *budget
+	storage storageHealth
 
 	shards [topicShards]topicShard
 
@@ -110,6 +111,7 @@ func New(cfg Config, st Store) (*Server, error) {
 		srv.shards[i].topics = make(map[string]*topicState)
 	}
 	srv.pending = &budget{max: cfg.PendingBytes}
+	srv.storage.init()
 	st.SetCommitHook(srv.onCommit)
 	if cl, ok := st.(Claims); ok {
 		cl.SetClaimHooks(srv.claimedElsewhere, srv.announceClaims)
@@ -541,6 +543,7 @@ type Stats struct {
 	SlowPatternEnds  atomic.Int64 // pattern subscriptions ended as slow
 	RateLimited      atomic.Int64 // connections closed with 4029
 	PendingWaits     atomic.Int64 // times a publisher waited for MaxPendingBytes or PendingBytes
+	StorageErrors    atomic.Int64 // store writes that failed (full disk, I/O error)
 	Errors           sync.Map     // subproto.Code → *atomic.Int64
 }
 

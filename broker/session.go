@@ -187,7 +187,7 @@ func (s *Session) waitCtrlRoom() {
 
 func (s *Session) replyErr(e *subproto.Error, ctx *subproto.ErrContext) {
 	s.srv.stats.countErr(e.Code)
-	s.reply(subproto.AppendErr(nil, e, ctx))
+	s.reply(subproto.AppendErr(nil, e, s.srv.retryCtx(e, ctx)))
 }
 
 func (s *Session) ping() {

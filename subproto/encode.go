@@ -90,6 +90,10 @@ func AppendErr(dst []byte, e *Error, ctx *ErrContext) []byte {
 			dst = append(dst, `,"epoch":`...)
 			dst = appendString(dst, ctx.Epoch)
 		}
+		if ctx.RetryAfterMs > 0 {
+			dst = append(dst, `,"retry_after_ms":`...)
+			dst = strconv.AppendInt(dst, int64(ctx.RetryAfterMs), 10)
+		}
 	}
 	return append(dst, '}')
 }

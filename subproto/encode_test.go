@@ -146,6 +146,8 @@ func TestAppendErr(t *testing.T) {
 			`{"op":"err","id":1,"code":"epoch_mismatch","message":"reset","earliest":1,"latest":0,"epoch":"e7"}`},
 		{Error{Code: CodeEpochMismatch, Message: "reset"}, &ErrContext{Epoch: "e7"},
 			`{"op":"err","code":"epoch_mismatch","message":"reset","epoch":"e7"}`},
+		{Error{Code: CodeUnavailable, Message: "disk", ID: 2}, &ErrContext{RetryAfterMs: 1500},
+			`{"op":"err","id":2,"code":"unavailable","message":"disk","retry_after_ms":1500}`},
 		{Error{Code: CodeInternal, ID: 9, Close: CloseInternal}, &ErrContext{},
 			`{"op":"err","id":9,"code":"internal","message":` + string(must(json.Marshal(CodeInternal.Description()))) + `}`},
 	}

@@ -28,10 +28,11 @@ func (e *Error) Error() string {
 
 // ErrContext is the context an err event may carry beside code and
 // message: offset_out_of_range carries earliest and latest, epoch_mismatch
-// epoch, earliest and latest.
+// epoch, earliest and latest, unavailable retry_after_ms.
 type ErrContext struct {
-	Epoch    string // sent as "epoch" when not empty
-	Earliest uint64 // sent as "earliest" when HasRange
-	Latest   uint64 // sent as "latest" when HasRange (the last stored offset, 0 when empty)
-	HasRange bool
+	Epoch        string // sent as "epoch" when not empty
+	Earliest     uint64 // sent as "earliest" when HasRange
+	Latest       uint64 // sent as "latest" when HasRange (the last stored offset, 0 when empty)
+	HasRange     bool
+	RetryAfterMs int // sent as "retry_after_ms" when > 0
 }

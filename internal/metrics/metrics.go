@@ -113,6 +113,7 @@ func (m *Metrics) Register(src Sources) {
 	counter("slow_pattern_ends_total", "Pattern subscriptions ended as slow.", func() float64 { return float64(st.SlowPatternEnds.Load()) })
 	gauge("pending_publish_bytes", "Data of publishes waiting to be durable (bounded by --pending-bytes).", func() float64 { return float64(src.Broker.PendingBytes()) })
 	counter("pending_publish_waits_total", "Times a publisher's reads paused because --max-pending-bytes or --pending-bytes was reached.", func() float64 { return float64(st.PendingWaits.Load()) })
+	counter("storage_errors_total", "Store writes that failed (a full disk, an I/O error); clients got unavailable and /readyz answers 503 until a write succeeds.", func() float64 { return float64(st.StorageErrors.Load()) })
 	counter("rate_limit_closes_total", "Connections closed (4029) for sending commands too fast.", func() float64 { return float64(st.RateLimited.Load()) })
 	if src.StoreBytes != nil {
 		gauge("store_bytes", "Size of the store file.", func() float64 { return float64(src.StoreBytes()) })

@@ -62,6 +62,11 @@ func (s *Server) writeErr(w http.ResponseWriter, code subproto.Code, msg string,
 	if code == subproto.CodeUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="brokerd"`)
 	}
+	if code == subproto.CodeUnavailable {
+		ms := s.broker.RetryAfter()
+		body["retry_after_ms"] = ms
+		w.Header().Set("Retry-After", strconv.Itoa((ms+999)/1000))
+	}
 	writeJSON(w, httpStatus(code), body)
 }
 
@@ -202,7 +207,8 @@ func publishErr(err error) (subproto.Code, string) {
 	case errors.Is(err, broker.ErrClosed):
 		return subproto.CodeUnavailable, "the broker is shutting down; retry with the same Idempotency-Key"
 	}
-	return subproto.CodeInternal, "storage error"
+	// The storage failed (a full disk, an I/O error).
+	return subproto.CodeUnavailable, "storage error, retry later with the same Idempotency-Key: " + err.Error()
 }
 
 // validData checks an HTTP body as message data by the same rules as a

@@ -83,6 +83,8 @@ type serverConfig struct {
 	// WrapStore, when set, wraps the store the broker uses (the store
 	// itself is still checked and closed at the end).
 	WrapStore func(*store.DB) broker.Store
+	// Dir, when set, is the store's directory (default a new temporary one).
+	Dir string
 }
 
 var discard = slog.New(slog.DiscardHandler)
@@ -102,7 +104,10 @@ func startServer(t testing.TB, opts ...func(*serverConfig)) *testServer {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	st, err := store.Open(t.TempDir(), &cfg.Store)
+	if cfg.Dir == "" {
+		cfg.Dir = t.TempDir()
+	}
+	st, err := store.Open(cfg.Dir, &cfg.Store)
 	if err != nil {
 		t.Fatalf("store.Open: %v", err)
 	}

@@ -8,11 +8,14 @@ package server_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -636,5 +639,74 @@ func TestHostileUnauthenticatedSlots(t *testing.T) {
 	b.sub("slots.ok", nil)
 	if n := ts.Edge.Unauthed(); n != 0 {
 		t.Fatalf("%d connections counted as unauthenticated, want 0", n)
+	}
+}
+
+// Row 8: the data disk fills up. Publishes got internal, nothing was
+// logged above DEBUG and /readyz stayed 200. Now they get unavailable with
+// retry_after_ms, the failure is counted and logged, /readyz answers 503
+// until a write succeeds again, and nothing is lost once space is freed.
+func TestHostileDiskFull(t *testing.T) {
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=4m"); err != nil {
+		t.Skipf("this test fills a small tmpfs, and mounting one is not allowed here (it needs root): %v", err)
+	}
+	// Registered before the store's cleanup, so it runs after the close.
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, 0); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
+	ts := startServer(t, func(c *serverConfig) { c.Dir = dir })
+	c := dial(t, ts)
+	c.pub("disk.full", `"before"`)
+	// Fill what is left of the disk.
+	filler := filepath.Join(dir, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(chunk); err != nil {
+			break
+		}
+	}
+	f.Close()
+	// Publish until the store cannot grow.
+	data := payload(1, 32<<10)
+	var refused event
+	for i := 0; i < 1000 && refused.Op == ""; i++ {
+		if e := c.do(map[string]any{"op": "pub", "topic": "disk.full", "data": json.RawMessage(data)}); e.Op == "err" {
+			refused = e
+		}
+	}
+	if refused.Op == "" {
+		t.Fatal("1,000 publishes of 32 KiB were stored on a full 4 MiB disk")
+	}
+	if refused.str("code") != "unavailable" || refused.num("retry_after_ms") == 0 {
+		t.Fatalf("a publish on a full disk: %s, want unavailable with retry_after_ms", refused)
+	}
+	if code, body := ts.get("/readyz", nil); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz on a full disk: %d %s", code, body)
+	}
+	if code, m := ts.post("/v1/topics/disk.full", data, nil); code != http.StatusServiceUnavailable || m["code"] != "unavailable" || m["retry_after_ms"] == nil {
+		t.Fatalf("HTTP publish on a full disk: %d %v", code, m)
+	}
+	if ts.Broker.Stats().StorageErrors.Load() == 0 {
+		t.Fatal("no storage error counted")
+	}
+	// Space is freed: writes resume and /readyz recovers.
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	off := c.pub("disk.full", `"after"`)
+	if code, body := ts.get("/readyz", nil); code != http.StatusOK {
+		t.Fatalf("/readyz once space is freed: %d %s", code, body)
+	}
+	c.sub("disk.full", map[string]any{"from": "earliest"})
+	ms := c.waitMsgs("disk.full", int(off))
+	if string(ms[0].data()) != `"before"` || string(ms[len(ms)-1].data()) != `"after"` {
+		t.Fatalf("history after the disk filled: first %s, last %s", ms[0].data(), ms[len(ms)-1].data())
 	}
 }

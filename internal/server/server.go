@@ -286,6 +286,10 @@ func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "store unusable: "+err.Error(), http.StatusServiceUnavailable)
 		return
 	}
+	if err := s.broker.StorageFailing(); err != nil {
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
 	_, _ = w.Write([]byte("ready\n"))
 }
 
