@@ -170,7 +170,7 @@ func TestEveryFlagHasEnv(t *testing.T) {
 		}[name]
 		if env[envName(name)] == "" {
 			env[envName(name)] = "3" // an int
-			if strings.HasSuffix(name, "timeout") || name == "heartbeat" || strings.HasSuffix(name, "window") || strings.HasSuffix(name, "age") || strings.HasSuffix(name, "ttl") {
+			if strings.HasSuffix(name, "timeout") || name == "heartbeat" || strings.HasSuffix(name, "window") || strings.HasSuffix(name, "age") || strings.HasSuffix(name, "ttl") || strings.HasSuffix(name, "after") {
 				env[envName(name)] = "3s"
 			}
 		}

@@ -85,6 +85,7 @@ type EdgeStats interface {
 	HTTPRejected() (conns, requests int64)
 	HTTPConnections() int64
 	HTTPWriteTimeouts() int64
+	AcceptErrors() int64
 	Unauthed() int64
 	RejectedUnauthed() int64
 }
@@ -131,6 +132,7 @@ func (m *Metrics) Register(src Sources) {
 		counter("http_requests_rejected_total", "HTTP requests answered 503 because --max-http-requests were being served.", func() float64 { _, b := e.HTTPRejected(); return float64(b) })
 		gauge("connections_unauthenticated", "Open connections that have yet to authenticate (bounded by --max-unauth-connections).", func() float64 { return float64(e.Unauthed()) })
 		counter("connections_rejected_unauthenticated_total", "Connections refused (1013) because --max-unauth-connections were waiting to authenticate.", func() float64 { return float64(e.RejectedUnauthed()) })
+		counter("accept_errors_total", "Failed accepts of the listener (the open-file limit reached, above all); each is retried after a short pause.", func() float64 { return float64(e.AcceptErrors()) })
 		counter("http_write_timeouts_total", "HTTP answers (history pages) cut off because the client did not read them within --http-write-timeout.", func() float64 { return float64(e.HTTPWriteTimeouts()) })
 	}
 	if src.Cluster != nil {

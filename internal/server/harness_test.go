@@ -151,6 +151,7 @@ func startServer(t testing.TB, opts ...func(*serverConfig)) *testServer {
 		hs.Listener.Close()
 		hs.Listener = ln
 	}
+	hs.Listener = edge.Listener(hs.Listener)
 	hs.Start()
 	t.Cleanup(hs.Close)
 	host := strings.TrimPrefix(hs.URL, "http://")

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -709,4 +710,79 @@ func TestHostileDiskFull(t *testing.T) {
 	if string(ms[0].data()) != `"before"` || string(ms[len(ms)-1].data()) != `"after"` {
 		t.Fatalf("history after the disk filled: first %s, last %s", ms[0].data(), ms[len(ms)-1].data())
 	}
+}
+
+// Row 9: the open-file limit is reached. Accept errors were logged at
+// DEBUG only and not counted; the server did recover. Now each is counted
+// (and logged at WARN, rate-limited), and the server still recovers.
+func TestHostileAcceptErrors(t *testing.T) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("needs bash (its /dev/tcp) to connect from another process")
+	}
+	ts := startServer(t)
+	_, port, _ := net.SplitHostPort(ts.Host)
+	signal := filepath.Join(t.TempDir(), "go")
+	// Clients in other processes, started while descriptors are free; they
+	// connect once signal exists (a directory: making it takes no
+	// descriptor in this process).
+	const n = 3
+	for i := 0; i < n; i++ {
+		cmd := exec.Command(bash, "-c", fmt.Sprintf(`for i in $(seq 2000); do [ -d %q ] && break; sleep 0.01; done; exec 3<>/dev/tcp/127.0.0.1/%s; sleep 20`, signal, port))
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	}
+	// Lower the open-file limit to the lowest free descriptor: the server
+	// cannot accept.
+	var old syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("needs /proc/self/fd: %v", err)
+	}
+	used := map[uint64]bool{}
+	for _, e := range entries {
+		var fd uint64
+		fmt.Sscan(e.Name(), &fd)
+		used[fd] = true
+	}
+	// The directory's own descriptor was among them and is closed now.
+	lowest := uint64(0)
+	for used[lowest] || lowest < 3 {
+		lowest++
+	}
+	limit := syscall.Rlimit{Cur: lowest, Max: old.Max}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &limit); err != nil {
+		t.Skipf("cannot lower the open-file limit: %v", err)
+	}
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
+				t.Errorf("restoring the open-file limit: %v", err)
+			}
+		}
+	}
+	defer restore()
+	if err := os.Mkdir(signal, 0o755); err != nil {
+		restore()
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(waitTimeout)
+	for ts.Edge.AcceptErrors() == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	restore()
+	if ts.Edge.AcceptErrors() == 0 {
+		t.Fatal("no accept error counted while the open-file limit was reached")
+	}
+	t.Logf("%d accept errors counted", ts.Edge.AcceptErrors())
+	eventually(t, waitTimeout, "the server to accept the clients once descriptors are free", func() bool {
+		return ts.Edge.HTTPConnections() >= n
+	})
 }

@@ -1,12 +1,15 @@
 package server
 
 import (
+	"errors"
 	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // httpLimits bounds what plain HTTP clients can hold: open connections
@@ -21,6 +24,9 @@ type httpLimits struct {
 	rejectedConns    atomic.Int64
 	rejectedRequests atomic.Int64
 	writeTimeouts    atomic.Int64 // answers cut off by the write deadline
+	acceptErrors     atomic.Int64
+	acceptLog        *rate.Limiter // WARN for accept errors at most this often
+	acceptUnlogged   atomic.Int64
 }
 
 func (h *httpLimits) init(cfg Config) {
@@ -28,7 +34,36 @@ func (h *httpLimits) init(cfg Config) {
 	if cfg.MaxHTTPRequests > 0 {
 		h.requests = make(chan struct{}, cfg.MaxHTTPRequests)
 	}
+	h.acceptLog = rate.NewLimiter(rate.Every(10*time.Second), 1)
 }
+
+// Listener wraps ln so that its accept errors (the open-file limit
+// reached, above all) are counted and logged at WARN, at most once every
+// 10 s with the number left unlogged. http.Server retries them after a
+// short pause, so the server recovers once descriptors free up.
+func (s *Server) Listener(ln net.Listener) net.Listener { return &acceptLogger{Listener: ln, srv: s} }
+
+type acceptLogger struct {
+	net.Listener
+	srv *Server
+}
+
+func (l *acceptLogger) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		h := &l.srv.http
+		h.acceptErrors.Add(1)
+		if h.acceptLog.Allow() {
+			l.srv.log.Warn("accepting a connection failed; retrying (is the open-file limit too low?)", "err", err, "unlogged_since_last", h.acceptUnlogged.Swap(0))
+		} else {
+			h.acceptUnlogged.Add(1)
+		}
+	}
+	return c, err
+}
+
+// AcceptErrors counts failed accepts of the listener given to Listener.
+func (s *Server) AcceptErrors() int64 { return s.http.acceptErrors.Load() }
 
 // connState counts connections and closes a new one past the cap. It runs
 // on the accept loop: it must not block (a closed connection gets no
