@@ -100,7 +100,9 @@ func fillTopic(t testing.TB, ts *testServer, topic string, n, size int) {
 func TestHostileHistoryPageNotRead(t *testing.T) {
 	const clients = 16
 	ts := startServer(t, func(c *serverConfig) {
-		c.Server.HTTPWriteTimeout = 500 * time.Millisecond
+		// Long enough for the reading client at the end to take each
+		// 256 KiB piece through a 4 KiB socket buffer on a loaded machine.
+		c.Server.HTTPWriteTimeout = time.Second
 		c.SendBuffer = 4096
 	})
 	fillTopic(t, ts, "history.big", 16, 256<<10) // 4 MiB
