@@ -243,8 +243,8 @@ func TestHostileHTTPConnectionCap(t *testing.T) {
 		stalled = append(stalled, c)
 	}
 	eventually(t, waitTimeout, "the request cap to answer 503", func() bool {
-		code, _ := ts.get("/v1/topics", nil)
-		return code == http.StatusServiceUnavailable
+		code, body := ts.get("/v1/topics", nil)
+		return code == http.StatusServiceUnavailable && strings.Contains(body, `"code":"unavailable"`)
 	})
 	// Two more idle connections reach the connection cap (the client of
 	// ts.get may hold one too): the next ones are closed at once.

@@ -5,10 +5,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strconv"
 	"sync/atomic"
 	"time"
 
+	"github.com/brokerd/brokerd/subproto"
 	"golang.org/x/time/rate"
 )
 
@@ -97,9 +97,9 @@ func (h *httpLimits) limit(next http.Handler) http.Handler {
 			defer func() { <-h.requests }()
 		default:
 			h.rejectedRequests.Add(1)
-			w.Header().Set("Retry-After", strconv.Itoa(1))
-			w.Header().Set("Connection", "close")
-			http.Error(w, "too many requests in progress; retry later", http.StatusServiceUnavailable)
+			w.Header().Set("Retry-After", "1")
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"code": subproto.CodeUnavailable,
+				"message": "too many requests in progress; retry later", "retry_after_ms": 1000})
 			return
 		}
 		next.ServeHTTP(w, r)
