@@ -2,11 +2,10 @@ package store
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
+	"math"
 
 	"go.etcd.io/bbolt"
-	bberrors "go.etcd.io/bbolt/errors"
 
 	"github.com/brokerd/brokerd/broker"
 )
@@ -24,18 +23,21 @@ func (db *DB) writeTx(fn func(*bbolt.Tx) error, after func()) error {
 	return db.runSync(o)
 }
 
-// loadTopic returns topic's bucket and metadata in tx.
+// loadTopic returns topic's metadata in tx.
 func loadTopic(tx *bbolt.Tx, topic string) (*topicTx, error) {
-	tb := topicBucket(tx, topic)
-	if tb == nil {
+	m, ok, err := loadMeta(tx.Bucket(metaName), tx.Bucket(recordsName), topic)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
 		return nil, fmt.Errorf("%w: %q", broker.ErrTopicNotFound, topic)
 	}
-	m, err := decodeMeta(tb.Get(metaKey))
-	if err != nil {
-		return nil, fmt.Errorf("topic %q: %w", topic, err)
-	}
-	t := &topicTx{name: topic, b: tb, m: m}
-	return t, t.open()
+	return &topicTx{name: topic, m: m}, nil
+}
+
+// putMeta stores the stored part of t's metadata.
+func putMeta(tx *bbolt.Tx, t *topicTx) error {
+	return tx.Bucket(metaName).Put([]byte(t.name), t.m.encode())
 }
 
 // TruncateAfter removes topic's records with offsets above offset and makes
@@ -61,37 +63,40 @@ func (db *DB) TruncateAfter(topic string, offset uint64) error {
 			}
 			// Walk back from the end first, then delete: a cursor that
 			// deletes as it goes meets the leaves it emptied again on
-			// every step (and bbolt's Last never returns once every leaf
-			// of a multi-page log is empty).
-			c := t.log.Cursor()
+			// every step.
+			records := tx.Bucket(recordsName)
+			c := records.Cursor()
 			var dead [][]byte
-			k, v := c.Last()
-			for ; k != nil && getOffset(k) > offset; k, v = c.Prev() {
+			k, v := lastRecord(c, t.m.id)
+			for ; k != nil && keyID(k) == t.m.id && keyOffset(k) > offset; k, v = c.Prev() {
 				if len(dead) == truncateBudget {
 					more = true
 					break
 				}
-				t.m.count--
-				t.m.bytes -= recordDataLen(v)
 				dead = append(dead, bytes.Clone(k))
 			}
-			if more {
-				t.m.head = getOffset(k)
-			} else {
-				t.m.head = offset
-			}
-			if t.m.count == 0 {
-				t.m.earliest = t.m.head + 1
-			} else if k != nil {
-				t.m.lastTime = recordTime(v)
-			}
 			for _, k := range dead {
-				if err := t.log.Delete(k); err != nil {
+				if err := records.Delete(k); err != nil {
 					return err
 				}
 			}
+			switch {
+			case more:
+				// k is the new last record.
+				err = t.m.last(keyOffset(k), v)
+			case k != nil && keyID(k) == t.m.id:
+				err = t.m.last(keyOffset(k), v)
+			default:
+				// Nothing retained is left: the log is empty with head
+				// offset. The total goes on from cumBase.
+				t.m.earliest = offset + 1
+				t.m.empty()
+			}
+			if err != nil {
+				return err
+			}
 			head = t.m.head
-			return t.b.Put(metaKey, t.m.encode())
+			return putMeta(tx, t)
 		}, func() { db.keys.trimAbove(topic, head) })
 		if err != nil {
 			return fmt.Errorf("store: truncate %q after %d: %w", topic, offset, err)
@@ -119,14 +124,11 @@ func (db *DB) ResetTopic(topic string) (newEpoch string, err error) {
 		if err != nil {
 			return err
 		}
-		if err := t.b.DeleteBucket(logName); err != nil {
+		if err := deleteRecords(tx, t.m.id); err != nil {
 			return err
 		}
-		if _, err := t.b.CreateBucket(logName); err != nil {
-			return err
-		}
-		m := meta{epoch: epoch, earliest: 1, ret: t.m.ret}
-		if err := t.b.Put(metaKey, m.encode()); err != nil {
+		t.m = meta{id: t.m.id, epoch: epoch, earliest: 1, ret: t.m.ret}
+		if err := putMeta(tx, t); err != nil {
 			return err
 		}
 		newEpoch = epoch
@@ -141,6 +143,36 @@ func (db *DB) ResetTopic(topic string) (newEpoch string, err error) {
 // newEpochString is newEpoch, a variable so that tests can fail it.
 var newEpochString = newEpoch
 
+// deleteRecords deletes every record of the topic with the given id, in
+// runs: each run is collected walking forward from where the last one
+// ended, so the walk never crosses the leaves already emptied.
+func deleteRecords(tx *bbolt.Tx, id uint64) error {
+	records := tx.Bucket(recordsName)
+	var seek [recordKeySize]byte
+	from := putRecordKey(seek[:], id, 0)
+	dead := make([][]byte, 0, 1024)
+	for {
+		dead = dead[:0]
+		c := records.Cursor()
+		for k, _ := c.Seek(from); k != nil && keyID(k) == id && len(dead) < cap(dead); k, _ = c.Next() {
+			dead = append(dead, bytes.Clone(k))
+		}
+		if len(dead) == 0 {
+			return nil
+		}
+		for _, k := range dead {
+			if err := records.Delete(k); err != nil {
+				return err
+			}
+		}
+		last := dead[len(dead)-1]
+		if keyOffset(last) == math.MaxUint64 {
+			return nil
+		}
+		from = putRecordKey(seek[:], id, keyOffset(last)+1)
+	}
+}
+
 // DeleteTopic removes topic's log, metadata and idempotency keys. Consumer
 // offsets in it are kept: they carry the epoch, which a new log of the same
 // name will not have.
@@ -149,11 +181,14 @@ func (db *DB) DeleteTopic(topic string) error {
 		return err
 	}
 	err := db.writeTx(func(tx *bbolt.Tx) error {
-		err := tx.Bucket(topicsName).DeleteBucket([]byte(topic))
-		if errors.Is(err, bberrors.ErrBucketNotFound) {
-			return fmt.Errorf("%w: %q", broker.ErrTopicNotFound, topic)
+		t, err := loadTopic(tx, topic)
+		if err != nil {
+			return err
 		}
-		return err
+		if err := deleteRecords(tx, t.m.id); err != nil {
+			return err
+		}
+		return tx.Bucket(metaName).Delete([]byte(topic))
 	}, func() { db.keys.drop(topic) })
 	if err != nil {
 		return fmt.Errorf("store: delete %q: %w", topic, err)
@@ -176,7 +211,7 @@ func (db *DB) SetRetention(topic string, r Retention) error {
 			return err
 		}
 		t.m.ret = r
-		return t.b.Put(metaKey, t.m.encode())
+		return putMeta(tx, t)
 	}, nil)
 	if err != nil {
 		return fmt.Errorf("store: set retention of %q: %w", topic, err)

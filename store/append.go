@@ -157,18 +157,21 @@ func (db *DB) applyAppend(b *batch, o *op) error {
 }
 
 // put writes the record at offset off = head+1 and advances head. It returns
-// the stored copy of data (in the arena).
+// the stored copy of data (in the arena). The stored metadata does not
+// change: head, count, bytes and the last time are read back from this
+// record.
 func (t *topicTx) put(b *batch, off uint64, ms int64, key string, data []byte) (stored []byte, err error) {
-	lk := putOffset(b.alloc(8), off)
-	val, at := putRecord(b.alloc(recordSize(key, data)), ms, key, data)
-	if err := t.log.Put(lk, val); err != nil {
+	total := t.m.total + uint64(len(data))
+	lk := putRecordKey(b.alloc(recordKeySize), t.m.id, off)
+	val, at := putRecord(b.alloc(recordSize(total, key, data)), ms, total, key, data)
+	if err := b.records.Put(lk, val); err != nil {
 		return nil, err
 	}
 	t.m.head = off
 	t.m.count++
 	t.m.bytes += int64(len(data))
+	t.m.total = total
 	t.m.lastTime = max(t.m.lastTime, ms)
-	t.dirty = true
 	return val[at:], nil
 }
 
@@ -230,13 +233,13 @@ func (db *DB) applyAppendAt(b *batch, o *op) error {
 			return nil
 		}
 		skip := 0
-		var lk [8]byte
+		var lk [recordKeySize]byte
 		for ; skip < len(recs) && recs[skip].Offset <= t.m.head; skip++ {
 			r := &recs[skip]
 			if r.Offset < t.m.earliest {
 				continue
 			}
-			v := t.log.Get(putOffset(lk[:], r.Offset))
+			v := b.records.Get(putRecordKey(lk[:], t.m.id, r.Offset))
 			if v == nil {
 				return fmt.Errorf("%w: topic %q: offset %d missing below head", ErrCorrupt, o.topic, r.Offset)
 			}
@@ -257,7 +260,8 @@ func (db *DB) applyAppendAt(b *batch, o *op) error {
 		}
 	}
 	if t.m.head == 0 && t.m.count == 0 && len(recs) > 0 {
-		t.m.earliest, t.m.head = recs[0].Offset, recs[0].Offset-1
+		t.m.earliest = recs[0].Offset
+		t.m.empty()
 		t.dirty = true
 	}
 	keyCut := db.keyCut(b.nowMs)

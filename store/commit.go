@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -108,11 +109,11 @@ func (o *op) arenaSize() int {
 	}
 	switch o.kind {
 	case opAppend:
-		return 8 + recordSize(o.key, o.data)
+		return recordKeySize + recordSize(math.MaxUint64, o.key, o.data)
 	case opAppendAt:
 		n := 0
 		for i := range o.recs {
-			n += 8 + recordSize(o.recs[i].Key, o.recs[i].Data)
+			n += recordKeySize + recordSize(math.MaxUint64, o.recs[i].Key, o.recs[i].Data)
 		}
 		return n
 	case opCommit:
@@ -170,12 +171,15 @@ type batch struct {
 	committed []broker.Committed // nil unless the transaction committed
 
 	// working state while the transaction is open
-	tx     *bbolt.Tx
-	nowMs  int64
-	arena  []byte
-	topics map[string]*topicTx
-	order  []*topicTx // topics touched, in first-touch order
-	recs   []pending  // appended records, in append order
+	tx      *bbolt.Tx
+	metaB   *bbolt.Bucket // meta: topic name → metadata
+	records *bbolt.Bucket // records: (id, offset) → record
+	nowMs   int64
+	arena   []byte
+	topics  map[string]*topicTx
+	order   []*topicTx // topics touched, in first-touch order
+	recs    []pending  // appended records, in append order
+	dead    [][]byte   // records retention removes, deleted just before commit
 }
 
 // pending is a record appended in the open transaction.
@@ -184,13 +188,12 @@ type pending struct {
 	rec broker.Record
 }
 
-// topicTx is a topic's buckets and metadata inside the open transaction.
+// topicTx is a topic's metadata inside the open transaction.
 type topicTx struct {
 	name             string
-	b, log           *bbolt.Bucket
 	m                meta
 	base             uint64 // head before the transaction: retention removes no later record
-	dirty            bool   // m must be written back
+	dirty            bool   // the stored part of m must be written back
 	nrec, start, end int    // committed grouping
 }
 
@@ -205,41 +208,38 @@ func (b *batch) alloc(n int) []byte {
 	return p
 }
 
+// begin opens the batch's write transaction.
+func (b *batch) begin(tx *bbolt.Tx) {
+	b.tx, b.metaB, b.records = tx, tx.Bucket(metaName), tx.Bucket(recordsName)
+	// Records are appended at the end of each topic's run: full pages.
+	b.records.FillPercent = 1
+}
+
 // topic returns the topic's state in the open transaction, nil when the
-// topic has no log.
+// topic has no log. Its head is found from its last record, which is why
+// nothing is deleted from records before the batch's last lookup (see
+// flushDeletes).
 func (b *batch) topic(name string) (*topicTx, error) {
 	if t := b.topics[name]; t != nil {
 		return t, nil
 	}
-	tb := b.tx.Bucket(topicsName).Bucket([]byte(name))
-	if tb == nil {
-		return nil, nil
-	}
-	m, err := decodeMeta(tb.Get(metaKey))
-	if err != nil {
-		return nil, fmt.Errorf("topic %q: %w", name, err)
-	}
-	t := &topicTx{name: name, b: tb, m: m, base: m.head}
-	if err := t.open(); err != nil {
+	m, ok, err := loadMeta(b.metaB, b.records, name)
+	if err != nil || !ok {
 		return nil, err
 	}
+	t := &topicTx{name: name, m: m, base: m.head}
 	b.add(t)
 	return t, nil
 }
 
-// create makes a topic's buckets with the given epoch.
+// create makes a topic with the given epoch and a new id.
 func (b *batch) create(name, epoch string) (*topicTx, error) {
-	tb, err := b.tx.Bucket(topicsName).CreateBucket([]byte(name))
+	id, err := b.metaB.NextSequence()
 	if err != nil {
 		return nil, fmt.Errorf("create topic %q: %w", name, err)
 	}
-	if _, err := tb.CreateBucket(logName); err != nil {
-		return nil, fmt.Errorf("create topic %q: %w", name, err)
-	}
-	t := &topicTx{name: name, b: tb, m: meta{epoch: epoch, earliest: 1}, dirty: true}
-	if err := t.open(); err != nil {
-		return nil, err
-	}
+	t := &topicTx{name: name, m: meta{id: id, epoch: epoch, earliest: 1}, dirty: true}
+	t.m.empty()
 	b.add(t)
 	return t, nil
 }
@@ -250,17 +250,6 @@ func (b *batch) add(t *topicTx) {
 	}
 	b.topics[t.name] = t
 	b.order = append(b.order, t)
-}
-
-// open finds the topic's log. It grows only at its end, so its pages are
-// filled completely.
-func (t *topicTx) open() error {
-	t.log = t.b.Bucket(logName)
-	if t.log == nil {
-		return fmt.Errorf("%w: topic %q: bucket missing", ErrCorrupt, t.name)
-	}
-	t.log.FillPercent = 1
-	return nil
 }
 
 func newEpoch() (string, error) {
@@ -359,7 +348,8 @@ func (db *DB) runGrouped(b *batch) (carry *op) {
 		b.fail(err)
 		return carry
 	}
-	b.tx, b.nowMs = tx, db.opts.Now().UnixMilli()
+	b.begin(tx)
+	b.nowMs = db.opts.Now().UnixMilli()
 	db.keys.expire(db.keyCut(b.nowMs))
 	began := time.Now()
 	for applied := 0; ; {
@@ -372,6 +362,9 @@ func (db *DB) runGrouped(b *batch) (carry *op) {
 		}
 	}
 	if err == nil {
+		err = b.flushDeletes()
+	}
+	if err == nil {
 		err = b.writeMeta()
 	}
 	if err == nil {
@@ -379,7 +372,7 @@ func (db *DB) runGrouped(b *batch) (carry *op) {
 	} else {
 		_ = tx.Rollback()
 	}
-	b.tx, b.topics = nil, nil
+	b.tx, b.metaB, b.records, b.topics, b.dead = nil, nil, nil, nil, nil
 	if err != nil {
 		// Forget the keys of records that were not stored. Keys forgotten
 		// to make room for them stay forgotten.
@@ -427,11 +420,25 @@ func (db *DB) apply(b *batch, ops []*op) error {
 	return nil
 }
 
-// writeMeta stores the metadata of the topics the transaction changed.
+// flushDeletes deletes the records retention removed. It runs once every
+// op is applied: a deletion can leave an empty leaf page until the commit
+// rebalances the tree, and a cursor stepping back over one (as finding a
+// topic's last record does) would stop there.
+func (b *batch) flushDeletes() error {
+	for _, k := range b.dead {
+		if err := b.records.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeMeta stores the metadata of the topics whose stored part the
+// transaction changed; appends alone change none.
 func (b *batch) writeMeta() error {
 	for _, t := range b.order {
 		if t.dirty {
-			if err := t.b.Put(metaKey, t.m.encode()); err != nil {
+			if err := b.metaB.Put([]byte(t.name), t.m.encode()); err != nil {
 				return err
 			}
 		}

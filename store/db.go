@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -150,9 +151,10 @@ func explainOpen(dir, path string, err error) error {
 
 // initFormat checks the format marker, writing it with the top-level
 // buckets when the file is new (a bbolt file without any bucket), and
-// migrates a store of format 1.
+// migrates a store of formats 1 and 2, or finishes a migration a crash
+// interrupted.
 func initFormat(bdb *bbolt.DB, log *slog.Logger) error {
-	var fresh, v1 bool
+	var fresh, old bool
 	err := bdb.View(func(tx *bbolt.Tx) error {
 		root := tx.Bucket(rootName)
 		if root == nil {
@@ -165,18 +167,22 @@ func initFormat(bdb *bbolt.DB, log *slog.Logger) error {
 		}
 		switch v := root.Get(formatKey); string(v) {
 		case formatVersion:
-		case formatV1:
-			v1 = true
+			old = root.Get(migratingKey) != nil
+		case formatV2, formatV1:
+			old = true
 		default:
-			return fmt.Errorf("%w: format %q, this brokerd reads %q and %q", ErrFormat, v, formatVersion, formatV1)
+			return fmt.Errorf("%w: format %q, this brokerd reads %q and migrates %q and %q", ErrFormat, v, formatVersion, formatV2, formatV1)
 		}
-		if tx.Bucket(topicsName) == nil || tx.Bucket(consumersName) == nil {
+		if tx.Bucket(consumersName) == nil {
+			return fmt.Errorf("%w: top-level buckets missing", ErrCorrupt)
+		}
+		if !old && (tx.Bucket(metaName) == nil || tx.Bucket(recordsName) == nil) {
 			return fmt.Errorf("%w: top-level buckets missing", ErrCorrupt)
 		}
 		return nil
 	})
-	if err == nil && v1 {
-		err = migrateV1(bdb, log)
+	if err == nil && old {
+		err = migrate(bdb, log)
 	}
 	if err != nil || !fresh {
 		return err
@@ -189,72 +195,13 @@ func initFormat(bdb *bbolt.DB, log *slog.Logger) error {
 		if err := root.Put(formatKey, []byte(formatVersion)); err != nil {
 			return err
 		}
-		if _, err := tx.CreateBucket(topicsName); err != nil {
-			return err
+		for _, name := range [][]byte{metaName, recordsName, consumersName} {
+			if _, err := tx.CreateBucket(name); err != nil {
+				return err
+			}
 		}
-		_, err = tx.CreateBucket(consumersName)
-		return err
+		return nil
 	})
-}
-
-// migrateV1Topics is how many topics one transaction of migrateV1 rewrites.
-const migrateV1Topics = 256
-
-// migrateV1 turns a store of format 1 into format 2: it deletes each topic's
-// idempotency key buckets (k and x; the keys are rebuilt in memory from the
-// records, which carry them) and zeroes the key count of its metadata, a
-// few topics per transaction, then writes the new format marker. A crash
-// midway leaves format 1 with some topics done, which the next Open
-// finishes.
-func migrateV1(bdb *bbolt.DB, log *slog.Logger) error {
-	after, topics := "", 0
-	for done := false; !done; {
-		err := bdb.Update(func(tx *bbolt.Tx) error {
-			tb := tx.Bucket(topicsName)
-			c := tb.Cursor()
-			k, v := c.Seek([]byte(after))
-			if k != nil && after != "" && string(k) == after {
-				k, v = c.Next()
-			}
-			// Collect first: a bucket must not change under its cursor.
-			var names []string
-			for ; k != nil && len(names) < migrateV1Topics; k, v = c.Next() {
-				if v == nil {
-					names = append(names, string(k))
-				}
-			}
-			done = k == nil
-			for _, name := range names {
-				t := tb.Bucket([]byte(name))
-				for _, n := range [][]byte{keysNameV1, idxNameV1} {
-					if err := t.DeleteBucket(n); err != nil && !errors.Is(err, bberrors.ErrBucketNotFound) {
-						return fmt.Errorf("migrate topic %q: %w", name, err)
-					}
-				}
-				m, err := decodeMeta(t.Get(metaKey))
-				if err != nil {
-					return fmt.Errorf("migrate topic %q: %w", name, err)
-				}
-				if m.keys != 0 {
-					m.keys = 0
-					if err := t.Put(metaKey, m.encode()); err != nil {
-						return err
-					}
-				}
-				after = name
-			}
-			topics += len(names)
-			if done {
-				return tx.Bucket(rootName).Put(formatKey, []byte(formatVersion))
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-	}
-	log.Info("store: migrated to format "+formatVersion+": idempotency keys are now kept in memory", "topics", topics)
-	return nil
 }
 
 // Close commits the operations already queued, fails any that arrive later
@@ -326,51 +273,56 @@ func (db *DB) Check() error {
 	return db.runSync(o)
 }
 
-// checkTopics checks every topic's metadata against its log.
+// checkTopics checks every topic's metadata against its records, and that
+// every record belongs to a topic. It keeps the topics' ids in memory.
 func checkTopics(tx *bbolt.Tx) error {
-	topics := tx.Bucket(topicsName)
-	return topics.ForEachBucket(func(name []byte) error {
-		tb := topics.Bucket(name)
-		v := tb.Get(metaKey)
+	metaB, records := tx.Bucket(metaName), tx.Bucket(recordsName)
+	ids := make(map[uint64]string)
+	var seek [recordKeySize]byte
+	err := metaB.ForEach(func(name, v []byte) error {
 		m, err := decodeMeta(v)
 		if err != nil {
 			return fmt.Errorf("%w: topic %q: bad metadata", ErrCorrupt, name)
 		}
-		lb := tb.Bucket(logName)
-		if lb == nil {
-			return fmt.Errorf("%w: topic %q: bucket missing", ErrCorrupt, name)
+		if other, dup := ids[m.id]; dup || m.id == 0 || m.id > metaB.Sequence() {
+			return fmt.Errorf("%w: topic %q: id %d (also %q; last given %d)", ErrCorrupt, name, m.id, other, metaB.Sequence())
 		}
-		var n, size int64
-		var first, last uint64
-		err = lb.ForEach(func(k, v []byte) error {
-			_, _, data, err := decodeRecord(v)
+		ids[m.id] = string(name)
+		next, total := m.earliest, m.cumBase
+		c := records.Cursor()
+		for k, v := c.Seek(putRecordKey(seek[:], m.id, 0)); k != nil && keyID(k) == m.id; k, v = c.Next() {
+			if off := keyOffset(k); off != next {
+				if next == m.earliest {
+					return fmt.Errorf("%w: topic %q: log starts at %d, earliest is %d", ErrCorrupt, name, off, m.earliest)
+				}
+				return fmt.Errorf("%w: topic %q: gap after offset %d", ErrCorrupt, name, next-1)
+			}
+			_, t, _, data, err := decodeRecordTotal(v)
 			if err != nil {
-				return fmt.Errorf("%w: topic %q offset %d: bad record", ErrCorrupt, name, getOffset(k))
+				return fmt.Errorf("%w: topic %q offset %d: bad record", ErrCorrupt, name, next)
 			}
-			off := getOffset(k)
-			if n == 0 {
-				first = off
-			} else if off != last+1 {
-				return fmt.Errorf("%w: topic %q: gap after offset %d", ErrCorrupt, name, last)
+			if total += uint64(len(data)); t != total {
+				return fmt.Errorf("%w: topic %q offset %d: total %d, want %d", ErrCorrupt, name, next, t, total)
 			}
-			last = off
-			n++
-			size += int64(len(data))
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		switch {
-		case n != m.count || size != m.bytes:
-			return fmt.Errorf("%w: topic %q: %d records of %d bytes, metadata says %d of %d", ErrCorrupt, name, n, size, m.count, m.bytes)
-		case n == 0 && m.earliest != m.head+1:
-			return fmt.Errorf("%w: topic %q: empty log with earliest %d head %d", ErrCorrupt, name, m.earliest, m.head)
-		case n > 0 && (first != m.earliest || last != m.head):
-			return fmt.Errorf("%w: topic %q: log holds %d..%d, metadata says %d..%d", ErrCorrupt, name, first, last, m.earliest, m.head)
+			next++
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	c := records.Cursor()
+	for k, _ := c.First(); k != nil; {
+		id := keyID(k)
+		if _, ok := ids[id]; !ok {
+			return fmt.Errorf("%w: records of topic id %d, which no topic has", ErrCorrupt, id)
+		}
+		if id == math.MaxUint64 {
+			break
+		}
+		k, _ = c.Seek(putRecordKey(seek[:], id+1, 0))
+	}
+	return nil
 }
 
 // retentionLoop applies retention every RetentionInterval until Close.

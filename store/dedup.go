@@ -315,23 +315,23 @@ func (db *DB) rebuildKeys() error {
 	maxKeys := db.opts.DedupMaxKeys
 	maxScan := int64(rebuildScanFactor) * int64(maxKeys)
 	return db.bolt.View(func(tx *bbolt.Tx) error {
-		topics := tx.Bucket(topicsName)
+		records := tx.Bucket(recordsName)
 		var found []keyEntry
 		seen := make(map[string]struct{})
-		return topics.ForEachBucket(func(name []byte) error {
-			lb := topics.Bucket(name).Bucket(logName)
-			if lb == nil {
-				return fmt.Errorf("%w: topic %q: log bucket missing", ErrCorrupt, name)
+		return tx.Bucket(metaName).ForEach(func(name, mv []byte) error {
+			m, err := decodeMeta(mv)
+			if err != nil {
+				return fmt.Errorf("topic %q: %w", name, err)
 			}
 			found = found[:0]
 			clear(seen)
-			c := lb.Cursor()
+			c := records.Cursor()
 			var scanned int64
-			for k, v := c.Last(); k != nil && len(found) < maxKeys && scanned < maxScan; k, v = c.Prev() {
+			for k, v := lastRecord(c, m.id); k != nil && keyID(k) == m.id && len(found) < maxKeys && scanned < maxScan; k, v = c.Prev() {
 				scanned++
 				ms, key, _, err := decodeRecord(v)
 				if err != nil {
-					return fmt.Errorf("topic %q offset %d: %w", name, getOffset(k), err)
+					return fmt.Errorf("topic %q offset %d: %w", name, keyOffset(k), err)
 				}
 				if ms <= cut {
 					break
@@ -344,7 +344,7 @@ func (db *DB) rebuildKeys() error {
 				}
 				s := string(key)
 				seen[s] = struct{}{}
-				found = append(found, keyEntry{key: s, off: getOffset(k), ms: ms})
+				found = append(found, keyEntry{key: s, off: keyOffset(k), ms: ms})
 			}
 			topic := string(name)
 			for i := len(found) - 1; i >= 0; i-- {

@@ -2,11 +2,8 @@ package store
 
 import (
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
-
-	"go.etcd.io/bbolt"
 )
 
 // TestDedupSurvivesReopen: keys published before a restart are duplicates
@@ -171,98 +168,5 @@ func TestDedupTruncateAndDelete(t *testing.T) {
 	}
 	if a := mustAppend(t, db, "t", "y", "k0"); a.Dup || a.Offset != 1 {
 		t.Fatalf("key of a deleted topic = %+v", a)
-	}
-}
-
-// TestOpenFormatV1 opens a store of format 1, whose topics keep their
-// idempotency keys in buckets k and x: Open migrates it to format 2,
-// deleting those buckets, and rebuilds the keys from the records.
-func TestOpenFormatV1(t *testing.T) {
-	db, dir := openTest(t, nil)
-	for i := range 10 {
-		for _, topic := range []string{"a", "b"} {
-			mustAppend(t, db, topic, "x", fmt.Sprint("k", i))
-		}
-	}
-	mustAppend(t, db, "a", "x", "")
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
-	// Write what format 1 had: the marker, and per topic the key buckets
-	// with their count in the metadata.
-	bdb, err := bbolt.Open(filepath.Join(dir, FileName), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = bdb.Update(func(tx *bbolt.Tx) error {
-		if err := tx.Bucket(rootName).Put(formatKey, []byte(formatV1)); err != nil {
-			return err
-		}
-		topics := tx.Bucket(topicsName)
-		for _, topic := range []string{"a", "b"} {
-			tb := topics.Bucket([]byte(topic))
-			k, err := tb.CreateBucket(keysNameV1)
-			if err != nil {
-				return err
-			}
-			x, err := tb.CreateBucket(idxNameV1)
-			if err != nil {
-				return err
-			}
-			for i := range 10 {
-				var v [16]byte
-				putOffset(v[:], uint64(i+1))
-				if err := k.Put([]byte(fmt.Sprint("k", i)), v[:]); err != nil {
-					return err
-				}
-				if err := x.Put(putOffset(make([]byte, 8), uint64(i+1)), []byte(fmt.Sprint("k", i))); err != nil {
-					return err
-				}
-			}
-			m, err := decodeMeta(tb.Get(metaKey))
-			if err != nil {
-				return err
-			}
-			m.keys = 10
-			if err := tb.Put(metaKey, m.encode()); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := bdb.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	db = openAt(t, dir, nil)
-	err = db.bolt.View(func(tx *bbolt.Tx) error {
-		if v := tx.Bucket(rootName).Get(formatKey); string(v) != formatVersion {
-			t.Errorf("format after migration = %q", v)
-		}
-		for _, topic := range []string{"a", "b"} {
-			tb := topicBucket(tx, topic)
-			if tb.Bucket(keysNameV1) != nil || tb.Bucket(idxNameV1) != nil {
-				t.Errorf("topic %s kept its key buckets", topic)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m := topicMeta(t, db, "a"); m.keys != 0 || m.head != 11 {
-		t.Fatalf("metadata after migration = %+v", m)
-	}
-	if n := keyCount(t, db, ""); n != 20 {
-		t.Fatalf("keys after migration = %d, want 20", n)
-	}
-	if a := mustAppend(t, db, "b", "y", "k3"); !a.Dup || a.Offset != 4 {
-		t.Fatalf("key after migration = %+v, want a duplicate of 4", a)
-	}
-	if a := mustAppend(t, db, "a", "y", "new"); a.Dup || a.Offset != 12 {
-		t.Fatalf("append after migration = %+v", a)
 	}
 }

@@ -10,9 +10,46 @@ import (
 	"github.com/brokerd/brokerd/broker"
 )
 
-// topicBucket returns topic's bucket in tx, nil when the topic has no log.
-func topicBucket(tx *bbolt.Tx, topic string) *bbolt.Bucket {
-	return tx.Bucket(topicsName).Bucket([]byte(topic))
+// loadMeta returns topic's metadata, with head, count, bytes and the last
+// time taken from its last record; ok is false when the topic has no log.
+func loadMeta(metaB, records *bbolt.Bucket, topic string) (m meta, ok bool, err error) {
+	v := metaB.Get([]byte(topic))
+	if v == nil {
+		return m, false, nil
+	}
+	if m, err = decodeMeta(v); err != nil {
+		return m, false, fmt.Errorf("topic %q: %w", topic, err)
+	}
+	if err := m.derive(records.Cursor()); err != nil {
+		return m, false, fmt.Errorf("topic %q: %w", topic, err)
+	}
+	return m, true, nil
+}
+
+// derive sets m's derived fields from its topic's last record.
+func (m *meta) derive(c *bbolt.Cursor) error {
+	if k, v := lastRecord(c, m.id); k != nil {
+		return m.last(keyOffset(k), v)
+	}
+	m.empty()
+	return nil
+}
+
+// lastRecord returns the last record of the topic with the given id, nil
+// when it has none. It must not be used after deletions in the same
+// transaction: stepping back over a leaf page they emptied, the cursor
+// stops there.
+func lastRecord(c *bbolt.Cursor, id uint64) (k, v []byte) {
+	var seek [recordKeySize]byte
+	if k, v = c.Seek(putRecordKey(seek[:], id+1, 0)); k == nil {
+		k, v = c.Last()
+	} else {
+		k, v = c.Prev()
+	}
+	if k == nil || keyID(k) != id {
+		return nil, nil
+	}
+	return k, v
 }
 
 // kv is a log entry seen in a read transaction; it aliases the mapped file.
@@ -40,13 +77,13 @@ func (db *DB) Read(topic string, from uint64, max, maxBytes int) ([]broker.Recor
 	defer db.mu.RUnlock()
 	var out []broker.Record
 	err := db.bolt.View(func(tx *bbolt.Tx) error {
-		tb := topicBucket(tx, topic)
-		if tb == nil {
+		v := tx.Bucket(metaName).Get([]byte(topic))
+		if v == nil {
 			return fmt.Errorf("%w: %q", broker.ErrTopicNotFound, topic)
 		}
-		lb := tb.Bucket(logName)
-		if lb == nil {
-			return fmt.Errorf("%w: topic %q: log bucket missing", ErrCorrupt, topic)
+		m, err := decodeMeta(v)
+		if err != nil {
+			return fmt.Errorf("topic %q: %w", topic, err)
 		}
 		sp := kvPool.Get().(*[]kv)
 		seen := (*sp)[:0]
@@ -55,13 +92,13 @@ func (db *DB) Read(topic string, from uint64, max, maxBytes int) ([]broker.Recor
 			*sp = seen[:0]
 			kvPool.Put(sp)
 		}()
-		var seek [8]byte
-		c := lb.Cursor()
+		var seek [recordKeySize]byte
+		c := tx.Bucket(recordsName).Cursor()
 		dataBytes, keyBytes := 0, 0
-		for k, v := c.Seek(putOffset(seek[:], from)); k != nil && len(seen) < max; k, v = c.Next() {
+		for k, v := c.Seek(putRecordKey(seek[:], m.id, from)); k != nil && keyID(k) == m.id && len(seen) < max; k, v = c.Next() {
 			_, key, data, err := decodeRecord(v)
 			if err != nil {
-				return fmt.Errorf("topic %q offset %d: %w", topic, getOffset(k), err)
+				return fmt.Errorf("topic %q offset %d: %w", topic, keyOffset(k), err)
 			}
 			if len(seen) > 0 && dataBytes+len(data) > maxBytes {
 				break
@@ -85,7 +122,7 @@ func (db *DB) Read(topic string, from uint64, max, maxBytes int) ([]broker.Recor
 		for i, e := range seen {
 			ms, key, data, _ := decodeRecord(e.v)
 			n := copy(arena[at:], data)
-			out[i] = broker.Record{Offset: getOffset(e.k), Time: ms, Data: arena[at : at+n : at+n]}
+			out[i] = broker.Record{Offset: keyOffset(e.k), Time: ms, Data: arena[at : at+n : at+n]}
 			at += n
 			keyBuf = append(keyBuf, key...)
 		}
@@ -112,12 +149,8 @@ func (db *DB) Topic(topic string) (info broker.TopicInfo, ok bool, err error) {
 	}
 	defer db.mu.RUnlock()
 	err = db.bolt.View(func(tx *bbolt.Tx) error {
-		tb := topicBucket(tx, topic)
-		if tb == nil {
-			return nil
-		}
-		m, err := decodeMeta(tb.Get(metaKey))
-		if err != nil {
+		m, found, err := loadMeta(tx.Bucket(metaName), tx.Bucket(recordsName), topic)
+		if err != nil || !found {
 			return err
 		}
 		info, ok = topicInfo(topic, &m), true
@@ -146,17 +179,17 @@ func (db *DB) Topics(after string, max int) ([]broker.TopicInfo, error) {
 	defer db.mu.RUnlock()
 	var out []broker.TopicInfo
 	err := db.bolt.View(func(tx *bbolt.Tx) error {
-		topics := tx.Bucket(topicsName)
-		c := topics.Cursor()
+		c := tx.Bucket(metaName).Cursor()
+		rc := tx.Bucket(recordsName).Cursor()
 		k, v := c.Seek([]byte(after))
 		if k != nil && after != "" && bytes.Equal(k, []byte(after)) {
 			k, v = c.Next()
 		}
 		for ; k != nil && len(out) < max; k, v = c.Next() {
-			if v != nil {
-				continue // not a bucket
+			m, err := decodeMeta(v)
+			if err == nil {
+				err = m.derive(rc)
 			}
-			m, err := decodeMeta(topics.Bucket(k).Get(metaKey))
 			if err != nil {
 				return fmt.Errorf("topic %q: %w", k, err)
 			}

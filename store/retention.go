@@ -78,23 +78,23 @@ func (db *DB) maintCandidates(after string) (todo []string, last string, err err
 	defer db.mu.RUnlock()
 	nowMs := db.opts.Now().UnixMilli()
 	err = db.bolt.View(func(tx *bbolt.Tx) error {
-		topics := tx.Bucket(topicsName)
-		c := topics.Cursor()
+		c := tx.Bucket(metaName).Cursor()
+		rc := tx.Bucket(recordsName).Cursor()
 		k, v := c.Seek([]byte(after))
 		if k != nil && after != "" && string(k) == after {
 			k, v = c.Next()
 		}
 		for n := 0; k != nil && n < maintScanPage; k, v = c.Next() {
-			if v != nil {
-				continue
-			}
 			n++
 			last = string(k)
-			t, err := loadTopic(tx, last)
-			if err != nil {
-				return err
+			m, err := decodeMeta(v)
+			if err == nil {
+				err = m.derive(rc)
 			}
-			if db.needsMaint(t, nowMs) {
+			if err != nil {
+				return fmt.Errorf("topic %q: %w", k, err)
+			}
+			if db.needsMaint(&topicTx{name: last, m: m}, rc, nowMs) {
 				todo = append(todo, last)
 			}
 		}
@@ -118,10 +118,14 @@ func (db *DB) limits(t *topicTx, nowMs int64) (r Retention, ageCut int64) {
 }
 
 // needsMaint reports whether the topic's oldest record is due.
-func (db *DB) needsMaint(t *topicTx, nowMs int64) bool {
+func (db *DB) needsMaint(t *topicTx, rc *bbolt.Cursor, nowMs int64) bool {
+	if t.m.count == 0 {
+		return false
+	}
 	r, ageCut := db.limits(t, nowMs)
-	_, v := t.log.Cursor().First()
-	return v != nil && db.recordDue(t, r, ageCut, v)
+	var seek [recordKeySize]byte
+	k, v := rc.Seek(putRecordKey(seek[:], t.m.id, t.m.earliest))
+	return k != nil && keyID(k) == t.m.id && db.recordDue(t, r, ageCut, v)
 }
 
 // recordDue reports whether the oldest record, v, must go.
@@ -139,25 +143,28 @@ func (db *DB) applyMaint(b *batch, o *op) error {
 	}
 	r, ageCut := db.limits(t, b.nowMs)
 	budget := maintBudget
-	// Walk forward first, then delete: a cursor that deletes as it goes
-	// walks the leaves it emptied again on every step.
-	var dead [][]byte
-	c := t.log.Cursor()
-	for k, v := c.First(); k != nil && budget > 0; k, v = c.Next() {
-		if getOffset(k) > t.base || !db.recordDue(t, r, ageCut, v) {
+	// The records go into b.dead, deleted once every op is applied (see
+	// flushDeletes); starting from earliest skips those already there.
+	var seek [recordKeySize]byte
+	c := b.records.Cursor()
+	for k, v := c.Seek(putRecordKey(seek[:], t.m.id, t.m.earliest)); k != nil && keyID(k) == t.m.id && budget > 0; k, v = c.Next() {
+		if keyOffset(k) > t.base || !db.recordDue(t, r, ageCut, v) {
 			break // never remove what this transaction appended
 		}
-		t.m.count--
-		t.m.bytes -= recordDataLen(v)
-		t.m.earliest = getOffset(k) + 1
-		t.dirty = true
-		dead = append(dead, bytes.Clone(k))
-		budget--
-	}
-	for _, k := range dead {
-		if err := t.log.Delete(k); err != nil {
-			return err
+		ms, total, _, data, err := decodeRecordTotal(v)
+		if err != nil {
+			return fmt.Errorf("topic %q offset %d: %w", t.name, keyOffset(k), err)
 		}
+		t.m.count--
+		t.m.bytes -= int64(len(data))
+		t.m.earliest = keyOffset(k) + 1
+		t.m.cumBase = total
+		if t.m.count == 0 {
+			t.m.lastTime = max(t.m.lastTime, ms)
+		}
+		t.dirty = true
+		b.dead = append(b.dead, bytes.Clone(k))
+		budget--
 	}
 	o.more = budget == 0
 	return nil

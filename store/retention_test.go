@@ -185,3 +185,56 @@ func TestRetentionSparesSameTransaction(t *testing.T) {
 		t.Fatalf("after the next pass: %+v, want 7..8", info)
 	}
 }
+
+// TestRetentionSharesABatchWithNeighbours trims a topic whole in the same
+// transaction as appends to the topics on either side of its records: the
+// topics' logs share the records bucket, and an append finds its topic's
+// head from the last record, across the leaves retention empties.
+func TestRetentionSharesABatchWithNeighbours(t *testing.T) {
+	db, _ := openTest(t, nil)
+	data := make([]byte, 100)
+	for _, topic := range []string{"a", "b", "c"} {
+		recs := make([]broker.Record, 3000)
+		for i := range recs {
+			recs[i] = broker.Record{Offset: uint64(i + 1), Time: time.Now().UnixMilli(), Data: data}
+		}
+		if err := db.AppendAt(topic, "e", recs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := db.SetRetention("b", Retention{MaxMessages: 1}); err != nil {
+		t.Fatal(err)
+	}
+	for round := range 3 {
+		release := pause(t, db)
+		done := make(chan error, 1)
+		go func() { done <- db.RunRetention() }()
+		waitFor(t, func() bool { return len(db.queue) >= 1 })
+		ra, rc := appendAsync(db, "a", "x", ""), appendAsync(db, "c", "x", "")
+		rb := appendAsync(db, "b", "x", "")
+		release()
+		for _, r := range []<-chan result{ra, rc, rb} {
+			res := <-r
+			if res.err != nil {
+				t.Fatal(res.err)
+			}
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		for _, topic := range []string{"a", "c"} {
+			if info := mustTopic(t, db, topic); info.Head != uint64(3001+round) || info.Count != int64(3001+round) {
+				t.Fatalf("round %d: %s: %+v", round, topic, info)
+			}
+		}
+		if err := db.Check(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := db.RunRetention(); err != nil {
+		t.Fatal(err)
+	}
+	if info := mustTopic(t, db, "b"); info.Head != 3003 || info.Count != 1 || info.Earliest != 3003 {
+		t.Fatalf("b: %+v", info)
+	}
+}
