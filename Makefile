@@ -64,10 +64,12 @@ NATS_SOAK_COUNT ?= 20
 nats-soak:
 	$(GO) test -race -count=$(NATS_SOAK_COUNT) -timeout 120m -run='^TestClusterNATSRestartKeepsAckedRecords$$' ./cmd/brokerd/
 
-# A longer crash soak of the store: CYCLES kill -9 cycles.
+# A longer crash soak of the store: CYCLES kill -9 cycles of appends, and
+# MIGRATIONS stores of format 2 whose migration is killed up to three times.
 CYCLES ?= 200
+MIGRATIONS ?= 50
 crash:
-	$(GO) test -count=1 -run='^TestCrash' ./store/ -crash.cycles=$(CYCLES)
+	$(GO) test -count=1 -timeout 30m -run='^TestCrash' ./store/ -crash.cycles=$(CYCLES) -crash.migrations=$(MIGRATIONS)
 
 # A longer fault soak of a three-node cluster: SOAK_CYCLES kill -9 cycles
 # (each kills a node under load and restarts it), then a summary of acked,

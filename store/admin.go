@@ -81,10 +81,9 @@ func (db *DB) TruncateAfter(topic string, offset uint64) error {
 				}
 			}
 			switch {
-			case more:
-				// k is the new last record.
-				err = t.m.last(keyOffset(k), v)
 			case k != nil && keyID(k) == t.m.id:
+				// k is the new last record (its offset is offset when
+				// the whole suffix went).
 				err = t.m.last(keyOffset(k), v)
 			default:
 				// Nothing retained is left: the log is empty with head

@@ -247,9 +247,10 @@ func (db *DB) Size() int64 {
 func (db *DB) Path() string { return db.path }
 
 // Check verifies the file's consistency (bbolt's page checks) and the store's
-// invariants for every topic: the log holds exactly the offsets earliest..head
-// with no gap, and the record and byte counts match the topic's metadata; it
-// also checks the in-memory idempotency key index. It reads the whole
+// invariants for every topic: its log starts at earliest with no gap, each
+// record's total is the previous one's plus its data bytes (starting from
+// the metadata's), topic ids are unique and every record belongs to a
+// topic; it also checks the in-memory idempotency key index. It reads the whole
 // file and runs while no write transaction is open, so it pauses commits for
 // its duration; call it rarely on a large store.
 func (db *DB) Check() error {

@@ -3,35 +3,69 @@
 //
 // # Layout
 //
-// Top-level buckets of the bbolt file:
+// Top-level buckets of the bbolt file (format 3):
 //
-//	brokerd/format             "brokerd-store/2", written at creation; Open
-//	                           refuses a file without it (ErrNotStore) or
-//	                           with another value (ErrFormat), except
-//	                           "brokerd-store/1", which it migrates
-//	topics/<topic>/m           the topic's metadata: epoch (a random UUID
-//	                           chosen when the log is created), earliest,
-//	                           head, count, bytes, a field unused since
-//	                           format 2 (0), the head record's time and the
-//	                           topic's own Retention (see encoding.go)
-//	topics/<topic>/l/<offset>  the log: 8-byte big-endian offset → record
-//	                           (8-byte time in ms, uvarint key length, key,
-//	                           data)
-//	consumers/<c><topic>       durable consumers: (2-byte length of the
-//	                           consumer name, name, topic) → epoch, offset,
-//	                           updated time
+//	brokerd/format     "brokerd-store/3", written at creation; Open refuses
+//	                   a file without it (ErrNotStore) or with another value
+//	                   (ErrFormat), except "brokerd-store/2" and
+//	                   "brokerd-store/1", which it migrates (below)
+//	brokerd/migrating  only while a migration is under way: the format it
+//	                   started from
+//	meta/<topic>       the topic's metadata: its id (from the bucket's
+//	                   sequence, never reused), epoch (a random UUID chosen
+//	                   when the log is created), earliest, the total of the
+//	                   record before earliest, the head record's time and
+//	                   the topic's own Retention (see encoding.go)
+//	records/<id><off>  every topic's log in one bucket: the topic's 8-byte
+//	                   big-endian id, then the 8-byte big-endian offset →
+//	                   record (8-byte time in ms, uvarint total, uvarint key
+//	                   length, key, data), so that a topic's records are one
+//	                   run in offset order
+//	consumers/<c><topic>  durable consumers: (2-byte length of the consumer
+//	                   name, name, topic) → epoch, offset, updated time
 //
-// Format 1 also kept each topic's idempotency keys in buckets
-// topics/<topic>/k (key → offset, time) and topics/<topic>/x (offset → key).
-// Open migrates such a store before anything else: it deletes those buckets,
-// 256 topics per transaction, and then writes "brokerd-store/2" (a crash
-// midway leaves format 1, which the next Open finishes). A brokerd that
-// reads only format 1 refuses a migrated store with ErrFormat.
+// A record's total is the sum of the data bytes of it and of every earlier
+// record of the topic. A topic's head, count and bytes are therefore not
+// stored: they are read from its last record (head is its offset, count is
+// head-earliest+1, bytes is its total minus the stored total before
+// earliest; with no record, head is earliest-1). An append writes its record
+// and nothing else, so a group commit dirties about one leaf page per topic
+// it touches (fewer when topics share a leaf) plus the branch pages above
+// them; the metadata is written only when a topic is created, trimmed,
+// truncated, reset or given a retention. The records bucket fills its pages
+// completely (appends land at the end of a topic's run).
 //
 // A topic's retained offsets are exactly earliest..head; count is
 // head-earliest+1, and earliest is head+1 when nothing is retained. Record
 // times never decrease within a topic (an append is stamped with the later of
-// now and the head record's time), so the oldest records are also the first.
+// now and the head record's time, or the stored time when the log is empty),
+// so the oldest records are also the first.
+//
+// Finding a topic's last record steps a cursor back from the start of the
+// next topic's run. bbolt leaves a leaf page that deletions emptied in place
+// until the transaction commits, and such a step stops there; so nothing is
+// deleted from records before the last lookup of a transaction: retention
+// collects what it removes and deletes it just before the commit, and the
+// operations that delete otherwise (TruncateAfter, ResetTopic, DeleteTopic)
+// run alone, looking their topic up first.
+//
+// # Migration
+//
+// Formats 1 and 2 kept each topic in a bucket of its own, topics/<topic>,
+// holding m (metadata), l (offset → record without a total) and, in format
+// 1, the idempotency key buckets k and x. Open migrates such a store before
+// anything else, in transactions of at most 50,000 records and 32 MiB: each
+// copies topics' records into records with their totals and their metadata
+// into meta, then deletes the topics' old buckets (a long log takes several
+// transactions). The first transaction writes "brokerd-store/3" with
+// brokerd/migrating, so that a brokerd of an earlier version refuses the
+// store by its format name rather than read it half migrated; a crash
+// midway leaves that marker, and the next Open resumes: a topic already in
+// meta goes on after its last copied record. The last transaction deletes
+// topics and brokerd/migrating. A migration reads and rewrites every
+// record once; it logs its progress every 10 seconds. A brokerd that reads
+// only formats 1 and 2 refuses a store of format 3 with ErrFormat: go back
+// by restoring a copy of the data file taken before the upgrade.
 //
 // # Idempotency keys
 //
@@ -106,7 +140,9 @@
 //
 // Reads (Read, Topic, Topics, Consumer, Consumers) are short bbolt read
 // transactions on their own goroutines; Read copies at most one page of
-// records. A large initial memory map (1 GiB of address space) keeps commits
+// records. Check keeps every topic's id in memory while it runs (about 50
+// bytes per topic); nothing else holds per-topic state for idle topics
+// beyond the idempotency key index. A large initial memory map (1 GiB of address space) keeps commits
 // from remapping, which would wait for open read transactions.
 //
 // # Durability
