@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -185,6 +186,7 @@ func New(cfg Config) (*Node, error) {
 	opts := n.nc.Opts
 	opts.Name = "brokerd " + cfg.Cluster + "/" + cfg.Node + " control"
 	opts.MaxReconnect, opts.ReconnectWait, opts.AllowReconnect = -1, 250*time.Millisecond, true
+	opts.Timeout = max(opts.Timeout, 5*time.Second)
 	opts.ReconnectedCB, opts.DisconnectedErrCB, opts.ClosedCB, opts.DisconnectedCB = nil, nil, nil, nil
 	opts.AsyncErrorCB = func(_ *nats.Conn, _ *nats.Subscription, err error) {
 		n.log.Warn("cluster: nats control connection", "err", err)
@@ -246,7 +248,9 @@ func (n *Node) start() error {
 	if err := n.nc.FlushTimeout(5 * time.Second); err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
-	if err := n.heartbeat(); err != nil {
+	// Announced before the first pass, so that the others count this node
+	// from its first lease on.
+	if _, err := n.nodes.Put(ctx, n.cfg.Node, []byte(strconv.Itoa(n.cfg.Partitions))); err != nil {
 		return fmt.Errorf("cluster: node bucket: %w", err)
 	}
 	n.pass()
