@@ -25,6 +25,13 @@ import (
 )
 
 func main() {
+	// A first argument naming a tool runs it (brokerd help lists them);
+	// otherwise brokerd is the daemon.
+	if len(os.Args) > 1 {
+		if code, ok := runSubcommand(os.Args[1], os.Args[2:]); ok {
+			os.Exit(code)
+		}
+	}
 	cfg, err := parseConfig(os.Args[1:], os.Getenv)
 	if err != nil {
 		if errors.Is(err, errHelp) {
@@ -61,6 +68,7 @@ func run(cfg *config) error {
 	}
 
 	m := metrics.New()
+	m.SetBuildInfo(version)
 	st, err := store.Open(cfg.Data, cfg.storeOptions(log, m))
 	if err != nil {
 		return fmt.Errorf("data directory %s: %w", cfg.Data, err)
