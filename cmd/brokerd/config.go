@@ -125,7 +125,7 @@ func parseConfig(args []string, getenv func(string) string) (*config, error) {
 	fs.DurationVar(&c.HTTPWriteTimeout, "http-write-timeout", 10*time.Second, "an HTTP answer (a history page) whose writes make no progress this long is cut off")
 	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", 2*time.Minute, "an idle keep-alive HTTP connection is closed after this long")
 	fs.IntVar(&c.MaxHTTPConnections, "max-http-connections", 2048, "open HTTP connections not upgraded to WebSocket; past it a new one is closed at once")
-	fs.IntVar(&c.MaxHTTPRequests, "max-http-requests", 256, "HTTP requests served at once (API, metrics, health; WebSocket excluded); past it: HTTP 503")
+	fs.IntVar(&c.MaxHTTPRequests, "max-http-requests", 64, "HTTP requests served at once (API, metrics, health; WebSocket excluded); past it: HTTP 503. Each may hold a request body of up to --max-message-bytes for up to --http-read-timeout")
 	fs.StringVar(&c.ConfigFile, "config", "", "YAML config file whose keys are these flag names (e.g. `addr: \":8080\"`); flags win over the environment, which wins over the file")
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM certificate chain; with --tls-key serves wss:// and https://")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "PEM private key for --tls-cert")

@@ -37,7 +37,7 @@ func defaultConfig() config {
 		HTTPWriteTimeout:   10 * time.Second,
 		HTTPIdleTimeout:    2 * time.Minute,
 		MaxHTTPConnections: 2048,
-		MaxHTTPRequests:    256,
+		MaxHTTPRequests:    64,
 
 		AuthTimeout:    5 * time.Second,
 		MaxConnections: 10000,

@@ -200,7 +200,7 @@ var helpFlags = map[string]string{
 	"http-write-timeout":     "10s",
 	"http-idle-timeout":      "2m0s",
 	"max-http-connections":   "2048",
-	"max-http-requests":      "256",
+	"max-http-requests":      "64",
 	"config":                 "",
 	"tls-cert":               "",
 	"tls-key":                "",

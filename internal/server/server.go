@@ -88,7 +88,8 @@ type Config struct {
 	MaxHTTPConnections int
 	// MaxHTTPRequests bounds HTTP requests being served at once (the API,
 	// metrics, health; not WebSocket connections); past it: HTTP 503 with
-	// Retry-After (default 256; negative: no limit).
+	// Retry-After (default 64; negative: no limit). Each may hold a body of
+	// up to the broker's MaxMessageBytes for up to ReadTimeout.
 	MaxHTTPRequests int
 	// Logger receives the edge's logs (default slog.Default()).
 	Logger *slog.Logger
@@ -141,7 +142,7 @@ func (c Config) withDefaults() Config {
 		c.MaxHTTPConnections = 2048
 	}
 	if c.MaxHTTPRequests == 0 {
-		c.MaxHTTPRequests = 256
+		c.MaxHTTPRequests = 64
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
