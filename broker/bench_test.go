@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -108,4 +109,42 @@ func BenchmarkPubRoundTrip(b *testing.B) {
 	for c.objects.Load() < int64(b.N+1) {
 		time.Sleep(50 * time.Microsecond)
 	}
+}
+
+// BenchmarkPubRoundTripParallel is BenchmarkPubRoundTrip from many
+// connections at once: what they share (the server-wide budget of pending
+// publish bytes, the store) shows as contention.
+func BenchmarkPubRoundTripParallel(b *testing.B) {
+	st := newMemStore()
+	srv, err := New(Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), CommandRate: -1}, st)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Shutdown(b.Context())
+	frame := []byte(`{"op":"pub","id":7,"topic":"bench.pub","data":{"k":"0123456789012345678901234567890123456789012345678901234567890123456789"}}`)
+	var (
+		mu    sync.Mutex
+		conns []*discardConn // kept for the length of the run
+	)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		c := &discardConn{}
+		s, err := srv.Connect(c, ConnInfo{})
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		mu.Lock()
+		conns = append(conns, c)
+		mu.Unlock()
+		n := int64(0)
+		for pb.Next() {
+			s.HandleFrame(frame)
+			n++
+		}
+		for c.objects.Load() < n+1 {
+			time.Sleep(50 * time.Microsecond)
+		}
+	})
 }
