@@ -2,6 +2,7 @@ package broker
 
 import (
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -212,6 +213,55 @@ func TestConsumersBelongToSubject(t *testing.T) {
 	for _, ev := range ca.wait(t, "", func([]map[string]any) bool { return true }) {
 		if ev["op"] == "unsubbed" {
 			t.Fatalf("alice got %v", ev)
+		}
+	}
+}
+
+// closeOrderConn records how many frames were written when Close came.
+type closeOrderConn struct {
+	*testConn
+	writesAtClose atomic.Int64
+}
+
+func (c *closeOrderConn) Close(code uint16, reason []byte) {
+	c.mu.Lock()
+	w := c.writes
+	c.mu.Unlock()
+	c.writesAtClose.CompareAndSwap(0, int64(w)+1) // +1: 0 means not closed yet
+	c.testConn.Close(code, reason)
+}
+
+// A bad handshake token closes with 4001 or 4003 only once welcome is
+// written (issue 15: the close cleared the queue first, and most clients
+// saw the close without welcome). The transport is held back so that the
+// close is ready before welcome could be written.
+func TestBadTokenClosesAfterWelcome(t *testing.T) {
+	srv := authServer(t)
+	for _, tc := range []struct {
+		token string
+		code  uint16
+	}{{"bogus", 4001}, {"expired", 4003}} {
+		c := &closeOrderConn{testConn: newTestConn()}
+		gate := make(chan struct{})
+		c.gate = gate
+		s, err := srv.Connect(c, ConnInfo{Remote: "test", Token: tc.token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.HandleFrame([]byte(`{"op":"ping","id":1}`)) // ignored: the session is closing
+		close(gate)
+		c.wait(t, "the close", func([]map[string]any) bool { return c.closed != 0 })
+		if c.closed != tc.code {
+			t.Fatalf("token %q: closed with %d, want %d", tc.token, c.closed, tc.code)
+		}
+		if w := c.writesAtClose.Load() - 1; w < 1 {
+			t.Fatalf("token %q: closed after %d frames, want welcome first", tc.token, w)
+		}
+		c.mu.Lock()
+		evs := c.events
+		c.mu.Unlock()
+		if len(evs) != 1 || evs[0]["op"] != "welcome" {
+			t.Fatalf("token %q: events %v, want welcome alone", tc.token, evs)
 		}
 	}
 }
