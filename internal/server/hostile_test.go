@@ -26,7 +26,9 @@ import (
 	"time"
 
 	"github.com/brokerd/brokerd/broker"
+	"github.com/brokerd/brokerd/internal/auth"
 	"github.com/brokerd/brokerd/store"
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/lxzan/gws"
 )
 
@@ -787,4 +789,32 @@ func TestHostileAcceptErrors(t *testing.T) {
 	eventually(t, waitTimeout, "the server to accept the clients once descriptors are free", func() bool {
 		return ts.Edge.HTTPConnections() >= n
 	})
+}
+
+// Row 13, end to end with the JWT verifier: a token whose sub claim is
+// 2,000 bytes is refused with a message that says why, on the WebSocket
+// (4001, after welcome) and on the HTTP API (401).
+func TestHostileLongSubClaim(t *testing.T) {
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	v, err := auth.NewHMAC(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, func(c *serverConfig) { c.Broker.Auth = v })
+	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
+		"sub": strings.Repeat("u", 2000), "exp": time.Now().Add(time.Hour).Unix(), "subscribe": []string{">"},
+	}).SignedString(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = "sub claim is longer than 64 bytes"
+	r := upgradeRaw(t, ts, "Authorization: Bearer "+tok+"\r\n")
+	rc := r.readUntilClose(waitTimeout)
+	if rc.code != 4001 || !strings.Contains(rc.reason, want) || len(rc.texts) != 1 {
+		t.Fatalf("WebSocket: close %d %q after %d frames, want 4001 saying %q after welcome", rc.code, rc.reason, len(rc.texts), want)
+	}
+	code, body := ts.get("/v1/topics", http.Header{"Authorization": {"Bearer " + tok}})
+	if code != http.StatusUnauthorized || !strings.Contains(body, want) {
+		t.Fatalf("HTTP: %d %s, want 401 saying %q", code, body, want)
+	}
 }
