@@ -149,7 +149,9 @@ func migrateTopic(metaB, recs, tb *bbolt.Bucket, name []byte, left *budget) (fin
 	var seek [8]byte
 	c := lb.Cursor()
 	k, v := c.Seek(putOffset(seek[:], next))
-	for ; k != nil && left.recs > 0 && left.bytes > 0; k, v = c.Next() {
+	// At least one record per call, whatever is left: every transaction
+	// makes progress.
+	for ; k != nil && (n == 0 || left.recs > 0 && left.bytes > 0); k, v = c.Next() {
 		if off := getOffset(k); off != next {
 			return false, n, fmt.Errorf("%w: offset %d where %d was expected", ErrCorrupt, off, next)
 		}

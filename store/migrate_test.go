@@ -384,3 +384,15 @@ func TestCrashMigration(t *testing.T) {
 	}
 	t.Logf("%d stores, %d migrations killed", *crashMigrations, kills)
 }
+
+// TestMigrateTinyBudget: a budget smaller than a topic still moves on.
+func TestMigrateTinyBudget(t *testing.T) {
+	dir := t.TempDir()
+	topics := oldTopics(11, 20, time.Now().UnixMilli())
+	writeOldStore(t, dir, formatV2, topics, nil)
+	setMigrateBudget(t, 1)
+	opts := testOptions()
+	opts.Logger = quiet
+	db := openAt(t, dir, opts)
+	checkMigrated(t, db, topics)
+}
