@@ -246,22 +246,9 @@ func (s *Session) handleSub(cmd *subproto.Command) {
 		return
 	}
 	rangeCtx := &subproto.ErrContext{Epoch: info.Epoch, Earliest: info.Earliest, Latest: info.Head, HasRange: true}
-	if cmd.Epoch != "" && cmd.Epoch != info.Epoch {
-		s.replyErr(&subproto.Error{Code: subproto.CodeEpochMismatch, ID: id,
-			Message: "the topic's history was reset: offsets of epoch " + cmd.Epoch + " no longer apply"}, rangeCtx)
-		return
-	}
 
 	sub := &subscription{sess: s, topic: topic, epoch: info.Epoch}
-	var start uint64
-	switch cmd.From.Kind {
-	case subproto.FromEarliest:
-		start = info.Earliest
-	case subproto.FromOffset:
-		start = cmd.From.Offset
-	default:
-		start = info.Head + 1
-	}
+	req := requestOf(cmd)
 	if cmd.Consumer != "" {
 		sub.consumer = cmd.Consumer
 		sub.consumerKey = s.consumerKey(cmd.Consumer)
@@ -272,45 +259,20 @@ func (s *Session) handleSub(cmd *subproto.Command) {
 		if sub.maxInflight > s.srv.cfg.MaxInflight {
 			sub.maxInflight = s.srv.cfg.MaxInflight
 		}
-		co, ok, err := s.srv.store.Consumer(sub.consumerKey, topic)
-		if err != nil {
-			s.replyErr(storeError(id, err), nil)
-			return
-		}
-		switch {
-		case ok && co.Epoch == info.Epoch:
-			start = co.Offset + 1
-			sub.acked = co.Offset
-		case ok && cmd.Epoch != info.Epoch:
-			// The consumer's position belongs to an older history and
-			// the client has not acknowledged the new one.
-			s.replyErr(&subproto.Error{Code: subproto.CodeEpochMismatch, ID: id,
-				Message: "consumer " + cmd.Consumer + " acknowledged offsets of epoch " + co.Epoch + ", which no longer applies; subscribe with the current epoch to start over"},
-				rangeCtx)
-			return
-		}
-		if !ok || co.Epoch != info.Epoch {
-			sub.acked = start - 1
-		}
 	}
-	var missed *[2]uint64
-	if start < info.Earliest {
-		if cmd.IfGone != "earliest" {
-			s.replyErr(&subproto.Error{Code: subproto.CodeOffsetOutOfRange, ID: id,
-				Message: fmt.Sprintf("offset %d is no longer retained; the earliest is %d", start, info.Earliest)}, rangeCtx)
-			return
-		}
-		missed = &[2]uint64{start, info.Earliest - 1}
-		start = info.Earliest
-		if sub.consumerKey != "" && sub.acked < start-1 {
-			sub.acked = start - 1
-		}
-	}
-	if start > info.Head+1 {
-		s.replyErr(&subproto.Error{Code: subproto.CodeOffsetOutOfRange, ID: id,
-			Message: fmt.Sprintf("offset %d is beyond the head %d", start, info.Head)}, rangeCtx)
+	facts, err := startFacts(s.srv.store, topic, info, req, sub.consumerKey)
+	if err != nil {
+		s.replyErr(storeError(id, err), nil)
 		return
 	}
+	begin, serr := decideStart(req, facts)
+	if serr != nil {
+		serr.ID = id
+		s.replyErr(serr, rangeCtx)
+		return
+	}
+	start, missed := begin.Offset, begin.Missed
+	sub.acked = begin.Acked
 	sub.next = start
 
 	t, err := s.srv.acquireTopic(topic)
@@ -437,6 +399,14 @@ func (s *Session) handleAck(cmd *subproto.Command) {
 		s.replyErr(storeError(id, err), nil)
 		return
 	}
+	if exists && cmd.Epoch != "" && cmd.Epoch != info.Epoch {
+		// Offsets of another history: storing them would skip messages
+		// of the current one.
+		s.replyErr(&subproto.Error{Code: subproto.CodeEpochMismatch, ID: id,
+			Message: "the topic's history was reset: offsets of epoch " + cmd.Epoch + " no longer apply; nothing was stored"},
+			&subproto.ErrContext{Epoch: info.Epoch, Earliest: info.Earliest, Latest: info.Head, HasRange: true})
+		return
+	}
 	if !exists || cmd.Offset > info.Head {
 		var rc *subproto.ErrContext
 		if exists {
@@ -451,8 +421,8 @@ func (s *Session) handleAck(cmd *subproto.Command) {
 		s.replyErr(consumerTooLong(id, s.user), nil)
 		return
 	}
-	// The ack has no epoch of its own. When this connection holds the
-	// consumer's subscription, the offsets it acknowledges are of that
+	// An ack without an epoch (a v1.0 client): when this connection holds
+	// the consumer's subscription, the offsets it acknowledges are of that
 	// subscription's epoch: after a reset they must not land in the new
 	// history, where they would skip messages silently.
 	if e, ok := s.consumerEpochs[consumerTopic{key, topic}]; ok && e != info.Epoch {

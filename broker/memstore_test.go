@@ -155,3 +155,38 @@ func (m *memStore) Consumers(consumer string) ([]ConsumerOffset, error) {
 }
 
 func (m *memStore) SetCommitHook(fn func([]Committed)) { m.hook = fn }
+
+func (m *memStore) OffsetAt(topic string, ms int64) (uint64, int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t := m.topics[topic]
+	if t == nil {
+		return 0, 0, ErrTopicNotFound
+	}
+	var et int64
+	if t.info.Earliest <= t.info.Head {
+		et = t.recs[t.info.Earliest-1].Time
+	}
+	for off := t.info.Earliest; off <= t.info.Head; off++ {
+		if t.recs[off-1].Time >= ms {
+			return off, et, nil
+		}
+	}
+	return t.info.Head + 1, et, nil
+}
+
+// seed replaces topic's log with records of the given times (offsets
+// 1..len(times)) and trims the first trimmed of them.
+func (m *memStore) seed(topic string, times []int64, trimmed int) TopicInfo {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t := m.topicLocked(topic)
+	t.recs = t.recs[:0]
+	for i, ms := range times {
+		t.recs = append(t.recs, Record{Offset: uint64(i + 1), Time: ms, Data: []byte(`1`)})
+	}
+	t.info.Head = uint64(len(times))
+	t.info.Earliest = uint64(trimmed + 1)
+	t.info.Count = int64(len(times) - trimmed)
+	return t.info
+}

@@ -133,7 +133,7 @@ func (s *Session) Logger() *slog.Logger { return s.log }
 
 func (s *Session) welcome() {
 	hb := int(s.srv.cfg.Heartbeat.Seconds())
-	s.reply(subproto.AppendWelcome(nil, s.id, s.srv.cfg.Node, s.srv.cfg.Version, hb))
+	s.reply(subproto.AppendWelcome(nil, s.id, s.srv.cfg.Node, s.srv.cfg.Version, hb, Features))
 }
 
 // reply queues a control frame (ok, err, pong, welcome, unsubbed). Control

@@ -98,6 +98,11 @@ type Store interface {
 	Read(topic string, from uint64, max, maxBytes int) ([]Record, error)
 	// Topic returns a topic's metadata; ok is false when it has no log.
 	Topic(topic string) (info TopicInfo, ok bool, err error)
+	// OffsetAt returns the first retained offset of topic whose record
+	// time is at or after ms (Head+1 when there is none), and the time of
+	// the earliest retained record (0 when nothing is retained). A topic
+	// without a log gives ErrTopicNotFound.
+	OffsetAt(topic string, ms int64) (offset uint64, earliestTime int64, err error)
 	// Topics lists topics in name order, starting after the name after
 	// ("" for the first page), at most max of them.
 	Topics(after string, max int) ([]TopicInfo, error)

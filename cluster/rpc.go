@@ -26,7 +26,8 @@ const (
 	opCommit
 	opConsumer
 	opConsumers
-	opAgree // the requester's copy of topic is to be checked against the owner's (checkCopies)
+	opAgree    // the requester's copy of topic is to be checked against the owner's (checkCopies)
+	opOffsetAt // the first offset of topic at or after a time (Store.OffsetAt)
 )
 
 const (
@@ -354,6 +355,17 @@ func (n *Node) serveRead(m *nats.Msg, op byte, topic string, r *reader) {
 			for i := range list {
 				b = putInfo(b, &list[i])
 			}
+		}
+	case opOffsetAt:
+		ms := r.varint()
+		if err = r.err; err != nil {
+			break
+		}
+		var off uint64
+		var et int64
+		if off, et, err = n.offsetAtLocal(topic, ms); err == nil {
+			b = putUvarint(b, off)
+			b = putVarint(b, et)
 		}
 	case opConsumer:
 		consumer := r.string()

@@ -165,6 +165,32 @@ func (n *Node) Topic(topic string) (ti broker.TopicInfo, ok bool, err error) {
 	return ti, ok, err
 }
 
+// OffsetAt finds the first offset of topic at or after a time on its
+// owner.
+func (n *Node) OffsetAt(topic string, ms int64) (off uint64, earliestTime int64, err error) {
+	body := putString([]byte{opOffsetAt}, topic)
+	body = putVarint(body, ms)
+	err = n.request(context.Background(), topic, body, func() error {
+		off, earliestTime, err = n.offsetAtLocal(topic, ms)
+		return err
+	}, func(r *reader) error {
+		off = r.uvarint()
+		earliestTime = r.varint()
+		return r.err
+	})
+	return off, earliestTime, err
+}
+
+// offsetAtLocal is OffsetAt on the owner: records not yet copied as
+// configured are not visible (as in Read).
+func (n *Node) offsetAtLocal(topic string, ms int64) (uint64, int64, error) {
+	off, et, err := n.local.OffsetAt(topic, ms)
+	if c, ok := n.replCap(topic); ok && off > c+1 {
+		off = c + 1
+	}
+	return off, et, err
+}
+
 // CommitAsync stores a consumer's offset with the topic's owner.
 func (n *Node) CommitAsync(consumer, topic, epoch string, offset uint64, done func(broker.ConsumerOffset, error)) {
 	n.commitTry(consumer, topic, epoch, offset, done, time.Now().Add(n.cfg.RequestTimeout), 0)

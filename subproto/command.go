@@ -17,6 +17,8 @@ const (
 	MaxEpochLen = 255
 	// MaxInflightLimit is the largest max_inflight a sub may ask for.
 	MaxInflightLimit = 10000
+	// MaxLast is the largest last a sub may ask for.
+	MaxLast = 10000
 	// MaxDepth is how deeply arrays and objects may nest inside one field
 	// value (data): "data":[[1]] has depth 2. The command object itself is
 	// not counted. Deeper values are still validated in full, in linear
@@ -26,6 +28,16 @@ const (
 	// largest integer a JavaScript number holds exactly). It bounds id,
 	// from, offset and max_inflight.
 	MaxInteger = 1<<53 - 1
+)
+
+// Features of protocol v1.1 a server lists in welcome. A client checks
+// them instead of the version string.
+const (
+	FeatureLast          = "last"           // sub with last
+	FeatureSince         = "since"          // sub with since, HTTP ?since
+	FeaturePatternReplay = "pattern_replay" // pattern sub with since and positions, the topic event
+	FeatureAckEpoch      = "ack_epoch"      // ack with epoch
+	FeaturePresence      = "presence"       // presence (not built yet)
 )
 
 // Op names a command (client to server) or an event (server to client).
@@ -128,7 +140,8 @@ type Command struct {
 	Key string
 	// From is where a sub starts.
 	From From
-	// Epoch is the epoch a sub expects, "" when absent.
+	// Epoch is the epoch a sub expects, or the epoch of the offset an
+	// ack acknowledges; "" when absent.
 	Epoch string
 	// IfGone is "earliest" or "" (sub).
 	IfGone string
@@ -138,6 +151,15 @@ type Command struct {
 	// MaxInflight bounds a durable consumer's unacked messages (sub with a
 	// consumer), 0 for the broker's default.
 	MaxInflight int
+	// Last asks a sub to start this many messages before the next
+	// offset (1 to MaxLast), 0 when absent.
+	Last int
+	// Since asks a sub to start at the first message stored at or after
+	// this time (ms since the Unix epoch, 0 to MaxInteger); HasSince says
+	// whether the sub carried it. At most one of From, Last and Since is
+	// set.
+	Since    int64
+	HasSince bool
 	// Offset is the acknowledged offset (ack), 1 to MaxInteger.
 	Offset uint64
 	// Token is the token of an auth (never empty).

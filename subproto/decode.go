@@ -110,6 +110,8 @@ const (
 	fMaxInflight
 	fOffset
 	fToken
+	fLast
+	fSince
 	nFields
 )
 
@@ -126,6 +128,8 @@ var fieldNames = [nFields]string{
 	fMaxInflight: "max_inflight",
 	fOffset:      "offset",
 	fToken:       "token",
+	fLast:        "last",
+	fSince:       "since",
 }
 
 func fieldIndex(name []byte) int {
@@ -154,21 +158,25 @@ func fieldIndex(name []byte) int {
 		return fOffset
 	case "token":
 		return fToken
+	case "last":
+		return fLast
+	case "since":
+		return fSince
 	}
 	return -1
 }
 
 // opSpec returns the command named b with its allowed and required fields
 // (as bit sets of field indexes); op is "" for an unknown command.
-func opSpec(b []byte) (op Op, allowed, required uint16) {
+func opSpec(b []byte) (op Op, allowed, required uint32) {
 	const common = 1<<fOp | 1<<fID
 	switch string(b) {
 	case "pub":
 		return OpPub, common | 1<<fTopic | 1<<fData | 1<<fKey, 1<<fTopic | 1<<fData
 	case "sub":
-		return OpSub, common | 1<<fTopic | 1<<fFrom | 1<<fEpoch | 1<<fIfGone | 1<<fConsumer | 1<<fMaxInflight, 1 << fTopic
+		return OpSub, common | 1<<fTopic | 1<<fFrom | 1<<fEpoch | 1<<fIfGone | 1<<fConsumer | 1<<fMaxInflight | 1<<fLast | 1<<fSince, 1 << fTopic
 	case "ack":
-		return OpAck, common | 1<<fTopic | 1<<fConsumer | 1<<fOffset, 1<<fTopic | 1<<fConsumer | 1<<fOffset
+		return OpAck, common | 1<<fTopic | 1<<fConsumer | 1<<fOffset | 1<<fEpoch, 1<<fTopic | 1<<fConsumer | 1<<fOffset
 	case "ping":
 		return OpPing, common, 0
 	case "unsub":
@@ -180,7 +188,7 @@ func opSpec(b []byte) (op Op, allowed, required uint16) {
 }
 
 // liveOnly are the sub fields a pattern subscription refuses.
-const liveOnly = 1<<fFrom | 1<<fEpoch | 1<<fIfGone | 1<<fConsumer | 1<<fMaxInflight
+const liveOnly = 1<<fFrom | 1<<fEpoch | 1<<fIfGone | 1<<fConsumer | 1<<fMaxInflight | 1<<fLast | 1<<fSince
 
 // span is where a member's value lies in the object.
 type span struct {
@@ -193,7 +201,7 @@ type span struct {
 // a frame.
 type decoder struct {
 	s      scanner
-	seen   uint16 // fields present
+	seen   uint32 // fields present
 	fields [nFields]span
 	bad    string // the first unknown or duplicate member, as a message
 	buf    []byte // an unescaped string
@@ -413,6 +421,11 @@ func (d *decoder) command(cmd *Command) *Error {
 		if cmd.Offset, ok = parseInt(b, d.fields[fOffset]); !ok {
 			return badRequest(id, `field "offset" must be an integer from 1 to `+strconv.Itoa(MaxInteger))
 		}
+		if d.has(fEpoch) {
+			if err := d.epoch(cmd, id); err != nil {
+				return err
+			}
+		}
 	case OpAuth:
 		raw, err := d.rawStr(fToken, id)
 		if err != nil {
@@ -457,15 +470,27 @@ func (d *decoder) sub(cmd *Command, id uint64) *Error {
 			return badRequest(id, `field "from" must be an offset from 1 to `+strconv.Itoa(MaxInteger)+`, "earliest" or "latest"`)
 		}
 	}
+	if d.has(fLast) {
+		v, ok := parseInt(b, d.fields[fLast])
+		if !ok || v > MaxLast {
+			return badRequest(id, `field "last" must be an integer from 1 to `+strconv.Itoa(MaxLast))
+		}
+		cmd.Last = int(v)
+	}
+	if d.has(fSince) {
+		v, ok := parseInt0(b, d.fields[fSince])
+		if !ok {
+			return badRequest(id, `field "since" must be an integer from 0 to `+strconv.Itoa(MaxInteger)+` (milliseconds since the Unix epoch)`)
+		}
+		cmd.Since, cmd.HasSince = int64(v), true
+	}
+	if n := d.seen & (1<<fFrom | 1<<fLast | 1<<fSince); n&(n-1) != 0 {
+		return badRequest(id, `fields "from", "last" and "since" exclude each other: give at most one`)
+	}
 	if d.has(fEpoch) {
-		raw, err := d.rawStr(fEpoch, id)
-		if err != nil {
+		if err := d.epoch(cmd, id); err != nil {
 			return err
 		}
-		if len(raw) == 0 || len(raw) > MaxEpochLen {
-			return badRequest(id, `field "epoch" must be 1 to `+strconv.Itoa(MaxEpochLen)+` bytes (omit it to accept any epoch)`)
-		}
-		cmd.Epoch = string(raw)
 	}
 	if d.has(fIfGone) {
 		raw, _ := d.rawStr(fIfGone, id)
@@ -489,6 +514,18 @@ func (d *decoder) sub(cmd *Command, id uint64) *Error {
 		}
 		cmd.MaxInflight = int(v)
 	}
+	return nil
+}
+
+func (d *decoder) epoch(cmd *Command, id uint64) *Error {
+	raw, err := d.rawStr(fEpoch, id)
+	if err != nil {
+		return err
+	}
+	if len(raw) == 0 || len(raw) > MaxEpochLen {
+		return badRequest(id, `field "epoch" must be 1 to `+strconv.Itoa(MaxEpochLen)+` bytes (omit it to accept any epoch)`)
+	}
+	cmd.Epoch = string(raw)
 	return nil
 }
 
@@ -580,7 +617,7 @@ func validConsumer[T string | []byte](c T) bool {
 	return true
 }
 
-func lowest(set uint16) int { return bits.TrailingZeros16(set) }
+func lowest(set uint32) int { return bits.TrailingZeros32(set) }
 
 // parseInt parses an integer from 1 to MaxInteger: digits only, no sign,
 // fraction or exponent.
@@ -600,6 +637,14 @@ func parseInt(b []byte, f span) (uint64, bool) {
 		v = v*10 + uint64(c-'0')
 	}
 	return v, v <= MaxInteger
+}
+
+// parseInt0 is parseInt that also accepts 0.
+func parseInt0(b []byte, f span) (uint64, bool) {
+	if f.kind == kNumber && f.end == f.start+1 && b[f.start] == '0' {
+		return 0, true
+	}
+	return parseInt(b, f)
 }
 
 // unescape appends the content of a valid JSON string (without its quotes)

@@ -40,8 +40,10 @@ func AppendMsg(dst []byte, topic string, offset uint64, ts int64, data []byte, s
 
 // AppendWelcome appends the welcome event:
 //
-//	{"op":"welcome","session":"…","node":"n1","version":"1.0.0","heartbeat":25}
-func AppendWelcome(dst []byte, session, node, version string, heartbeatSec int) []byte {
+//	{"op":"welcome","session":"…","node":"n1","version":"1.0.0","heartbeat":25,"features":["last","since"]}
+//
+// features is omitted when nil (a v1.0 welcome).
+func AppendWelcome(dst []byte, session, node, version string, heartbeatSec int, features []string) []byte {
 	dst = append(dst, `{"op":"welcome","session":`...)
 	dst = appendString(dst, session)
 	dst = append(dst, `,"node":`...)
@@ -50,6 +52,16 @@ func AppendWelcome(dst []byte, session, node, version string, heartbeatSec int) 
 	dst = appendString(dst, version)
 	dst = append(dst, `,"heartbeat":`...)
 	dst = strconv.AppendInt(dst, int64(heartbeatSec), 10)
+	if features != nil {
+		dst = append(dst, `,"features":[`...)
+		for i, f := range features {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendString(dst, f)
+		}
+		dst = append(dst, ']')
+	}
 	return append(dst, '}')
 }
 

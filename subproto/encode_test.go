@@ -109,15 +109,21 @@ func TestAppendMsg(t *testing.T) {
 
 func TestAppendWelcome(t *testing.T) {
 	for _, s := range tricky {
-		b := AppendWelcome(nil, s, s+"n", s+"v", 25)
+		b := AppendWelcome(nil, s, s+"n", s+"v", 25, nil)
 		m := decodeEvent(t, b, "op", "session", "node", "version", "heartbeat")
 		if str(t, m["op"]) != "welcome" || str(t, m["session"]) != wantString(s) || str(t, m["node"]) != wantString(s+"n") ||
 			str(t, m["version"]) != wantString(s+"v") || num(t, m["heartbeat"]) != 25 {
 			t.Errorf("AppendWelcome(%q) = %s", s, b)
 		}
 	}
-	if got := string(AppendWelcome(nil, "0b9e6f5c-5c1f-4c1e-9d1a-1f2e3d4c5b6a", "n1", "1.0.0", 25)); got != `{"op":"welcome","session":"0b9e6f5c-5c1f-4c1e-9d1a-1f2e3d4c5b6a","node":"n1","version":"1.0.0","heartbeat":25}` {
+	if got := string(AppendWelcome(nil, "0b9e6f5c-5c1f-4c1e-9d1a-1f2e3d4c5b6a", "n1", "1.0.0", 25, nil)); got != `{"op":"welcome","session":"0b9e6f5c-5c1f-4c1e-9d1a-1f2e3d4c5b6a","node":"n1","version":"1.0.0","heartbeat":25}` {
 		t.Errorf("AppendWelcome = %s", got)
+	}
+	if got := string(AppendWelcome(nil, "s", "n1", "1.1.0", 25, []string{FeatureLast, FeatureSince})); got != `{"op":"welcome","session":"s","node":"n1","version":"1.1.0","heartbeat":25,"features":["last","since"]}` {
+		t.Errorf("AppendWelcome with features = %s", got)
+	}
+	if got := string(AppendWelcome(nil, "s", "n1", "1.1.0", 25, []string{})); got != `{"op":"welcome","session":"s","node":"n1","version":"1.1.0","heartbeat":25,"features":[]}` {
+		t.Errorf("AppendWelcome with no features = %s", got)
 	}
 }
 
@@ -254,7 +260,7 @@ func TestEncodersDoNotAllocate(t *testing.T) {
 		b := AppendMsg(buf[:0], "chat.room1", 12345, 1700000000000, data, "chat.*")
 		b = AppendOK(b, ok)
 		b = AppendErr(b, e, ctx)
-		b = AppendWelcome(b, "s\u2028", "n", "v", 25)
+		b = AppendWelcome(b, "s\u2028", "n", "v", 25, []string{"last"})
 		b = AppendUnsubbed(b, "t", CodeSlow)
 		b = AppendPong(b, 1)
 		_ = AppendCommand(b, cmd)

@@ -246,7 +246,52 @@ func trimJSONSpace(b []byte) []byte {
 	return b
 }
 
-// serveMessages: GET /v1/topics/{topic}/messages?from=N&limit=M.
+// historyStart reads where a history page starts: from (default
+// earliest), last or since, at most one of them, and epoch. msg is the
+// bad_request message when the query is invalid.
+func historyStart(q url.Values) (req broker.StartRequest, msg string) {
+	n := 0
+	for _, k := range [...]string{"from", "last", "since"} {
+		if q.Has(k) {
+			n++
+		}
+	}
+	if n > 1 {
+		return req, "from, last and since exclude each other: give at most one"
+	}
+	req.Epoch = q.Get("epoch")
+	req.From.Kind = subproto.FromEarliest
+	switch {
+	case q.Has("last"):
+		v, err := strconv.ParseUint(q.Get("last"), 10, 64)
+		if err != nil || v == 0 || v > subproto.MaxLast {
+			return req, "last must be an integer from 1 to " + strconv.Itoa(subproto.MaxLast)
+		}
+		req.Last = int(v)
+	case q.Has("since"):
+		v, err := strconv.ParseUint(q.Get("since"), 10, 64)
+		if err != nil || v > subproto.MaxInteger {
+			return req, "since must be an integer from 0 to " + strconv.Itoa(subproto.MaxInteger) + " (milliseconds since the Unix epoch)"
+		}
+		req.Since, req.HasSince = int64(v), true
+	case q.Has("from"):
+		switch v := q.Get("from"); v {
+		case "", "earliest":
+		case "latest":
+			req.From.Kind = subproto.FromLatest
+		default:
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil || n == 0 || n > subproto.MaxInteger {
+				return req, `from must be a positive offset, "earliest" or "latest"`
+			}
+			req.From = subproto.From{Kind: subproto.FromOffset, Offset: n}
+		}
+	}
+	return req, ""
+}
+
+// serveMessages: GET /v1/topics/{topic}/messages?from=N&limit=M, or
+// ?last=N, or ?since=T.
 func (s *Server) serveMessages(w http.ResponseWriter, r *http.Request) {
 	topic, ok := s.topicRequest(w, r, (*broker.Grant).CanSubscribe, "read")
 	if !ok {
@@ -269,27 +314,22 @@ func (s *Server) serveMessages(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rangeCtx := map[string]any{"epoch": info.Epoch, "earliest": info.Earliest, "latest": info.Head}
-	if e := q.Get("epoch"); e != "" && e != info.Epoch {
-		s.writeErr(w, subproto.CodeEpochMismatch, "the topic's history was reset: offsets of epoch "+e+" no longer apply", rangeCtx)
+	req, msg := historyStart(q)
+	if msg != "" {
+		s.writeErr(w, subproto.CodeBadRequest, msg, nil)
 		return
 	}
-	from := info.Earliest
-	switch v := q.Get("from"); v {
-	case "", "earliest":
-	case "latest":
-		from = info.Head + 1
-	default:
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil || n == 0 {
-			s.writeErr(w, subproto.CodeBadRequest, `from must be a positive offset, "earliest" or "latest"`, nil)
-			return
-		}
-		from = n
-	}
-	if from < info.Earliest || from > info.Head+1 {
-		s.writeErr(w, subproto.CodeOffsetOutOfRange, fmt.Sprintf("offset %d is outside the retained range %d-%d", from, info.Earliest, info.Head), rangeCtx)
+	start, serr, err := s.broker.StartAt(topic, info, req)
+	if err != nil {
+		code, msg := publishErr(err)
+		s.writeErr(w, code, msg, nil)
 		return
 	}
+	if serr != nil {
+		s.writeErr(w, serr.Code, serr.Message, rangeCtx)
+		return
+	}
+	from := start.Offset
 	s.streamPage(w, topic, info, from, limit)
 }
 
