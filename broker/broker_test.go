@@ -247,10 +247,24 @@ func TestPatternSubscription(t *testing.T) {
 	publishN(t, srv, "room.1.msgs", 2)
 	publishN(t, srv, "room.2", 1)
 	publishN(t, srv, "other", 1)
-	evs := c.wait(t, "pattern msgs", func(evs []map[string]any) bool { return len(evs) == 3+5 })
+	// Each topic's first msg comes after a topic event.
+	evs := c.wait(t, "pattern msgs", func(evs []map[string]any) bool { return len(evs) == 3+5+3 })
 	count := map[string]int{}
+	announced := map[string]bool{}
 	for _, ev := range evs[3:] {
-		count[fmt.Sprint(ev["sub"])+" "+fmt.Sprint(ev["topic"])]++
+		k := fmt.Sprint(ev["sub"]) + " " + fmt.Sprint(ev["topic"])
+		switch ev["op"] {
+		case "topic":
+			if announced[k] || count[k] > 0 || fmt.Sprint(ev["from"]) != "1" || ev["epoch"] == "" {
+				t.Errorf("topic event %v", ev)
+			}
+			announced[k] = true
+		case "msg":
+			if !announced[k] {
+				t.Errorf("msg before its topic event: %v", ev)
+			}
+			count[k]++
+		}
 	}
 	want := map[string]int{"room.*.msgs room.1.msgs": 2, "room.> room.1.msgs": 2, "room.> room.2": 1}
 	if fmt.Sprint(count) != fmt.Sprint(want) {

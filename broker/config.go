@@ -31,6 +31,11 @@ type Config struct {
 	MinShare int
 	// MaxFrameBytes is the target size of one coalesced outbound frame (default 64 KiB).
 	MaxFrameBytes int
+	// MaxPatternTopics bounds the topics one pattern subscription may
+	// replay: topics it has a position for or that hold records at or
+	// after its since (default 10,000). Live-only patterns are not bound
+	// by it.
+	MaxPatternTopics int
 	// ReplayPage bounds the records one log read fetches (default 256).
 	ReplayPage int
 	// MaxPendingPublishes bounds publishes of one connection waiting to be
@@ -90,6 +95,7 @@ func (c Config) withDefaults() Config {
 	def(&c.MinShare, 32)
 	def(&c.MaxFrameBytes, 64<<10)
 	def(&c.ReplayPage, 256)
+	def(&c.MaxPatternTopics, 10000)
 	def(&c.MaxPendingPublishes, 1024)
 	def(&c.MaxPendingBytes, 8<<20)
 	if c.PendingBytes == 0 {
@@ -142,6 +148,7 @@ func (c Config) validate() error {
 	pos("MinShare", c.MinShare)
 	pos("MaxFrameBytes", c.MaxFrameBytes)
 	pos("ReplayPage", c.ReplayPage)
+	pos("MaxPatternTopics", c.MaxPatternTopics)
 	pos("MaxPendingPublishes", c.MaxPendingPublishes)
 	pos("MaxPendingBytes", c.MaxPendingBytes)
 	if c.PendingBytes < 0 {

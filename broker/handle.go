@@ -336,50 +336,6 @@ func (s *Session) handleSub(cmd *subproto.Command) {
 	}
 }
 
-func (s *Session) subscribePattern(cmd *subproto.Command) {
-	sub := &subscription{sess: s, topic: cmd.Topic, pattern: true, live: true}
-	if in, ok := s.srv.store.(Interested); ok {
-		if err := in.Interest(cmd.Topic, true); err != nil {
-			s.replyErr(storeError(cmd.ID, err), nil)
-			return
-		}
-		sub.interested = true
-	}
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		s.srv.loseInterest(sub)
-		return
-	}
-	if _, dup := s.subs[cmd.Topic]; dup {
-		s.mu.Unlock()
-		s.srv.loseInterest(sub)
-		s.replyErr(errAlreadySubscribed(cmd.ID, cmd.Topic), nil)
-		return
-	}
-	if cmd.ID != 0 {
-		s.replyLocked(subproto.AppendOK(nil, &subproto.OK{ID: cmd.ID, Topic: cmd.Topic}))
-	}
-	s.subs[cmd.Topic] = sub
-	s.mu.Unlock()
-	s.srv.stats.Subscriptions.Add(1)
-	s.srv.pmu.Lock()
-	s.srv.patterns.insert(cmd.Topic, sub)
-	s.srv.npatterns.Store(int64(s.srv.patterns.n))
-	s.srv.pmu.Unlock()
-	// A close that raced with the insert has detached the subscription
-	// already: take it out of the tree again.
-	s.mu.Lock()
-	ended := sub.ended
-	s.mu.Unlock()
-	if ended {
-		s.srv.pmu.Lock()
-		s.srv.patterns.remove(cmd.Topic, sub)
-		s.srv.npatterns.Store(int64(s.srv.patterns.n))
-		s.srv.pmu.Unlock()
-	}
-}
-
 func (s *Session) handleUnsub(cmd *subproto.Command) {
 	s.mu.Lock()
 	sub := s.subs[cmd.Topic]

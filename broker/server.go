@@ -336,7 +336,6 @@ func (srv *Server) dispatchPatterns(c *Committed, matches []*subscription) {
 		b       []byte
 	}
 	var cache []encoded
-	var slow []*subscription
 	for j := range c.Records {
 		r := &c.Records[j]
 		cache = cache[:0]
@@ -352,13 +351,8 @@ func (srv *Server) dispatchPatterns(c *Committed, matches []*subscription) {
 				enc = subproto.AppendMsg(nil, c.Topic, r.Offset, r.Time, r.Data, sub.topic)
 				cache = append(cache, encoded{sub.topic, enc})
 			}
-			if !sub.sess.offerPattern(sub, enc) {
-				slow = append(slow, sub)
-			}
+			sub.sess.offerPattern(sub, c.Topic, c.Epoch, r.Offset, enc)
 		}
-	}
-	for _, sub := range slow {
-		sub.sess.endSub(sub, "slow")
 	}
 }
 
@@ -540,7 +534,7 @@ type Stats struct {
 	BytesIn          atomic.Int64
 	CatchUps         atomic.Int64 // subscriptions that fell back to reading the log
 	SlowCloses       atomic.Int64 // connections closed with 4008
-	SlowPatternEnds  atomic.Int64 // pattern subscriptions ended as slow
+	SlowPatternEnds  atomic.Int64 // pattern subscriptions ended as slow (none since v1.1: they are fed from the logs)
 	RateLimited      atomic.Int64 // connections closed with 4029
 	PendingWaits     atomic.Int64 // times a publisher waited for MaxPendingBytes or PendingBytes
 	StorageErrors    atomic.Int64 // store writes that failed (full disk, I/O error)

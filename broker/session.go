@@ -99,7 +99,8 @@ type subscription struct {
 	lagging bool   // listed in sess.lagging
 	parked  bool   // lagging with nothing to read: skipped until dispatch or an ack wakes it
 
-	interested bool // pattern: the store was told (Interested); set before use
+	interested bool          // pattern: the store was told (Interested); set before use
+	pat        *patternState // pattern subscriptions
 }
 
 var newline = []byte{'\n'}
@@ -284,26 +285,6 @@ func (s *Session) offer(sub *subscription, off uint64, enc []byte) {
 	s.pushMsgLocked(sub, enc)
 }
 
-// offerPattern hands a live record to a pattern subscription. It reports
-// false when the subscription has no room: pattern subscriptions are
-// live-only, so the caller ends it as slow.
-func (s *Session) offerPattern(sub *subscription, enc []byte) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed || sub.ended {
-		return true
-	}
-	if !s.roomLocked(sub, len(enc)) {
-		return false
-	}
-	s.out = append(s.out, outItem{b: enc, sub: sub})
-	s.outMsgs++
-	s.outBytes += len(enc)
-	sub.queued++
-	s.kickLocked()
-	return true
-}
-
 // nextLaggingLocked picks, round robin, a subscription that is fed from
 // the log and has room for more.
 func (s *Session) nextLaggingLocked() *subscription {
@@ -444,6 +425,10 @@ func (s *Session) writeFailed(err error) {
 // pump feeds one lagging subscription a page from the log. When the page
 // reaches the end of the log it tries to rejoin the live stream.
 func (s *Session) pump(sub *subscription) {
+	if sub.pattern {
+		s.pumpPattern(sub)
+		return
+	}
 	s.mu.Lock()
 	if s.closed || sub.ended || sub.live {
 		s.mu.Unlock()
@@ -566,9 +551,6 @@ func (s *Session) endSub(sub *subscription, code subproto.Code) {
 	s.unlagLocked(sub)
 	if code != "" {
 		s.replyLocked(subproto.AppendUnsubbed(nil, sub.topic, code))
-		if code == "slow" {
-			s.srv.stats.SlowPatternEnds.Add(1)
-		}
 	}
 	s.mu.Unlock()
 	s.srv.detach(sub)

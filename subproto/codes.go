@@ -27,6 +27,7 @@ const (
 	CodeSlow                 Code = "slow"
 	CodeTopicDeleted         Code = "topic_deleted"
 	CodeNotFound             Code = "not_found"
+	CodeTooManyTopics        Code = "too_many_topics"
 )
 
 // CodeInfo describes one error code.
@@ -53,9 +54,10 @@ var codes = [...]CodeInfo{
 	{CodeUnavailable, "The broker cannot serve the command now (shutting down, storage or cluster unavailable); retry later. A pub that got it may or may not be stored: retry it with the same key."},
 	{CodeInternal, "An unexpected error in the broker. As an unsubbed code: the subscription could not continue."},
 	{CodeTakenOver, "Unsubbed only: a newer sub for the same durable consumer and topic took the subscription over."},
-	{CodeSlow, "Unsubbed only: a pattern subscription (live-only) fell too far behind and was ended."},
+	{CodeSlow, "Unsubbed only, from servers before v1.1: a live-only pattern subscription fell too far behind and was ended. A v1.1 server feeds slow pattern subscriptions from the topic logs instead."},
 	{CodeTopicDeleted, "Unsubbed only: the topic was deleted."},
 	{CodeNotFound, "HTTP API only: the topic has no log."},
+	{CodeTooManyTopics, "A pattern sub would replay more topics (topics it has a position for, or that hold messages at or after since) than the broker allows (--max-pattern-topics). Narrow the pattern, or resume with fewer positions."},
 }
 
 // Codes returns every error code with its description, in a stable order.

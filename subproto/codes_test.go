@@ -31,14 +31,14 @@ func TestCodes(t *testing.T) {
 		CodeBadRequest, CodeUnknownOp, CodeInvalidTopic, CodeUnauthorized, CodeForbidden,
 		CodeOffsetOutOfRange, CodeEpochMismatch, CodeNotSubscribed, CodeAlreadySubscribed,
 		CodeTooManySubscriptions, CodeMessageTooLarge, CodeRateLimited, CodeUnavailable,
-		CodeInternal, CodeTakenOver, CodeSlow, CodeTopicDeleted, CodeNotFound,
+		CodeInternal, CodeTakenOver, CodeSlow, CodeTopicDeleted, CodeNotFound, CodeTooManyTopics,
 	} {
 		if !seen[c] {
 			t.Errorf("code %q is missing from Codes()", c)
 		}
 	}
-	if len(seen) != 18 {
-		t.Errorf("%d codes, the test knows 18", len(seen))
+	if len(seen) != 19 {
+		t.Errorf("%d codes, the test knows 19", len(seen))
 	}
 	Codes()[0].Code = "changed"
 	if Codes()[0].Code != CodeBadRequest {

@@ -19,6 +19,10 @@ const (
 	MaxInflightLimit = 10000
 	// MaxLast is the largest last a sub may ask for.
 	MaxLast = 10000
+	// MaxPositions is the most topics the positions of one pattern sub
+	// may name (the frame size limit usually binds first; a broker bounds
+	// them further with its max pattern topics).
+	MaxPositions = 100000
 	// MaxDepth is how deeply arrays and objects may nest inside one field
 	// value (data): "data":[[1]] has depth 2. The command object itself is
 	// not counted. Deeper values are still validated in full, in linear
@@ -61,6 +65,7 @@ const (
 	OpErr      Op = "err"      // failure reply to a command
 	OpPong     Op = "pong"     // reply to ping
 	OpUnsubbed Op = "unsubbed" // the server ended a subscription
+	OpTopic    Op = "topic"    // a pattern subscription's first delivery of a topic, or why it stopped (v1.1)
 )
 
 // IsCommand reports whether o is a command a client may send.
@@ -75,7 +80,7 @@ func (o Op) IsCommand() bool {
 // IsEvent reports whether o is an event the server sends.
 func (o Op) IsEvent() bool {
 	switch o {
-	case OpWelcome, OpMsg, OpOK, OpErr, OpPong, OpUnsubbed:
+	case OpWelcome, OpMsg, OpOK, OpErr, OpPong, OpUnsubbed, OpTopic:
 		return true
 	}
 	return false
@@ -160,6 +165,9 @@ type Command struct {
 	// set.
 	Since    int64
 	HasSince bool
+	// Positions are where a pattern sub resumes topics that match it, in
+	// the order given, each topic once; nil when absent.
+	Positions []Position
 	// Offset is the acknowledged offset (ack), 1 to MaxInteger.
 	Offset uint64
 	// Token is the token of an auth (never empty).

@@ -112,6 +112,7 @@ const (
 	fToken
 	fLast
 	fSince
+	fPositions
 	nFields
 )
 
@@ -130,6 +131,7 @@ var fieldNames = [nFields]string{
 	fToken:       "token",
 	fLast:        "last",
 	fSince:       "since",
+	fPositions:   "positions",
 }
 
 func fieldIndex(name []byte) int {
@@ -162,6 +164,8 @@ func fieldIndex(name []byte) int {
 		return fLast
 	case "since":
 		return fSince
+	case "positions":
+		return fPositions
 	}
 	return -1
 }
@@ -174,7 +178,7 @@ func opSpec(b []byte) (op Op, allowed, required uint32) {
 	case "pub":
 		return OpPub, common | 1<<fTopic | 1<<fData | 1<<fKey, 1<<fTopic | 1<<fData
 	case "sub":
-		return OpSub, common | 1<<fTopic | 1<<fFrom | 1<<fEpoch | 1<<fIfGone | 1<<fConsumer | 1<<fMaxInflight | 1<<fLast | 1<<fSince, 1 << fTopic
+		return OpSub, common | 1<<fTopic | 1<<fFrom | 1<<fEpoch | 1<<fIfGone | 1<<fConsumer | 1<<fMaxInflight | 1<<fLast | 1<<fSince | 1<<fPositions, 1 << fTopic
 	case "ack":
 		return OpAck, common | 1<<fTopic | 1<<fConsumer | 1<<fOffset | 1<<fEpoch, 1<<fTopic | 1<<fConsumer | 1<<fOffset
 	case "ping":
@@ -187,8 +191,8 @@ func opSpec(b []byte) (op Op, allowed, required uint32) {
 	return "", 0, 0
 }
 
-// liveOnly are the sub fields a pattern subscription refuses.
-const liveOnly = 1<<fFrom | 1<<fEpoch | 1<<fIfGone | 1<<fConsumer | 1<<fMaxInflight | 1<<fLast | 1<<fSince
+// notPattern are the sub fields a pattern subscription refuses.
+const notPattern = 1<<fFrom | 1<<fEpoch | 1<<fConsumer | 1<<fMaxInflight | 1<<fLast
 
 // span is where a member's value lies in the object.
 type span struct {
@@ -446,10 +450,26 @@ func (d *decoder) sub(cmd *Command, id uint64) *Error {
 		return err
 	}
 	if cmd.Pattern {
-		if extra := d.seen & liveOnly; extra != 0 {
-			return badRequest(id, "field "+strconv.Quote(fieldNames[lowest(extra)])+" is not allowed with a pattern: pattern subscriptions are live-only")
+		if extra := d.seen & notPattern; extra != 0 {
+			return badRequest(id, "field "+strconv.Quote(fieldNames[lowest(extra)])+` is not allowed with a pattern (a pattern takes "since", "positions" and "if_gone")`)
+		}
+		if d.has(fSince) {
+			if err := d.since(cmd, id); err != nil {
+				return err
+			}
+		}
+		if d.has(fIfGone) {
+			if err := d.ifGone(cmd, id); err != nil {
+				return err
+			}
+		}
+		if d.has(fPositions) {
+			return d.positions(cmd, id)
 		}
 		return nil
+	}
+	if d.has(fPositions) {
+		return badRequest(id, `field "positions" is allowed only with a pattern`)
 	}
 	if d.has(fFrom) {
 		switch f := d.fields[fFrom]; f.kind {
@@ -478,11 +498,9 @@ func (d *decoder) sub(cmd *Command, id uint64) *Error {
 		cmd.Last = int(v)
 	}
 	if d.has(fSince) {
-		v, ok := parseInt0(b, d.fields[fSince])
-		if !ok {
-			return badRequest(id, `field "since" must be an integer from 0 to `+strconv.Itoa(MaxInteger)+` (milliseconds since the Unix epoch)`)
+		if err := d.since(cmd, id); err != nil {
+			return err
 		}
-		cmd.Since, cmd.HasSince = int64(v), true
 	}
 	if n := d.seen & (1<<fFrom | 1<<fLast | 1<<fSince); n&(n-1) != 0 {
 		return badRequest(id, `fields "from", "last" and "since" exclude each other: give at most one`)
@@ -493,11 +511,9 @@ func (d *decoder) sub(cmd *Command, id uint64) *Error {
 		}
 	}
 	if d.has(fIfGone) {
-		raw, _ := d.rawStr(fIfGone, id)
-		if string(raw) != "earliest" || d.fields[fIfGone].kind != kString {
-			return badRequest(id, `field "if_gone" must be "earliest"`)
+		if err := d.ifGone(cmd, id); err != nil {
+			return err
 		}
-		cmd.IfGone = "earliest"
 	}
 	if d.has(fConsumer) {
 		if err := d.consumer(cmd, id); err != nil {
@@ -514,6 +530,24 @@ func (d *decoder) sub(cmd *Command, id uint64) *Error {
 		}
 		cmd.MaxInflight = int(v)
 	}
+	return nil
+}
+
+func (d *decoder) since(cmd *Command, id uint64) *Error {
+	v, ok := parseInt0(d.s.b, d.fields[fSince])
+	if !ok {
+		return badRequest(id, `field "since" must be an integer from 0 to `+strconv.Itoa(MaxInteger)+` (milliseconds since the Unix epoch)`)
+	}
+	cmd.Since, cmd.HasSince = int64(v), true
+	return nil
+}
+
+func (d *decoder) ifGone(cmd *Command, id uint64) *Error {
+	raw, _ := d.rawStr(fIfGone, id)
+	if string(raw) != "earliest" || d.fields[fIfGone].kind != kString {
+		return badRequest(id, `field "if_gone" must be "earliest"`)
+	}
+	cmd.IfGone = "earliest"
 	return nil
 }
 

@@ -39,13 +39,16 @@
 //     bytes of visible ASCII (the same rule as the HTTP Idempotency-Key
 //     header).
 //   - sub: topic (a name or pattern) is required. from is an offset,
-//     "earliest" or "latest"; epoch is 1 to [MaxEpochLen] bytes; if_gone
-//     is "earliest"; consumer is 1 to [MaxConsumerLen] bytes of
-//     [A-Za-z0-9_.-]; max_inflight is 1 to [MaxInflightLimit] and needs a
-//     consumer. A pattern takes none of them: pattern subscriptions are
-//     live-only.
-//   - unsub: topic (a name or pattern). ack: topic (a name), consumer and
-//     offset. auth: a non-empty token. ping: nothing but op and id.
+//     "earliest" or "latest"; last is 1 to [MaxLast]; since is 0 to
+//     [MaxInteger] (at most one of from, last, since); epoch is 1 to
+//     [MaxEpochLen] bytes; if_gone is "earliest"; consumer is 1 to
+//     [MaxConsumerLen] bytes of [A-Za-z0-9_.-]; max_inflight is 1 to
+//     [MaxInflightLimit] and needs a consumer. A pattern takes only since,
+//     if_gone and positions (topics matching it, each once, mapped to
+//     {"from":N,"epoch":"…"}, at most [MaxPositions]).
+//   - unsub: topic (a name or pattern). ack: topic (a name), consumer,
+//     offset and an optional epoch. auth: a non-empty token. ping: nothing
+//     but op and id.
 //   - Strings are unescaped; a \u escape of a lone surrogate is refused in
 //     every string the decoder returns (it has no UTF-8 form). Inside data
 //     nothing is changed.

@@ -65,6 +65,58 @@ func AppendWelcome(dst []byte, session, node, version string, heartbeatSec int, 
 	return append(dst, '}')
 }
 
+// Topic is a pattern subscription's topic event (v1.1). Without Code it
+// announces the first delivery of a topic:
+//
+//	{"op":"topic","sub":"chat.>","topic":"chat.a","epoch":"e7","from":12,"missed":[3,11]}
+//
+// (missed only when not nil). With Code (epoch_mismatch or
+// offset_out_of_range) it says why the topic is not delivered (or, for a
+// reset, that its new epoch follows):
+//
+//	{"op":"topic","sub":"chat.>","topic":"chat.a","code":"epoch_mismatch","epoch":"e8","earliest":1,"latest":4}
+type Topic struct {
+	Sub    string // the pattern
+	Topic  string
+	Epoch  string
+	From   uint64
+	Missed *[2]uint64
+	Code   Code
+	// Earliest and Latest, with Code: the topic's retained range.
+	Earliest, Latest uint64
+}
+
+// AppendTopic appends the topic event e.
+func AppendTopic(dst []byte, e *Topic) []byte {
+	dst = append(dst, `{"op":"topic","sub":`...)
+	dst = appendString(dst, e.Sub)
+	dst = append(dst, `,"topic":`...)
+	dst = appendString(dst, e.Topic)
+	if e.Code != "" {
+		dst = append(dst, `,"code":`...)
+		dst = appendString(dst, string(e.Code))
+		dst = append(dst, `,"epoch":`...)
+		dst = appendString(dst, e.Epoch)
+		dst = append(dst, `,"earliest":`...)
+		dst = strconv.AppendUint(dst, e.Earliest, 10)
+		dst = append(dst, `,"latest":`...)
+		dst = strconv.AppendUint(dst, e.Latest, 10)
+		return append(dst, '}')
+	}
+	dst = append(dst, `,"epoch":`...)
+	dst = appendString(dst, e.Epoch)
+	dst = append(dst, `,"from":`...)
+	dst = strconv.AppendUint(dst, e.From, 10)
+	if e.Missed != nil {
+		dst = append(dst, `,"missed":[`...)
+		dst = strconv.AppendUint(dst, e.Missed[0], 10)
+		dst = append(dst, ',')
+		dst = strconv.AppendUint(dst, e.Missed[1], 10)
+		dst = append(dst, ']')
+	}
+	return append(dst, '}')
+}
+
 // AppendPong appends {"op":"pong","id":N}, or {"op":"pong"} when id is 0.
 func AppendPong(dst []byte, id uint64) []byte {
 	dst = append(dst, `{"op":"pong"`...)

@@ -269,3 +269,19 @@ func TestEncodersDoNotAllocate(t *testing.T) {
 		t.Errorf("%v allocations", allocs)
 	}
 }
+
+func TestAppendTopic(t *testing.T) {
+	for _, c := range []struct {
+		e    Topic
+		want string
+	}{
+		{Topic{Sub: "chat.>", Topic: "chat.a", Epoch: "e7", From: 12}, `{"op":"topic","sub":"chat.>","topic":"chat.a","epoch":"e7","from":12}`},
+		{Topic{Sub: "chat.>", Topic: "chat.a", Epoch: "e7", From: 12, Missed: &[2]uint64{3, 11}}, `{"op":"topic","sub":"chat.>","topic":"chat.a","epoch":"e7","from":12,"missed":[3,11]}`},
+		{Topic{Sub: "*", Topic: "a", Epoch: "e8", Code: CodeEpochMismatch, Earliest: 1, Latest: 4}, `{"op":"topic","sub":"*","topic":"a","code":"epoch_mismatch","epoch":"e8","earliest":1,"latest":4}`},
+		{Topic{Sub: "*", Topic: "a", Epoch: "e\"", Code: CodeOffsetOutOfRange, Earliest: 5, Latest: 4}, `{"op":"topic","sub":"*","topic":"a","code":"offset_out_of_range","epoch":"e\"","earliest":5,"latest":4}`},
+	} {
+		if got := string(AppendTopic(nil, &c.e)); got != c.want {
+			t.Errorf("AppendTopic(%+v) = %s, want %s", c.e, got, c.want)
+		}
+	}
+}

@@ -22,7 +22,7 @@ func ExampleDecodeFrame() {
 	}
 	// Output:
 	// pub id=1 topic="chat.room1" data={"text":"hi"}
-	// {"op":"err","id":2,"code":"bad_request","message":"field \"from\" is not allowed with a pattern: pattern subscriptions are live-only"}
+	// {"op":"err","id":2,"code":"bad_request","message":"field \"from\" is not allowed with a pattern (a pattern takes \"since\", \"positions\" and \"if_gone\")"}
 	// ping id=3 topic="" data=
 }
 

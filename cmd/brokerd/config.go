@@ -37,6 +37,7 @@ type config struct {
 	MaxFrameBytes    int
 	MaxMessageBytes  int
 	MaxSubscriptions int
+	MaxPatternTopics int
 	MaxCommands      int
 	QueueMessages    int
 	QueueBytes       int
@@ -112,6 +113,7 @@ func parseConfig(args []string, getenv func(string) string) (*config, error) {
 	fs.IntVar(&c.MaxFrameBytes, "max-frame-bytes", 1<<20, "largest incoming WebSocket message in bytes (larger: close 1009)")
 	fs.IntVar(&c.MaxMessageBytes, "max-message-bytes", 1<<20, "largest published data in bytes (larger: err message_too_large)")
 	fs.IntVar(&c.MaxSubscriptions, "max-subscriptions", 512, "subscriptions per connection")
+	fs.IntVar(&c.MaxPatternTopics, "max-pattern-topics", 10000, "topics one pattern subscription may replay (with since or positions; more: err too_many_topics)")
 	fs.IntVar(&c.MaxCommands, "max-commands-per-frame", 1000, "commands one frame may carry")
 	fs.IntVar(&c.QueueMessages, "queue-messages", 1024, "outbound queue length per connection, in messages")
 	fs.IntVar(&c.QueueBytes, "queue-bytes", 4<<20, "outbound queue size per connection, in bytes")
@@ -245,7 +247,7 @@ func (c *config) validate() error {
 		v    int
 	}{
 		{"max-frame-bytes", c.MaxFrameBytes}, {"max-message-bytes", c.MaxMessageBytes},
-		{"max-subscriptions", c.MaxSubscriptions}, {"max-commands-per-frame", c.MaxCommands},
+		{"max-subscriptions", c.MaxSubscriptions}, {"max-pattern-topics", c.MaxPatternTopics}, {"max-commands-per-frame", c.MaxCommands},
 		{"queue-messages", c.QueueMessages}, {"queue-bytes", c.QueueBytes}, {"max-pending-publishes", c.MaxPending},
 		{"max-pending-bytes", c.MaxPendingBytes}, {"max-page-bytes", c.MaxPageBytes}, {"http-max-header-bytes", c.HTTPMaxHeaderBytes},
 		{"max-http-connections", c.MaxHTTPConnections}, {"max-http-requests", c.MaxHTTPRequests},
@@ -326,6 +328,7 @@ func (c *config) brokerConfig(log *slog.Logger, a broker.Authenticator, m *metri
 		Version:             version,
 		Heartbeat:           c.Heartbeat,
 		MaxSubscriptions:    c.MaxSubscriptions,
+		MaxPatternTopics:    c.MaxPatternTopics,
 		MaxCommandsPerFrame: c.MaxCommands,
 		MaxMessageBytes:     c.MaxMessageBytes,
 		QueueMessages:       c.QueueMessages,

@@ -23,6 +23,7 @@ func defaultConfig() config {
 		MaxFrameBytes:    1 << 20,
 		MaxMessageBytes:  1 << 20,
 		MaxSubscriptions: 512,
+		MaxPatternTopics: 10000,
 		MaxCommands:      1000,
 		QueueMessages:    1024,
 		QueueBytes:       4 << 20,

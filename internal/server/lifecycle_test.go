@@ -175,9 +175,9 @@ func TestPatternSubscriptions(t *testing.T) {
 		t.Errorf("both: a.b msgs %v, want one via *.b and one exact", evs)
 	}
 
-	// Patterns are live-only.
+	// Patterns take since and positions, not from, last, consumer, epoch.
 	for _, extra := range []map[string]any{
-		{"from": 1}, {"from": "earliest"}, {"from": "latest"}, {"consumer": "c"}, {"epoch": "e"}, {"if_gone": "earliest"},
+		{"from": 1}, {"from": "earliest"}, {"from": "latest"}, {"consumer": "c"}, {"epoch": "e"}, {"last": 3},
 	} {
 		f := map[string]any{"op": "sub", "topic": "a.*"}
 		for k, v := range extra {

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -225,10 +226,10 @@ func TestQueueFullToTheByte(t *testing.T) {
 	checkOffsets(t, "subscriber", got, 100, 99+n)
 }
 
-// A pattern subscription is live-only: when it falls behind it is ended
-// with unsubbed slow, while exact subscriptions of the same connection
-// go on.
-func TestSlowPatternSubscriptionEnds(t *testing.T) {
+// A pattern subscription that falls behind is fed from the topic logs
+// like a topic subscription (v1.1): never ended as slow, nothing lost,
+// per topic in order.
+func TestSlowPatternSubscriptionFedFromLog(t *testing.T) {
 	ts := startServer(t, func(sc *serverConfig) {
 		sc.Broker.QueueMessages = 64
 		sc.Broker.MinShare = 16
@@ -239,51 +240,55 @@ func TestSlowPatternSubscriptionEnds(t *testing.T) {
 	s.pause()
 	p := dial(t, ts)
 	const total = 2000
+	catchUps := ts.Broker.Stats().CatchUps.Load()
 	publishData(t, p, "metrics.cpu", 1, total, 50, func(k int) string { return payload(k, 1024) })
-	eventually(t, waitTimeout, "the pattern subscription to end as slow", func() bool {
-		return ts.Broker.Stats().SlowPatternEnds.Load() == 1
+	publishData(t, p, "metrics.mem", 1, 100, 50, func(k int) string { return payload(k, 1024) })
+	eventually(t, waitTimeout, "the pattern to fall back to the log", func() bool {
+		return ts.Broker.Stats().CatchUps.Load() > catchUps
 	})
 	s.release()
-	evs := s.waitFor("unsubbed slow", func(evs []event) bool {
-		for _, e := range evs {
-			if e.Op == "unsubbed" {
-				return true
-			}
-		}
-		return false
-	})
-	for _, e := range evs {
-		if e.Op == "unsubbed" && (e.str("topic") != "metrics.*" || e.str("code") != string(subproto.CodeSlow)) {
-			t.Fatalf("got %s, want unsubbed metrics.* slow", e)
-		}
-	}
-	// The exact subscription got everything, in order.
-	var exact, viaPattern []event
-	for _, m := range s.waitFor("every exact msg", func(evs []event) bool {
+	evs := s.waitFor("every msg", func(evs []event) bool {
 		n := 0
 		for _, e := range evs {
-			if e.Op == "msg" && !e.has("sub") {
+			if e.Op == "msg" {
 				n++
 			}
 		}
-		return n >= total
-	}) {
-		if m.Op != "msg" {
-			continue
-		}
-		if m.has("sub") {
-			viaPattern = append(viaPattern, m)
-		} else {
-			exact = append(exact, m)
+		return n >= 2*total+100
+	})
+	var exact []event
+	viaPattern := map[string][]event{}
+	for i, e := range evs {
+		switch e.Op {
+		case "unsubbed":
+			t.Fatalf("got %s", e)
+		case "topic":
+			if e.str("sub") != "metrics.*" || e.has("code") || e.num("from") != 1 {
+				t.Errorf("topic event %s", e)
+			}
+			if len(viaPattern[e.str("topic")]) > 0 {
+				t.Errorf("topic event %s after msgs of the topic", e)
+			}
+		case "msg":
+			if !e.has("sub") {
+				exact = append(exact, e)
+				continue
+			}
+			topic := e.str("topic")
+			if len(viaPattern[topic]) == 0 {
+				if i == 0 || evs[i-1].Op != "topic" && !slices.ContainsFunc(evs[:i], func(x event) bool { return x.Op == "topic" && x.str("topic") == topic }) {
+					t.Errorf("first msg of %s without a topic event before it", topic)
+				}
+			}
+			viaPattern[topic] = append(viaPattern[topic], e)
 		}
 	}
 	checkOffsets(t, "exact", exact, 1, total)
-	// What the pattern delivered before it ended is in order, no gap.
-	if len(viaPattern) > 0 {
-		checkOffsets(t, "pattern", viaPattern, viaPattern[0].num("offset"), viaPattern[len(viaPattern)-1].num("offset"))
+	checkOffsets(t, "pattern metrics.cpu", viaPattern["metrics.cpu"], 1, total)
+	checkOffsets(t, "pattern metrics.mem", viaPattern["metrics.mem"], 1, 100)
+	if n := ts.Broker.Stats().SlowPatternEnds.Load(); n != 0 {
+		t.Errorf("%d pattern subscriptions ended as slow", n)
 	}
-	// The pattern may be subscribed again.
-	s.sub("metrics.*", nil)
 }
 
 // rawJSON marks s as JSON to encode as is.

@@ -20,6 +20,7 @@ export type ErrorCode =
   | 'slow'
   | 'topic_deleted'
   | 'not_found'
+  | 'too_many_topics'
 ;
 
 /** A close code the server uses. */

@@ -24,9 +24,10 @@ export const ErrorCodes = Object.freeze({
   unavailable: "The broker cannot serve the command now (shutting down, storage or cluster unavailable); retry later. A pub that got it may or may not be stored: retry it with the same key.",
   internal: "An unexpected error in the broker. As an unsubbed code: the subscription could not continue.",
   taken_over: "Unsubbed only: a newer sub for the same durable consumer and topic took the subscription over.",
-  slow: "Unsubbed only: a pattern subscription (live-only) fell too far behind and was ended.",
+  slow: "Unsubbed only, from servers before v1.1: a live-only pattern subscription fell too far behind and was ended. A v1.1 server feeds slow pattern subscriptions from the topic logs instead.",
   topic_deleted: "Unsubbed only: the topic was deleted.",
   not_found: "HTTP API only: the topic has no log.",
+  too_many_topics: "A pattern sub would replay more topics (topics it has a position for, or that hold messages at or after since) than the broker allows (--max-pattern-topics). Narrow the pattern, or resume with fewer positions.",
 });
 
 /** The WebSocket close codes the server uses, by number, with their names. */
