@@ -423,12 +423,12 @@ func (c *Client) wait(ctx context.Context, cl *call) (*event, error) {
 // reply completes the call an ok, err or pong answers.
 func (c *Client) reply(ev *event, isErr bool) {
 	c.mu.Lock()
-	cl := c.calls[ev.id]
+	cl := c.calls[ev.ID]
 	if cl == nil {
 		c.mu.Unlock()
 		return
 	}
-	if isErr && cl.kind == kPub && string(ev.code) == string(CodeUnavailable) {
+	if isErr && cl.kind == kPub && string(ev.Code) == string(CodeUnavailable) {
 		// The broker could not take it now (draining, storage busy): the
 		// protocol says retry with the same key.
 		cl.parked = true
@@ -436,10 +436,10 @@ func (c *Client) reply(ev *event, isErr bool) {
 		c.retryLater(cl)
 		return
 	}
-	delete(c.calls, ev.id)
+	delete(c.calls, ev.ID)
 	c.mu.Unlock()
 	if isErr {
-		cl.finish(nil, ev.errorOf())
+		cl.finish(nil, errorOf(ev))
 		return
 	}
 	cl.finish(ev, nil)

@@ -267,7 +267,7 @@ func (cn *conn) OnMessage(_ *gws.Conn, m *gws.Message) {
 	keep := false // messages alias the frame: do not recycle it
 	var (
 		bsub *Subscription
-		bkey []byte
+		bkey string
 		msgs []Message
 	)
 	flush := func() {
@@ -287,16 +287,16 @@ func (cn *conn) OnMessage(_ *gws.Conn, m *gws.Message) {
 			c.log.Warn("brokerd sent a malformed event", "event", string(line))
 			continue
 		}
-		switch string(ev.op) {
-		case "msg":
-			key := ev.topic
-			if len(ev.sub) > 0 {
-				key = ev.sub
+		switch ev.Op {
+		case subproto.OpMsg:
+			key := ev.Topic
+			if ev.Sub != "" {
+				key = ev.Sub
 			}
-			if bsub == nil || !bytes.Equal(key, bkey) {
+			if bsub == nil || key != bkey {
 				flush()
 				c.mu.Lock()
-				bsub = c.subs[string(key)]
+				bsub = c.subs[key]
 				c.mu.Unlock()
 				bkey = key
 			}
@@ -304,35 +304,36 @@ func (cn *conn) OnMessage(_ *gws.Conn, m *gws.Message) {
 			if s == nil {
 				continue
 			}
-			m := Message{Offset: ev.offset, Time: time.UnixMilli(ev.ts), Data: ev.data, Topic: s.topic}
+			m := Message{Offset: ev.Offset, Time: time.UnixMilli(ev.TS), Data: ev.Data, Topic: s.topic}
 			if s.pattern {
-				m.Topic, m.Pattern = string(ev.topic), s.topic
+				m.Topic, m.Pattern = ev.Topic, s.topic
 			} else {
-				if ev.offset < s.next.Load() {
+				if ev.Offset < s.next.Load() {
 					continue // already delivered (a resumed subscription)
 				}
-				s.next.Store(ev.offset + 1)
+				s.next.Store(ev.Offset + 1)
 			}
 			keep = true
 			msgs = append(msgs, m)
-		case "ok", "pong":
+		case subproto.OpOK, subproto.OpPong:
 			c.reply(ev, false)
-		case "err":
-			if ev.id == 0 {
-				c.log.Warn("brokerd error", "err", ev.errorOf())
+		case subproto.OpErr:
+			if ev.ID == 0 {
+				c.log.Warn("brokerd error", "err", errorOf(ev))
 				continue
 			}
 			c.reply(ev, true)
-		case "unsubbed":
+		case subproto.OpUnsubbed:
 			flush()
 			bsub = nil
-			c.unsubbed(string(ev.topic), ev.errorOf())
-		case "welcome":
+			c.unsubbed(ev.Topic, errorOf(ev))
+		case subproto.OpWelcome:
 			cn.info = ConnInfo{
-				Session:   string(ev.session),
-				Node:      string(ev.node),
-				Version:   string(ev.version),
-				Heartbeat: time.Duration(ev.heartbeat) * time.Second,
+				Session:   ev.Session,
+				Node:      ev.Node,
+				Version:   ev.Version,
+				Heartbeat: time.Duration(ev.Heartbeat) * time.Second,
+				Features:  ev.Features,
 			}
 			select {
 			case <-cn.welcomed:

@@ -2,7 +2,10 @@ package client
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,31 +19,79 @@ func TestParseEvent(t *testing.T) {
 	if err := parseEvent(line, &ev); err != nil {
 		t.Fatal(err)
 	}
-	if string(ev.op) != "msg" || string(ev.topic) != "a.b" || string(ev.sub) != "a.*" || ev.offset != 42 || ev.ts != 1700000000123 || string(ev.data) != `{"s":"x}\"]","n":[1,{"y":2}]}` {
+	if ev.Op != "msg" || ev.Topic != "a.b" || ev.Sub != "a.*" || ev.Offset != 42 || ev.TS != 1700000000123 || string(ev.Data) != `{"s":"x}\"]","n":[1,{"y":2}]}` {
 		t.Fatalf("msg: %+v", ev)
-	}
-	line = subproto.AppendOK(nil, &subproto.OK{ID: 7, Topic: "t", Sub: true, Epoch: "e1", Head: 9, From: 3, Missed: &[2]uint64{1, 2}})
-	if err := parseEvent(line, &ev); err != nil || ev.id != 7 || string(ev.epoch) != "e1" || ev.head != 9 || ev.from != 3 || !ev.hasMissed || ev.missed != [2]uint64{1, 2} {
-		t.Fatalf("sub ok %v: %+v", err, ev)
 	}
 	line = subproto.AppendErr(nil, &subproto.Error{ID: 3, Code: subproto.CodeEpochMismatch, Message: "tab\there \"q\""}, &subproto.ErrContext{Epoch: "e2", Earliest: 4, Latest: 8, HasRange: true})
 	if err := parseEvent(line, &ev); err != nil {
 		t.Fatal(err)
 	}
-	e := ev.errorOf()
+	e := errorOf(&ev)
 	if e.Code != CodeEpochMismatch || e.Message != "tab\there \"q\"" || e.Epoch != "e2" || e.Earliest != 4 || e.Latest != 8 || !e.HasRange {
 		t.Fatalf("err: %+v", e)
 	}
-	// Unknown members are skipped; member order does not matter.
-	if err := parseEvent([]byte(` {"future":{"a":[1,2]},"offset":5,"op":"msg","dup":true} `), &ev); err != nil || ev.offset != 5 || !ev.dup {
-		t.Fatalf("reordered: %v %+v", err, ev)
+}
+
+// TestWireVectors checks the client against the protocol's wire vectors
+// (subproto/testdata/vectors.json): every event it must understand, every
+// one it must refuse, and the topic rules it applies before sending.
+func TestWireVectors(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "subproto", "testdata", "vectors.json"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, bad := range []string{``, `[]`, `{"op":"msg"`, `{"op":"msg",}`, `{"op" "x"}`, `{"data":"unterminated}`, `{"op":"ok"} x`} {
-		if err := parseEvent([]byte(bad), &ev); err == nil {
-			t.Errorf("parseEvent(%q) accepted", bad)
+	var v struct {
+		Events []struct {
+			Name string `json:"name"`
+			Line string `json:"line"`
+			Bad  bool   `json:"bad"`
+		} `json:"events"`
+		Topics []struct {
+			S       string `json:"s"`
+			Topic   bool   `json:"topic"`
+			Pattern bool   `json:"pattern"`
+		} `json:"topics"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Events) == 0 || len(v.Topics) == 0 {
+		t.Fatal("no vectors")
+	}
+	for _, c := range v.Events {
+		var ev event
+		err := parseEvent([]byte(c.Line), &ev)
+		if c.Bad != (err != nil) {
+			t.Errorf("%s: parseEvent(%s) error %v, vectors say bad=%v", c.Name, c.Line, err, c.Bad)
+			continue
+		}
+		if c.Bad {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(c.Line), &m); err != nil {
+			t.Fatal(err)
+		}
+		if string(ev.Op) != m["op"] || ev.Topic != str(m["topic"]) || ev.Sub != str(m["sub"]) || string(ev.Code) != str(m["code"]) || ev.Epoch != str(m["epoch"]) {
+			t.Errorf("%s: parseEvent(%s) = %+v", c.Name, c.Line, ev)
+		}
+		if ev.Op == subproto.OpErr {
+			if e := errorOf(&ev); string(e.Code) != m["code"] || e.Message != m["message"] {
+				t.Errorf("%s: errorOf = %+v", c.Name, e)
+			}
+		}
+	}
+	for _, c := range v.Topics {
+		if got := subproto.ValidTopic(c.S); got != c.Topic { // what Publish checks
+			t.Errorf("ValidTopic(%q) = %v, vectors say %v", c.S, got, c.Topic)
+		}
+		if got := subproto.ValidPattern(c.S); got != (c.Topic || c.Pattern) { // what Subscribe checks
+			t.Errorf("ValidPattern(%q) = %v, vectors say %v", c.S, got, c.Topic || c.Pattern)
 		}
 	}
 }
+
+func str(v any) string { s, _ := v.(string); return s }
 
 func FuzzParseEvent(f *testing.F) {
 	f.Add([]byte(`{"op":"msg","topic":"a","offset":1,"ts":2,"data":[{"x":"\""}]}`))
@@ -48,9 +99,7 @@ func FuzzParseEvent(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var ev event
 		_ = parseEvent(b, &ev) // must not panic
-		if ev.code != nil {
-			_ = ev.errorOf()
-		}
+		_ = errorOf(&ev)
 	})
 }
 
@@ -105,5 +154,17 @@ func TestParseCloseReason(t *testing.T) {
 	ce = parseCloseReason(4008, []byte("slow consumer: write timeout"))
 	if ce.Reason != "slow consumer: write timeout" || ce.RetryAfter != 0 {
 		t.Fatalf("%+v", ce)
+	}
+}
+
+func BenchmarkParseEventMsg(b *testing.B) {
+	line := subproto.AppendMsg(nil, "chat.room-7", 123456, 1700000000123, []byte(`{"text":"a message of a chat room","user":"u-42"}`), "")
+	var ev event
+	b.ReportAllocs()
+	b.SetBytes(int64(len(line)))
+	for b.Loop() {
+		if err := parseEvent(line, &ev); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

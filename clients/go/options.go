@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"time"
 )
 
@@ -116,7 +117,14 @@ type ConnInfo struct {
 	Node      string        // the broker node
 	Version   string        // the broker version
 	Heartbeat time.Duration // the broker's ping interval
+	// Features are the protocol v1.1 features the broker has ("last",
+	// "since", "pattern_replay", "ack_epoch", ...); nil from a v1.0
+	// broker. See HasFeature.
+	Features []string
 }
+
+// HasFeature reports whether the broker has the protocol feature f.
+func (ci ConnInfo) HasFeature(f string) bool { return slices.Contains(ci.Features, f) }
 
 // WithOnConnect calls fn after every successful connection, the first one
 // included, once subscriptions and unanswered commands have been sent

@@ -110,7 +110,7 @@ func (c *Client) Publish(ctx context.Context, topic string, data []byte, opts ..
 	if err != nil {
 		return Result{}, err
 	}
-	return Result{Topic: topic, Offset: ev.offset, Dup: ev.dup}, nil
+	return Result{Topic: topic, Offset: ev.Offset, Dup: ev.Dup}, nil
 }
 
 // PublishAsync queues a publish and returns; done is called with the
@@ -136,7 +136,7 @@ func (c *Client) PublishAsync(ctx context.Context, topic string, data []byte, do
 			done(Result{}, err)
 			return
 		}
-		done(Result{Topic: topic, Offset: ev.offset, Dup: ev.dup}, nil)
+		done(Result{Topic: topic, Offset: ev.Offset, Dup: ev.Dup}, nil)
 	}
 	return c.start(cl)
 }

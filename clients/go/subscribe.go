@@ -225,9 +225,9 @@ func (c *Client) onSubReply(s *Subscription, ev *event, err error) {
 		c.mu.Unlock()
 		return
 	}
-	info := SubInfo{Epoch: string(ev.epoch), Head: ev.head, From: ev.from}
-	if ev.hasMissed {
-		m := ev.missed
+	info := SubInfo{Epoch: ev.Epoch, Head: ev.Head, From: ev.From}
+	if ev.Missed != nil {
+		m := *ev.Missed
 		info.Missed = &m
 	}
 	if s.started && s.opts.Consumer != "" {
@@ -235,7 +235,7 @@ func (c *Client) onSubReply(s *Subscription, ev *event, err error) {
 	}
 	s.info = info
 	if !s.pattern {
-		s.next.Store(ev.from)
+		s.next.Store(ev.From)
 	}
 	if !s.started {
 		s.started = true

@@ -34,6 +34,37 @@ export function validKey(k) {
   return true;
 }
 
+const SEGMENT = /^[A-Za-z0-9_-]+$/;
+
+/**
+ * Whether s is a valid topic name: 1-255 bytes of [A-Za-z0-9_-] segments
+ * joined by '.' (the rules of subproto; checked against its wire vectors).
+ */
+export function validTopic(s) {
+  return typeof s === 'string' && s.length >= 1 && s.length <= 255 && s.split('.').every((seg) => SEGMENT.test(seg));
+}
+
+/**
+ * Whether s is a valid sub topic: a name, or a pattern where '*' is a whole
+ * segment and '>' the whole last one.
+ */
+export function validPattern(s) {
+  if (typeof s !== 'string' || s.length < 1 || s.length > 255) return false;
+  const segs = s.split('.');
+  return segs.every((seg, i) => SEGMENT.test(seg) || seg === '*' || (seg === '>' && i === segs.length - 1));
+}
+
+/** Whether the pattern (or topic) matches the topic, as the broker matches. */
+export function matchPattern(pattern, topic) {
+  const p = pattern.split('.');
+  const t = topic.split('.');
+  for (let i = 0; i < p.length; i++) {
+    if (p[i] === '>') return t.length > i;
+    if (i >= t.length || (p[i] !== '*' && p[i] !== t[i])) return false;
+  }
+  return p.length === t.length;
+}
+
 /** Whether topic is a pattern ("*" or ">" among its segments). */
 export function isPattern(topic) {
   return topic.split('.').some((s) => s === '*' || s === '>');
