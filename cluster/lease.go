@@ -170,8 +170,9 @@ func (n *Node) pass() {
 		}
 		owner, term, listed := parseLease(e)
 		prev, free := strings.CutPrefix(owner, freeMark)
+		holder := owner // the node that held the lease last
 		if free {
-			owner = ""
+			owner, holder = "", prev
 		}
 		followed, held := n.followed(p), n.dataTerm(p)
 		n.mu.Lock()
@@ -229,13 +230,13 @@ func (n *Node) pass() {
 			take, keep := c.decide(n.cfg.Node, live)
 			if take && !keep && n.cfg.replicated() {
 				n.log.Warn("cluster: unclean takeover: no node holding the partition's history came back within --unclean-takeover-after; its topics start a new epoch",
-					"partition", p, "holder", owner+prev, "followers", listed, "unchanged", unchanged.Round(time.Millisecond))
+					"partition", p, "holder", holder, "followers", listed, "unchanged", unchanged.Round(time.Millisecond))
 			}
 			if take && n.take(p, e.Revision(), keep) {
 				n.tookAt = time.Now()
 			} else if !take && !c.keep && n.cfg.replicated() && n.waiting[p].Swap(true) == false {
 				n.log.Warn("cluster: partition unavailable until a node holding its history comes back",
-					"partition", p, "holder", owner+prev, "followers", listed)
+					"partition", p, "holder", holder, "followers", listed)
 			}
 		}
 		if !stale || owner == n.cfg.Node {
