@@ -266,6 +266,28 @@ func AppendCommand(dst []byte, cmd *Command) []byte {
 			dst = append(dst, `,"max_inflight":`...)
 			dst = strconv.AppendInt(dst, int64(cmd.MaxInflight), 10)
 		}
+		if cmd.Last != 0 {
+			dst = append(dst, `,"last":`...)
+			dst = strconv.AppendInt(dst, int64(cmd.Last), 10)
+		}
+		if cmd.HasSince {
+			dst = append(dst, `,"since":`...)
+			dst = strconv.AppendInt(dst, cmd.Since, 10)
+		}
+		if cmd.Positions != nil {
+			dst = append(dst, `,"positions":{`...)
+			for i, p := range cmd.Positions {
+				if i > 0 {
+					dst = append(dst, ',')
+				}
+				dst = appendString(dst, p.Topic)
+				dst = append(dst, `:{"from":`...)
+				dst = strconv.AppendUint(dst, p.From, 10)
+				dst = appendOptString(dst, `,"epoch":`, p.Epoch)
+				dst = append(dst, '}')
+			}
+			dst = append(dst, '}')
+		}
 	case OpPub:
 		dst = appendOptString(dst, `,"key":`, cmd.Key)
 		dst = append(dst, `,"data":`...)
@@ -278,6 +300,7 @@ func AppendCommand(dst []byte, cmd *Command) []byte {
 		dst = appendOptString(dst, `,"consumer":`, cmd.Consumer)
 		dst = append(dst, `,"offset":`...)
 		dst = strconv.AppendUint(dst, cmd.Offset, 10)
+		dst = appendOptString(dst, `,"epoch":`, cmd.Epoch)
 	}
 	return append(dst, '}')
 }

@@ -232,6 +232,12 @@ func TestAppendCommandRoundTrip(t *testing.T) {
 		{Op: OpUnsub, ID: 4, Topic: ">", Pattern: true},
 		{Op: OpUnsub, Topic: "x"},
 		{Op: OpAck, ID: 5, Topic: "a", Consumer: "c", Offset: 77},
+		{Op: OpAck, Topic: "a", Consumer: "c", Offset: 77, Epoch: "e\"1"},
+		{Op: OpSub, Topic: "a", Last: 50, Epoch: "e"},
+		{Op: OpSub, Topic: "a", Since: 0, HasSince: true},
+		{Op: OpSub, Topic: "a", Since: 1765130520000, HasSince: true, IfGone: "earliest", Consumer: "c"},
+		{Op: OpSub, Topic: "a.*", Pattern: true, Since: 5, HasSince: true, IfGone: "earliest",
+			Positions: []Position{{Topic: "a.b", From: 3, Epoch: "e1"}, {Topic: "a.c", From: 1}}},
 	}
 	for _, c := range cmds {
 		b := AppendCommand(nil, &c)

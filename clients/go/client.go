@@ -310,6 +310,7 @@ type call struct {
 	key      string
 	consumer string
 	offset   uint64
+	epoch    string // kAck: the epoch of offset
 	sub      *Subscription
 	cmd      subproto.Command // kSub: the command as sent
 	done     func(ev *event, err error)
@@ -322,7 +323,7 @@ func (cl *call) encode(dst []byte) []byte {
 	case kPub:
 		cmd = subproto.Command{Op: subproto.OpPub, ID: cl.id, Topic: cl.topic, Data: cl.data, Key: cl.key}
 	case kAck:
-		cmd = subproto.Command{Op: subproto.OpAck, ID: cl.id, Topic: cl.topic, Consumer: cl.consumer, Offset: cl.offset}
+		cmd = subproto.Command{Op: subproto.OpAck, ID: cl.id, Topic: cl.topic, Consumer: cl.consumer, Offset: cl.offset, Epoch: cl.epoch}
 	case kPing:
 		cmd = subproto.Command{Op: subproto.OpPing, ID: cl.id}
 	case kUnsub:

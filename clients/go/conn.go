@@ -307,6 +307,9 @@ func (cn *conn) OnMessage(_ *gws.Conn, m *gws.Message) {
 			m := Message{Offset: ev.Offset, Time: time.UnixMilli(ev.TS), Data: ev.Data, Topic: s.topic}
 			if s.pattern {
 				m.Topic, m.Pattern = ev.Topic, s.topic
+				if !c.patternMsg(s, ev.Topic, ev.Offset) {
+					continue // already delivered (a resumed subscription)
+				}
 			} else {
 				if ev.Offset < s.next.Load() {
 					continue // already delivered (a resumed subscription)
@@ -323,6 +326,8 @@ func (cn *conn) OnMessage(_ *gws.Conn, m *gws.Message) {
 				continue
 			}
 			c.reply(ev, true)
+		case subproto.OpTopic:
+			c.onTopic(ev)
 		case subproto.OpUnsubbed:
 			flush()
 			bsub = nil

@@ -60,6 +60,26 @@ type SubOptions struct {
 	// MaxInflight bounds a consumer's delivered but unacknowledged
 	// messages (0: the broker's default).
 	MaxInflight int
+	// Last starts a topic subscription this many messages before the
+	// next offset (1 to 10,000; 0: unset): the last Last messages, then
+	// live. Not with From or Since. Needs a broker with the "last"
+	// feature (ConnInfo.HasFeature).
+	Last int
+	// Since starts at the first message stored at or after this time
+	// (millisecond precision; zero: unset). Not with From or Last. For a
+	// pattern, every matching topic without a position starts there.
+	// Needs the "since" feature ("pattern_replay" for a pattern).
+	Since time.Time
+	// Positions resume a pattern subscription: topic name → where to
+	// start it (see Subscription.Positions). Needs "pattern_replay".
+	Positions map[string]TopicPosition
+}
+
+// TopicPosition is where a pattern subscription resumes one topic: the
+// next offset to deliver, in epoch Epoch.
+type TopicPosition struct {
+	Next  uint64
+	Epoch string
 }
 
 // SubInfo is what the broker answered to the latest sub of a subscription.
@@ -82,6 +102,11 @@ type Subscription struct {
 	quit    chan struct{} // closed when the subscription ends
 	ready   chan struct{} // closed at the first ok, or at the end
 	next    atomic.Uint64 // next offset to deliver (topic subscriptions)
+	// positions: a pattern subscription's next offset and epoch per
+	// topic, kept by the reader from the topic events and msgs (guarded
+	// by c.mu); since is what a resume asks for topics never seen.
+	positions map[string]TopicPosition
+	since     time.Time
 
 	// guarded by c.mu:
 	started bool
@@ -91,7 +116,12 @@ type Subscription struct {
 }
 
 // Subscribe subscribes to topic (a topic name, or a pattern with '*' and
-// '>' for live messages only) and returns once the broker has accepted it.
+// '>') and returns once the broker has accepted it. A pattern
+// subscription delivers each matching topic in order (from
+// SubOptions.Positions, Since, or what comes after it) and, after a
+// reconnect, resumes each topic it has delivered after its last message
+// and every other one from the time it began (by this machine's clock),
+// with no gap and no duplicate per topic.
 // h receives the messages on a goroutine of the subscription, in order.
 // After a reconnect the subscription resumes at the offset after the last
 // message it delivered, in the same epoch: no gap, no duplicate. When the
@@ -105,8 +135,23 @@ func (c *Client) Subscribe(ctx context.Context, topic string, h Handler, opts Su
 	if !subproto.ValidPattern(topic) {
 		return nil, &Error{Code: CodeInvalidTopic, Message: "invalid topic or pattern " + strconv.Quote(topic)}
 	}
-	if pattern && (opts.From != Position{} || opts.Epoch != "" || opts.IfGone != "" || opts.Consumer != "" || opts.MaxInflight != 0) {
-		return nil, &Error{Code: CodeBadRequest, Message: "pattern subscriptions are live-only: From, Epoch, IfGone, Consumer and MaxInflight do not apply"}
+	if pattern && (opts.From != Position{} || opts.Epoch != "" || opts.Consumer != "" || opts.MaxInflight != 0 || opts.Last != 0) {
+		return nil, &Error{Code: CodeBadRequest, Message: "a pattern subscription takes Since, Positions and IfGone; From, Epoch, Consumer, MaxInflight and Last do not apply"}
+	}
+	if !pattern && opts.Positions != nil {
+		return nil, &Error{Code: CodeBadRequest, Message: "Positions apply to pattern subscriptions only"}
+	}
+	n := 0
+	for _, set := range []bool{opts.From != Position{}, opts.Last != 0, !opts.Since.IsZero()} {
+		if set {
+			n++
+		}
+	}
+	if n > 1 {
+		return nil, &Error{Code: CodeBadRequest, Message: "From, Last and Since exclude each other"}
+	}
+	if opts.Last < 0 || opts.Last > subproto.MaxLast {
+		return nil, &Error{Code: CodeBadRequest, Message: "Last must be 1 to " + strconv.Itoa(subproto.MaxLast)}
 	}
 	if opts.IfGone != "" && opts.IfGone != "earliest" {
 		return nil, &Error{Code: CodeBadRequest, Message: `IfGone must be "" or "earliest"`}
@@ -120,6 +165,7 @@ func (c *Client) Subscribe(ctx context.Context, topic string, h Handler, opts Su
 		pattern: pattern,
 		h:       h,
 		opts:    opts,
+		since:   opts.Since,
 		ch:      make(chan []Message, c.o.buffer),
 		quit:    make(chan struct{}),
 		ready:   make(chan struct{}),
@@ -162,7 +208,22 @@ func (c *Client) Subscribe(ctx context.Context, topic string, h Handler, opts Su
 // the subscription stands.
 func (c *Client) sendSubLocked(s *Subscription) {
 	cmd := subproto.Command{Op: subproto.OpSub, Topic: s.topic}
-	if !s.pattern {
+	if s.pattern {
+		cmd.Pattern = true
+		cmd.IfGone = s.opts.IfGone
+		positions := s.opts.Positions
+		if s.started {
+			// Resume: each topic seen from its next offset, every other
+			// one from the time the subscription began.
+			positions = s.positions
+		}
+		if !s.since.IsZero() {
+			cmd.Since, cmd.HasSince = max(s.since.UnixMilli(), 0), true
+		}
+		for topic, p := range positions {
+			cmd.Positions = append(cmd.Positions, subproto.Position{Topic: topic, From: max(p.Next, 1), Epoch: p.Epoch})
+		}
+	} else {
 		cmd.Consumer = s.opts.Consumer
 		cmd.MaxInflight = s.opts.MaxInflight
 		cmd.IfGone = s.opts.IfGone
@@ -179,6 +240,10 @@ func (c *Client) sendSubLocked(s *Subscription) {
 		} else {
 			cmd.Epoch = s.opts.Epoch
 			cmd.From = subproto.From{Kind: s.opts.From.kind, Offset: s.opts.From.offset}
+			cmd.Last = s.opts.Last
+			if !s.opts.Since.IsZero() {
+				cmd.Since, cmd.HasSince = max(s.opts.Since.UnixMilli(), 0), true
+			}
 		}
 	}
 	cl := &call{kind: kSub, sub: s, cmd: cmd}
@@ -239,9 +304,72 @@ func (c *Client) onSubReply(s *Subscription, ev *event, err error) {
 	}
 	if !s.started {
 		s.started = true
+		if s.pattern {
+			s.positions = make(map[string]TopicPosition, len(s.opts.Positions))
+			for topic, p := range s.opts.Positions {
+				s.positions[topic] = p
+			}
+			if s.since.IsZero() {
+				// A resume also delivers topics first written while away.
+				s.since = time.Now()
+			}
+		}
 		close(s.ready)
 	}
 	c.mu.Unlock()
+}
+
+// onTopic handles a pattern subscription's topic event: where a topic
+// starts, or why it is not delivered.
+func (c *Client) onTopic(ev *event) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.subs[ev.Sub]
+	if s == nil || !s.pattern || s.positions == nil {
+		return
+	}
+	if ev.Code != "" {
+		// Not delivered with this position: forget it, so that a resume
+		// does not ask for it again (a reset is followed by a topic event
+		// of the new epoch).
+		delete(s.positions, ev.Topic)
+		c.log.Warn("brokerd does not deliver a topic of a pattern subscription", "pattern", s.topic, "topic", ev.Topic, "err", errorOf(ev))
+		return
+	}
+	if p, ok := s.positions[ev.Topic]; ok && p.Epoch == ev.Epoch && p.Next > ev.From {
+		return // a resume the client is already past
+	}
+	s.positions[ev.Topic] = TopicPosition{Next: ev.From, Epoch: ev.Epoch}
+}
+
+// patternMsg records a pattern subscription's msg of topic at offset and
+// reports whether it is new (a resume may send again what was delivered).
+func (c *Client) patternMsg(s *Subscription, topic string, offset uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, ok := s.positions[topic]
+	if !ok || s.positions == nil {
+		return true
+	}
+	if offset < p.Next {
+		return false
+	}
+	p.Next = offset + 1
+	s.positions[topic] = p
+	return true
+}
+
+// Positions returns where a pattern subscription stands in each topic it
+// has delivered: pass them as SubOptions.Positions (with Since) to resume
+// it in another process.
+func (s *Subscription) Positions() map[string]TopicPosition {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	out := make(map[string]TopicPosition, len(s.positions))
+	for k, v := range s.positions {
+		out[k] = v
+	}
+	return out
 }
 
 // unsubbed handles the broker ending a subscription.
@@ -373,6 +501,9 @@ func (s *Subscription) Ack(ctx context.Context, offset uint64) error {
 	if s.opts.Consumer == "" {
 		return &Error{Code: CodeBadRequest, Message: "Ack needs a subscription with a Consumer"}
 	}
-	_, err := s.c.wait(ctx, &call{kind: kAck, retry: true, topic: s.topic, consumer: s.opts.Consumer, offset: offset})
+	s.c.mu.Lock()
+	epoch := s.info.Epoch
+	s.c.mu.Unlock()
+	_, err := s.c.wait(ctx, &call{kind: kAck, retry: true, topic: s.topic, consumer: s.opts.Consumer, offset: offset, epoch: epoch})
 	return err
 }
