@@ -97,6 +97,10 @@ func run(cfg *config) error {
 		src.Cluster = node.Stats
 	}
 	m.Register(src)
+	m.RegisterReady(func() bool { // as /readyz answers
+		_, _, err := b.Store().Topic("_readyz")
+		return !b.Draining() && err == nil && b.StorageFailing() == nil
+	})
 	edge.Mux().Handle("GET /metrics", m.Handler())
 
 	ln, err := net.Listen("tcp", cfg.Addr)
