@@ -119,3 +119,25 @@ func TestNoExternalResources(t *testing.T) {
 		}
 	}
 }
+
+// TestFaviconAndPhoneStyles: the page names its icon (so browsers do not
+// ask for a missing /favicon.ico), and the style sheet keeps the phone
+// layout and typed values in the text colour rather than the labels' grey.
+func TestFaviconAndPhoneStyles(t *testing.T) {
+	h := Handler()
+	page := body(t, get(t, h, "GET", "/", nil))
+	if !strings.Contains(page, `<link rel="icon" href="favicon.svg"`) {
+		t.Error("the page does not link its icon")
+	}
+	r := get(t, h, "GET", "/favicon.svg", nil)
+	if r.StatusCode != http.StatusOK || r.Header.Get("Content-Type") != "image/svg+xml" || !strings.Contains(body(t, r), "<svg") {
+		t.Errorf("/favicon.svg: %d %s", r.StatusCode, r.Header.Get("Content-Type"))
+	}
+	css := body(t, get(t, h, "GET", "/style.css", nil))
+	if !strings.Contains(css, "@media (max-width: 600px)") {
+		t.Error("style.css has no phone layout")
+	}
+	if regexp.MustCompile(`input, select, textarea, button \{[^}]*color: inherit`).MatchString(css) {
+		t.Error("form controls inherit their colour: inside a label that is the placeholder grey")
+	}
+}
