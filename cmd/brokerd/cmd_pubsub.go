@@ -254,7 +254,11 @@ func runPub(args []string, stdout, stderr io.Writer) int {
 	}
 	topic := fs.Arg(0)
 	if !subproto.ValidTopic(topic) {
-		fmt.Fprintf(stderr, "brokerd pub: %q is not a topic one can publish to (patterns cannot be published to)\n", topic)
+		why := fmt.Sprintf("a topic is 1 to %d bytes of segments of letters, digits, '_' and '-' joined by '.'", subproto.MaxTopicLen)
+		if subproto.ValidPattern(topic) {
+			why = "it is a pattern: publish to one topic"
+		}
+		fmt.Fprintf(stderr, "brokerd pub: %q is not a topic one can publish to: %s\n", topic, why)
 		return 2
 	}
 	if key != "" && fs.NArg() != 2 {

@@ -363,8 +363,12 @@ func TestPubSub(t *testing.T) {
 
 	// Errors: a pattern is no topic to publish to; a broker that is gone.
 	r = runBrokerd(t, 10*time.Second, nil, "pub", "--url", wsURL, "cli.*", "1")
-	if r.code != 2 || !strings.Contains(r.stderr, "patterns cannot be published to") {
+	if r.code != 2 || !strings.Contains(r.stderr, "it is a pattern") {
 		t.Errorf("pub to a pattern: status %d, stderr %q", r.code, r.stderr)
+	}
+	r = runBrokerd(t, 10*time.Second, nil, "pub", "--url", wsURL, "bad topic", "1")
+	if r.code != 2 || !strings.Contains(r.stderr, "segments of letters") {
+		t.Errorf("pub to an invalid topic: status %d, stderr %q", r.code, r.stderr)
 	}
 	d.stop(15 * time.Second)
 	r = runBrokerd(t, 20*time.Second, nil, "pub", "--url", wsURL, "--connect-timeout", "2s", "cli.t", "1")
