@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -160,7 +161,7 @@ func TestTokenAcceptedByBroker(t *testing.T) {
 			tok := strings.TrimSpace(r.stdout)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			cl, err := client.Dial(ctx, "ws://"+d.addr+"/ws", client.WithToken(tok))
+			cl, err := client.Dial(ctx, "ws://"+d.addr+"/ws", client.WithToken(tok), client.WithLogger(slog.New(slog.DiscardHandler)))
 			if err != nil {
 				t.Fatalf("dial with the minted token: %v", err)
 			}
