@@ -6,10 +6,8 @@ import { BrokerError } from './errors.js';
 import { outboxStore } from './outbox.js';
 import { positionStore } from './positions.js';
 import { Subscription } from './subscription.js';
-import { SUBPROTOCOL, deferred, isPattern, makeEvent, randomKey, utf8Length, validKey } from './util.js';
+import { SUBPROTOCOL, deferred, isPattern, makeEvent, matchPattern, randomKey, utf8Length, validKey, validPattern, validTopic } from './util.js';
 
-const TOPIC_RE = /^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/;
-const PATTERN_SEGMENT_RE = /^([A-Za-z0-9_-]+|\*|>)$/;
 const CONSUMER_RE = /^[A-Za-z0-9_.-]{1,255}$/;
 const MAX_INT = Number.MAX_SAFE_INTEGER;
 const OPEN = 1;
@@ -38,16 +36,6 @@ const DEFAULTS = {
 };
 
 function noop() {}
-
-function validTopic(t) {
-  return typeof t === 'string' && t.length > 0 && utf8Length(t) <= 255 && TOPIC_RE.test(t);
-}
-
-function validPattern(t) {
-  if (typeof t !== 'string' || t.length === 0 || utf8Length(t) > 255) return false;
-  const segs = t.split('.');
-  return segs.every((s, i) => PATTERN_SEGMENT_RE.test(s) && (s !== '>' || i === segs.length - 1));
-}
 
 function validOffset(n) {
   return Number.isSafeInteger(n) && n >= 1 && n <= MAX_INT;
@@ -101,6 +89,7 @@ export class BrokerClient extends EventTarget {
     this.session = undefined;
     /** The welcome of the current connection: {session, node, version, heartbeat}. */
     this.welcome = undefined;
+    this.features = [];
 
     this._ws = null;
     this._gen = 0; // connection generation; events of older sockets are ignored
@@ -189,8 +178,30 @@ export class BrokerClient extends EventTarget {
     if (pattern ? !validPattern(topic) : !validTopic(topic)) {
       throw new BrokerError('invalid_topic', `${JSON.stringify(topic)} is not a topic name or pattern`);
     }
-    if (pattern && (opts.from !== undefined || opts.consumer !== undefined || opts.epoch !== undefined)) {
-      throw new TypeError('subscribe: pattern subscriptions are live-only: no from, epoch or consumer');
+    if (pattern && (opts.from !== undefined || opts.consumer !== undefined || opts.epoch !== undefined || opts.last !== undefined)) {
+      throw new TypeError('subscribe: a pattern subscription takes since, positions and ifGone: no from, last, epoch or consumer');
+    }
+    if (!pattern && opts.positions !== undefined) {
+      throw new TypeError('subscribe: positions apply to pattern subscriptions only');
+    }
+    if ([opts.from, opts.last, opts.since].filter((v) => v !== undefined).length > 1) {
+      throw new TypeError('subscribe: from, last and since exclude each other');
+    }
+    if (opts.last !== undefined && (!Number.isSafeInteger(opts.last) || opts.last < 1 || opts.last > 10000)) {
+      throw new TypeError('subscribe: last must be an integer from 1 to 10000');
+    }
+    if (opts.since !== undefined) {
+      const ms = opts.since instanceof Date ? opts.since.getTime() : opts.since;
+      if (!Number.isSafeInteger(ms) || ms < 0) throw new TypeError('subscribe: since must be a Date or milliseconds since the Unix epoch');
+      opts = { ...opts, since: ms };
+    }
+    if (opts.positions !== undefined) {
+      if (!opts.positions || typeof opts.positions !== 'object') throw new TypeError('subscribe: positions must be an object of topic → {from, epoch}');
+      for (const [t, p] of Object.entries(opts.positions)) {
+        if (!validTopic(t) || !matchPattern(topic, t) || !p || !validOffset(p.from) || (p.epoch !== undefined && (typeof p.epoch !== 'string' || p.epoch === ''))) {
+          throw new TypeError(`subscribe: positions: ${JSON.stringify(t)} must be a topic matching ${topic} with {from: offset, epoch?: string}`);
+        }
+      }
     }
     if (opts.from !== undefined && opts.from !== 'earliest' && opts.from !== 'latest' && !validOffset(opts.from)) {
       throw new TypeError('subscribe: from must be "earliest", "latest" or an offset (a positive integer)');
@@ -272,8 +283,18 @@ export class BrokerClient extends EventTarget {
   }
 
   /**
+   * Whether the broker has the protocol feature f ("last", "since",
+   * "pattern_replay", "ack_epoch", ...), from its latest welcome.
+   */
+  hasFeature(f) {
+    return Array.isArray(this.features) && this.features.includes(f);
+  }
+
+  /**
    * Acknowledges that the durable consumer has processed everything up to
    * offset of topic (cumulative). Resolves once the broker has stored it.
+   * The ack carries the epoch of the consumer's subscription, so that it
+   * never lands in a reset history.
    */
   ack(topic, consumer, offset) {
     if (this.state === 'closed') return Promise.reject(new BrokerError('closed', 'the client is closed'));
@@ -564,6 +585,11 @@ export class BrokerClient extends EventTarget {
         this._onReply(p, ev);
         return;
       }
+      case 'topic': {
+        const sub = this._subs.get(ev.sub);
+        if (sub) sub._onTopic(ev);
+        return;
+      }
       case 'unsubbed': {
         const sub = this._subs.get(ev.topic);
         if (sub && sub._onUnsubbed(ev)) this._sendSub(sub);
@@ -582,6 +608,8 @@ export class BrokerClient extends EventTarget {
     this._welcomed = true;
     this._clearTimer('connect');
     this.welcome = { session: ev.session, node: ev.node, version: ev.version, heartbeat: ev.heartbeat };
+    /** The protocol v1.1 features of the broker (welcome's features; [] from a v1.0 broker). */
+    this.features = Array.isArray(ev.features) ? ev.features.filter((f) => typeof f === 'string') : [];
     this.session = ev.session;
     let token = this._opts.token;
     if (this._tokenP) {
@@ -770,7 +798,12 @@ export class BrokerClient extends EventTarget {
         continue;
       }
       this._acks.delete(k);
-      this._command({ op: 'ack', topic: a.topic, consumer: a.consumer, offset: a.offset }, { kind: 'ack', ack: a });
+      const cmd = { op: 'ack', topic: a.topic, consumer: a.consumer, offset: a.offset };
+      // The epoch the offset belongs to: the broker stores nothing when
+      // it is not current (v1.1; a v1.0 broker would refuse the field).
+      const epoch = a.epoch !== undefined ? a.epoch : mine ? sub.epoch : undefined;
+      if (epoch !== undefined && this.hasFeature('ack_epoch')) cmd.epoch = epoch;
+      this._command(cmd, { kind: 'ack', ack: a });
     }
   }
 

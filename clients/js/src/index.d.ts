@@ -143,6 +143,12 @@ export interface ClientOptions {
 export interface SubscribeOptions {
   /** Where to start: an offset, "earliest" or "latest" (default). Not for patterns. */
   from?: From;
+  /** Start this many messages before the next offset (1 to 10000): the last N, then live. Not with from or since; not for patterns. Broker feature "last". */
+  last?: number;
+  /** Start at the first message stored at or after this time (a Date or ms since the Unix epoch). For a pattern: every topic without a position. Not with from or last. Broker feature "since" ("pattern_replay" for patterns). */
+  since?: Date | number;
+  /** Patterns only: where to resume each topic (topic → {from, epoch}). Broker feature "pattern_replay". */
+  positions?: Record<string, { from: number; epoch?: string }>;
   /** The epoch the offset belongs to; a different current epoch is an epoch_mismatch. */
   epoch?: string;
   /** Start at the earliest retained message when from is gone (reported as missed). */
@@ -180,7 +186,7 @@ export interface Message<T = JSONValue> {
   /** When the broker appended it, in ms since the Unix epoch. */
   ts: number;
   data: T;
-  /** The epoch of the topic's log (undefined for pattern subscriptions). */
+  /** The epoch of the topic's log (for a pattern, the topic's, from its topic event). */
   epoch: string | undefined;
   /** The pattern, when the message came through a pattern subscription. */
   pattern?: string;
@@ -221,6 +227,8 @@ export interface SubscriptionEventMap {
   overflow: { topic: string; dropped: number; offset: number; pattern: boolean };
   error: { topic: string; error: unknown };
   end: { topic: string; error: BrokerError | null };
+  /** Pattern subscriptions: a topic starts (epoch, from, missed), or is not delivered (code epoch_mismatch or offset_out_of_range, with earliest and latest). */
+  topic: { pattern: string; topic: string; epoch: string; from?: number; missed?: [number, number]; code?: 'epoch_mismatch' | 'offset_out_of_range'; earliest?: number; latest?: number };
 }
 
 /** An event of the client or a subscription; its detail has the data. */
@@ -258,6 +266,10 @@ export declare class BrokerClient extends EventTarget {
   /** The session of the current connection. */
   readonly session: string | undefined;
   readonly welcome: ClientEventMap['open'] | undefined;
+  /** The protocol v1.1 features of the broker, from its welcome ([] from a v1.0 broker). */
+  readonly features: string[];
+  /** Whether the broker has the feature ("last", "since", "pattern_replay", "ack_epoch", ...). */
+  hasFeature(feature: string): boolean;
   /** Resolves with how many publishes a persistent outbox brought back. */
   readonly outboxRestored: Promise<number>;
   readonly subscriptions: Subscription[];

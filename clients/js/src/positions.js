@@ -43,6 +43,41 @@ export class PositionStore {
     return null;
   }
 
+  /**
+   * Returns what a pattern subscription saved: {since, topics: {topic:
+   * {epoch, offset}}} (offset: the last delivered), or null.
+   */
+  getPattern(pattern) {
+    const pending = this.dirty.get(pattern);
+    if (pending) return { since: pending.since, topics: { ...pending.topics } };
+    let raw;
+    try {
+      raw = this.storage.getItem(this.prefix + pattern);
+    } catch {
+      return null;
+    }
+    if (!raw) return null;
+    try {
+      const p = JSON.parse(raw);
+      if (!p || typeof p.topics !== 'object' || p.topics === null) return null;
+      const topics = {};
+      for (const [t, v] of Object.entries(p.topics)) {
+        if (v && typeof v.epoch === 'string' && v.epoch !== '' && Number.isSafeInteger(v.offset) && v.offset >= 0) topics[t] = { epoch: v.epoch, offset: v.offset };
+      }
+      return { since: Number.isSafeInteger(p.since) ? p.since : undefined, topics };
+    } catch {
+      return null;
+    }
+  }
+
+  /** Records a pattern subscription's positions ({since, topics}). */
+  setPattern(pattern, value) {
+    this.dirty.set(pattern, value);
+    if (this.timer === null) {
+      this.timer = setTimeout(() => this.flush(), this.flushMs);
+    }
+  }
+
   /** Records that topic has delivered everything up to offset in epoch. */
   set(topic, epoch, offset) {
     this.dirty.set(topic, { epoch, offset });

@@ -27,7 +27,7 @@ export class Subscription extends EventTarget {
     super();
     /** The topic or pattern. */
     this.topic = topic;
-    /** Whether topic is a pattern (live-only). */
+    /** Whether topic is a pattern. */
     this.pattern = isPattern(topic);
     /** The durable consumer name, if any. */
     this.consumer = opts.consumer;
@@ -46,7 +46,12 @@ export class Subscription extends EventTarget {
     this._onEpochMismatch = opts.onEpochMismatch || defaults.onEpochMismatch;
     this._onOutOfRange = opts.onOutOfRange || defaults.onOutOfRange;
     this._bufferSize = opts.bufferSize || defaults.bufferSize;
-    this._positions = this.pattern || this.consumer ? null : defaults.positions;
+    this._positions = this.consumer ? null : defaults.positions;
+    // A pattern's topics: topic → {epoch, next (next offset expected),
+    // offset (last handed to the app)}; since: where topics it has not
+    // seen start when it resumes.
+    this._topics = new Map();
+    this._since = opts.since;
 
     this._next = 0; // next offset expected from the broker, 0 when unknown
     this._restart = null; // {from, epoch} for the next sub after a reset
@@ -66,7 +71,19 @@ export class Subscription extends EventTarget {
     this.ready = this._ready.promise;
     this.ready.catch(() => {}); // an app that never awaits ready must not see an unhandled rejection
 
-    if (this._positions && opts.resume !== false) {
+    if (this.pattern) {
+      for (const [t, p] of Object.entries(opts.positions || {})) {
+        this._topics.set(t, { epoch: p.epoch, next: p.from, offset: p.from - 1 });
+      }
+      const saved = this._positions && opts.resume !== false ? this._positions.getPattern(topic) : null;
+      if (saved) {
+        for (const [t, p] of Object.entries(saved.topics)) {
+          if (!this._topics.has(t)) this._topics.set(t, { epoch: p.epoch, next: p.offset + 1, offset: p.offset });
+        }
+        if (this._since === undefined) this._since = saved.since;
+        this._stored = true;
+      }
+    } else if (this._positions && opts.resume !== false) {
       const p = this._positions.get(topic);
       if (p) {
         this.epoch = p.epoch;
@@ -123,8 +140,17 @@ export class Subscription extends EventTarget {
   /** The sub command to send now (without id). */
   _command() {
     const c = { op: 'sub', topic: this.topic };
-    if (this.pattern) return c;
     const o = this._opts;
+    if (this.pattern) {
+      // Each topic seen from its next offset, the others from since.
+      if (this._topics.size > 0) {
+        c.positions = {};
+        for (const [t, p] of this._topics) c.positions[t] = p.epoch ? { from: Math.max(p.next, 1), epoch: p.epoch } : { from: Math.max(p.next, 1) };
+      }
+      if (this._since !== undefined) c.since = this._since;
+      if (o.ifGone || this._ifGone) c.if_gone = 'earliest';
+      return c;
+    }
     if (this.consumer) {
       c.consumer = this.consumer;
       if (o.maxInflight) c.max_inflight = o.maxInflight;
@@ -140,6 +166,8 @@ export class Subscription extends EventTarget {
       c.epoch = this.epoch;
     } else {
       if (o.from !== undefined) c.from = o.from;
+      if (o.last !== undefined) c.last = o.last;
+      if (o.since !== undefined) c.since = o.since;
       if (o.epoch) c.epoch = o.epoch;
       if (o.ifGone) c.if_gone = 'earliest';
     }
@@ -164,6 +192,12 @@ export class Subscription extends EventTarget {
       this.epoch = ev.epoch;
       if (this.consumer) this._consumerStart = ev.from;
       if (this._positions && (newEpoch || this._first)) this._positions.set(this.topic, this.epoch, this.offset);
+    }
+    if (this.pattern && this._since === undefined) {
+      // A resume also delivers the topics first written meanwhile (by
+      // this machine's clock).
+      this._since = Date.now();
+      this._savePattern();
     }
     this._restart = null;
     this._ifGone = false;
@@ -276,10 +310,59 @@ export class Subscription extends EventTarget {
     return false;
   }
 
+  /** A pattern subscription's topic event: where a topic starts, or why it is not delivered. */
+  _onTopic(ev) {
+    if (this.state === 'ended' || !this.pattern) return;
+    if (ev.code) {
+      // Not delivered with this position; a reset is followed by a topic
+      // event of the new epoch.
+      this._topics.delete(ev.topic);
+      this._savePattern(ev.topic);
+    } else {
+      const t = this._topics.get(ev.topic);
+      if (!t || t.epoch !== ev.epoch || t.next < ev.from) {
+        this._topics.set(ev.topic, { epoch: ev.epoch, next: ev.from, offset: ev.from - 1 });
+        this._savePattern(ev.topic);
+      }
+      if (ev.missed) this._emit('missed', { topic: ev.topic, epoch: ev.epoch, first: ev.missed[0], last: ev.missed[1] });
+    }
+    this._emit('topic', {
+      pattern: this.topic, topic: ev.topic, epoch: ev.epoch, from: ev.from, missed: ev.missed,
+      code: ev.code, earliest: ev.earliest, latest: ev.latest,
+    });
+  }
+
+  /**
+   * Saves the pattern's positions: topic's (or every topic's) entry. The
+   * saved object is updated in place, so a delivered message costs one
+   * entry, and the store writes it at most once per flush interval.
+   */
+  _savePattern(topic) {
+    if (!this._positions || !this.pattern) return;
+    if (!this._saved || topic === undefined) {
+      this._saved = { since: this._since, topics: {} };
+      for (const [t, p] of this._topics) if (p.epoch) this._saved.topics[t] = { epoch: p.epoch, offset: p.offset };
+    } else {
+      const p = this._topics.get(topic);
+      if (p && p.epoch) this._saved.topics[topic] = { epoch: p.epoch, offset: p.offset };
+      else delete this._saved.topics[topic];
+    }
+    this._saved.since = this._since;
+    this._positions.setPattern(this.topic, this._saved);
+  }
+
   /** A msg for this subscription. */
   _onMsg(ev) {
     if (this.state === 'ended' || this._paused) return;
-    if (!this.pattern) {
+    let epoch = this.epoch;
+    if (this.pattern) {
+      const t = this._topics.get(ev.topic);
+      if (t) {
+        if (ev.offset < t.next) return; // already delivered (a resumed subscription)
+        t.next = ev.offset + 1;
+        epoch = t.epoch;
+      }
+    } else {
       if (ev.offset < this._next) return; // already delivered (replay overlap)
       if (this._next > 0 && ev.offset > this._next) {
         this._emit('gap', { topic: this.topic, epoch: this.epoch, first: this._next, last: ev.offset - 1 });
@@ -291,7 +374,7 @@ export class Subscription extends EventTarget {
       offset: ev.offset,
       ts: ev.ts,
       data: ev.data,
-      epoch: this.pattern ? undefined : this.epoch,
+      epoch,
     };
     if (ev.sub !== undefined) m.pattern = ev.sub;
     if (this.consumer) {
@@ -321,7 +404,7 @@ export class Subscription extends EventTarget {
       return;
     }
     this._buffer.push(m);
-    if (!this.pattern && this._buffer.length >= this._bufferSize) {
+    if (this._buffer.length >= this._bufferSize) {
       // Full: let go of the broker's subscription and resume from the log
       // once the app has read half of the buffer. Nothing is lost.
       this._paused = true;
@@ -355,7 +438,14 @@ export class Subscription extends EventTarget {
   }
 
   _delivered(m) {
-    if (this.pattern) return;
+    if (this.pattern) {
+      const t = this._topics.get(m.topic);
+      if (t && m.epoch === t.epoch && m.offset > t.offset) {
+        t.offset = m.offset;
+        this._savePattern(m.topic);
+      }
+      return;
+    }
     if (m.offset > this.offset) this.offset = m.offset;
     if (this._positions && m.epoch === this.epoch) this._positions.set(this.topic, this.epoch, m.offset);
   }

@@ -65,6 +65,13 @@ export async function tour(): Promise<void> {
   }
 
   // A durable consumer.
+  // Protocol v1.1: feature detection, last, since, pattern resume.
+  if (client.hasFeature('last')) client.subscribe('chat.room-7', (m) => console.log(m.offset), { last: 50 });
+  const features: string[] = client.features;
+  console.log(features.length);
+  client.subscribe('chat.room-9', { since: new Date(Date.now() - 3600_000) });
+  const rooms = client.subscribe('chat.*', { since: 0, ifGone: true, positions: { 'chat.a': { from: 12, epoch: 'e1' }, 'chat.b': { from: 1 } } });
+  rooms.on('topic', ({ topic, epoch, from, code, earliest, latest }) => console.log(topic, epoch, from ?? 0, code ?? '', earliest ?? 0, latest ?? 0));
   const work = client.subscribe('jobs', { consumer: 'workers', maxInflight: 10 });
   for await (const job of work) {
     await job.ack?.();

@@ -10,7 +10,7 @@ const ui = {
   url: $('url'), token: $('token'), connectBtn: $('connect-btn'), disconnectBtn: $('disconnect-btn'),
   state: $('state'), stateText: $('state-text'),
   topics: $('topics'), topicsNote: $('topics-note'), subs: $('subs'),
-  subTopic: $('sub-topic'), subFrom: $('sub-from'), subOffset: $('sub-offset'),
+  subTopic: $('sub-topic'), subFrom: $('sub-from'), subOffset: $('sub-offset'), subLast: $('sub-last'), subSince: $('sub-since'),
   rows: $('rows'), log: $('log'), logEmpty: $('log-empty'), count: $('count'), follow: $('follow'),
   pubTopic: $('pub-topic'), pubKey: $('pub-key'), pubData: $('pub-data'), pubResult: $('pub-result'), outbox: $('outbox'),
 };
@@ -220,9 +220,32 @@ function saveSpecs() {
   store('subs', [...specs.values()].map(({ topic, from }) => ({ topic, from })));
 }
 
+/**
+ * The subscribe options of a start: from is "latest", "earliest", an
+ * offset, {last: N} or {since: ms}. A pattern takes since only ("earliest"
+ * is since 0); it resumes each topic from its stored position.
+ */
+function subOptions(from, pattern, resume) {
+  const o = from && typeof from === 'object' ? from : null;
+  if (pattern) {
+    if (from === 'earliest') return { since: 0, resume };
+    if (o && Number.isSafeInteger(o.since)) return { since: o.since, resume };
+    return { resume };
+  }
+  if (o && Number.isSafeInteger(o.last)) return { last: o.last, resume };
+  if (o && Number.isSafeInteger(o.since)) return { since: o.since, resume };
+  return { from: o ? undefined : from, resume };
+}
+
+function describeFrom(from) {
+  if (from && typeof from === 'object') return from.last !== undefined ? `the last ${from.last}` : `since ${new Date(from.since).toLocaleString()}`;
+  return `from ${from}`;
+}
+
 function startSub(spec, resume) {
   const pattern = /(^|\.)(\*|>)(\.|$)/.test(spec.topic);
-  const opts = pattern ? {} : { from: spec.from, resume };
+  const opts = subOptions(spec.from, pattern, resume);
+  spec.topics = new Set();
   let sub;
   try {
     sub = client.subscribe(spec.topic, (m) => {
@@ -236,12 +259,20 @@ function startSub(spec, resume) {
   }
   spec.sub = sub;
   sub.on('subscribed', ({ from, head, epoch, resumed }) => {
-    if (pattern) event(`subscribed to the pattern ${spec.topic} (live only)`, 'good');
+    if (pattern) event(`${resumed ? 'resumed' : 'subscribed to'} the pattern ${spec.topic} (${describeFrom(spec.from)}; each topic in order, replayed then live)`, 'good');
     else if (resumed) event(`resumed ${spec.topic} from offset ${from} (epoch ${shortEpoch(epoch)})`, 'good');
     else event(`subscribed to ${spec.topic} from offset ${from} (head ${head}, epoch ${shortEpoch(epoch)})`, 'good');
     renderSubs();
   });
-  sub.on('missed', ({ first, last }) => event(`${spec.topic}: offsets ${first}–${last} are no longer retained (missed)`, 'warn'));
+  sub.on('missed', ({ topic, first, last }) => event(`${topic}: offsets ${first}–${last} are no longer retained (missed)`, 'warn'));
+  sub.on('topic', ({ topic, epoch, from, code, earliest, latest }) => {
+    if (code) event(`${spec.topic}: ${topic} is not delivered (${code}; retained ${earliest}–${latest}, epoch ${shortEpoch(epoch)})`, 'warn');
+    else {
+      spec.topics.add(topic);
+      event(`${spec.topic}: ${topic} from offset ${from} (epoch ${shortEpoch(epoch)})`);
+    }
+    renderSubsSoon();
+  });
   sub.on('gap', ({ first, last }) => event(`${spec.topic}: gap, offsets ${first}–${last} never arrived`, 'bad'));
   sub.on('epoch_mismatch', ({ previousEpoch, epoch }) => event(`${spec.topic}: the history was reset (epoch ${shortEpoch(previousEpoch)} → ${shortEpoch(epoch)}); starting over from its earliest message`, 'warn'));
   sub.on('offset_out_of_range', ({ from, earliest, latest }) => event(`${spec.topic}: offset ${from ?? '?'} is outside the log${earliest !== undefined ? ` (${earliest}–${latest})` : ''}`, 'warn'));
@@ -302,7 +333,7 @@ function renderSubs() {
   for (const spec of specs.values()) {
     const s = spec.sub;
     const state = s ? s.state : 'idle';
-    const meta = s && !s.pattern && s.epoch ? `offset ${s.offset} · epoch ${shortEpoch(s.epoch)}` : s && s.pattern ? 'pattern, live only' : '';
+    const meta = s && !s.pattern && s.epoch ? `offset ${s.offset} · epoch ${shortEpoch(s.epoch)}` : s && s.pattern ? `pattern · ${spec.topics ? spec.topics.size : 0} topics` : '';
     ui.subs.append(el('li', { class: 'sub', data: { topic: spec.topic, state, offset: s ? String(s.offset) : '0' } },
       el('div', { class: 'sub-line' },
         el('span', { class: 'name', title: spec.topic }, spec.topic),
@@ -410,10 +441,17 @@ $('subscribe').addEventListener('submit', (e) => {
   if (!topic) return;
   let from = ui.subFrom.value;
   if (from === 'offset') from = Math.max(1, Number.parseInt(ui.subOffset.value, 10) || 1);
+  if (from === 'last') from = { last: Math.min(10000, Math.max(1, Number.parseInt(ui.subLast.value, 10) || 50)) };
+  if (from === 'since') {
+    const ms = ui.subSince.value ? new Date(ui.subSince.value).getTime() : Date.now() - 3600e3;
+    from = { since: Number.isFinite(ms) ? Math.max(0, ms) : 0 };
+  }
   subscribe(topic, from);
 });
 ui.subFrom.addEventListener('change', () => {
   ui.subOffset.hidden = ui.subFrom.value !== 'offset';
+  ui.subLast.hidden = ui.subFrom.value !== 'last';
+  ui.subSince.hidden = ui.subFrom.value !== 'since';
 });
 $('publish').addEventListener('submit', (e) => {
   e.preventDefault();

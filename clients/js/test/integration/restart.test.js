@@ -139,11 +139,16 @@ describe('restarts', { timeout: 90000 }, () => {
     assert.notEqual(d.epoch, first.epoch);
     assert.equal(d.restart, 'earliest');
     await until(() => s.state === 'active', { timeout: 10000 });
-    assert.equal(s.epoch, d.epoch);
+    // The wiped broker has no log for the topic yet: its epoch_mismatch
+    // names no epoch (earliest 1, latest 0), and the restart from the
+    // earliest creates the new one.
+    if (d.epoch === undefined) assert.equal(d.latest, 0);
+    else assert.equal(s.epoch, d.epoch);
+    assert.notEqual(s.epoch, first.epoch);
     await pub.publish('rs.epoch', 'new-1');
     await pub.publish('rs.epoch', 'new-2');
     await until(() => got.length === 5, { timeout: 10000 });
-    assert.deepEqual(got.slice(3), [[d.epoch, 1, 'new-1'], [d.epoch, 2, 'new-2']]);
+    assert.deepEqual(got.slice(3), [[s.epoch, 1, 'new-1'], [s.epoch, 2, 'new-2']]);
   });
 
   test('a broker that stops answering is detected by the heartbeat and left', async () => {
