@@ -187,6 +187,7 @@ var helpFlags = map[string]string{
 	"max-frame-bytes":        "1048576",
 	"max-message-bytes":      "1048576",
 	"max-subscriptions":      "512",
+	"max-pattern-topics":     "10000",
 	"max-commands-per-frame": "1000",
 	"queue-messages":         "1024",
 	"queue-bytes":            "4194304",
