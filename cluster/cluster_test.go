@@ -368,3 +368,35 @@ func TestLiveRepairAfterReconnect(t *testing.T) {
 		}
 	}
 }
+
+// The same for a pattern subscription: the topic it saw records of before
+// the outage is repaired after the reconnect, with no record published
+// after it.
+func TestLiveRepairAfterReconnectPattern(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t)
+	nodes := startCluster(t, url, "repairpat", 2)
+	a, c := nodes[0], nodes[1]
+	topic := topicOwnedBy(t, a, "quietpat.")
+	cc := connect(t, c)
+	mustOK(t, cc.do(map[string]any{"op": "sub", "topic": "quietpat.>"}))
+	for i := range 3 {
+		if _, err := a.Broker.Publish(t.Context(), topic, []byte(fmt.Sprint(i)), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cc.wait("the first records", func(evs []map[string]any) bool { return len(msgs(evs, "quietpat.>")) == 3 })
+	reconnect := c.Node.SimulateLiveOutage("quietpat.>")
+	for i := range 3 {
+		if _, err := a.Broker.Publish(t.Context(), topic, []byte(fmt.Sprint(i)), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reconnect()
+	evs := cc.wait("the missed records", func(evs []map[string]any) bool { return len(msgs(evs, "quietpat.>")) == 6 })
+	for i, off := range msgs(evs, "quietpat.>") {
+		if off != uint64(i+1) {
+			t.Fatalf("offsets %v", msgs(evs, "quietpat.>"))
+		}
+	}
+}

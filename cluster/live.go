@@ -8,6 +8,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/brokerd/brokerd/broker"
+	"github.com/brokerd/brokerd/subproto"
 )
 
 // Live records travel on brokerd.<cluster>.live.<topic>, one NATS message
@@ -146,17 +147,41 @@ func (n *Node) deliverLive(topic, epoch string, recs []broker.Record) {
 // committed while this node was cut off never arrived. For every topic of
 // interest it reads what the owner holds past the last record delivered
 // and hands it to the hook, so live subscriptions of a topic that went
-// quiet since do not wait for its next record. (Pattern subscriptions
-// are live-only: what they missed stays missed.)
+// quiet since do not wait for its next record. Topics of a pattern of
+// interest are repaired the same way when this node delivered one of
+// their records recently (it holds their last offset); others announce
+// themselves with their next record, whose offset tells a pattern
+// subscription to read the log.
 func (n *Node) repairLive() {
 	n.imu.Lock()
-	var topics []string
+	var topics, patterns []string
 	for x := range n.interest {
-		if !strings.ContainsAny(x, "*>") {
+		if strings.ContainsAny(x, "*>") {
+			patterns = append(patterns, x)
+		} else {
 			topics = append(topics, x)
 		}
 	}
 	n.imu.Unlock()
+	if len(patterns) > 0 {
+		exact := make(map[string]bool, len(topics))
+		for _, t := range topics {
+			exact[t] = true
+		}
+		n.hookMu.Lock()
+		for t := range n.lastLive {
+			if exact[t] {
+				continue
+			}
+			for _, pat := range patterns {
+				if subproto.Match(pat, t) {
+					topics = append(topics, t)
+					break
+				}
+			}
+		}
+		n.hookMu.Unlock()
+	}
 	for _, topic := range topics {
 		if n.closed.Load() {
 			return
