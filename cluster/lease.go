@@ -79,31 +79,38 @@ func parseLease(e jetstream.KeyValueEntry) (owner string, term uint64, listed []
 
 func leaseKey(p int) string { return "p" + strconv.Itoa(p) }
 
-// leaseLoop keeps the leases: it renews this node's, takes free and stale
-// ones while the node holds less than its share, and releases what is
-// over its share.
-func (n *Node) leaseLoop() {
+// leaseLoop keeps the leases: it takes free and stale ones while the node
+// holds less than its share, and releases what is over its share.
+// Renewals and heartbeats have loops of their own (renewLoop,
+// heartbeatLoop).
+func (n *Node) leaseLoop() { n.loop(n.cfg.LeaseTTL/6, n.kick, n.pass) }
+
+// loop calls fn every d, and at once when kick is signalled, until Close.
+func (n *Node) loop(d time.Duration, kick <-chan struct{}, fn func()) {
 	defer n.wg.Done()
-	tick := time.NewTicker(n.cfg.LeaseTTL / 6)
+	tick := time.NewTicker(max(d, 10*time.Millisecond))
 	defer tick.Stop()
 	for {
 		select {
 		case <-n.stop:
 			return
 		case <-tick.C:
-		case <-n.kick:
+		case <-kick:
 		}
-		n.pass()
+		fn()
+	}
+}
+
+// signal wakes the loop waiting on kick, unless it is woken already.
+func signal(kick chan<- struct{}) {
+	select {
+	case kick <- struct{}{}:
+	default:
 	}
 }
 
 // poke asks the lease loop for an early pass.
-func (n *Node) poke() {
-	select {
-	case n.kick <- struct{}{}:
-	default:
-	}
-}
+func (n *Node) poke() { signal(n.kick) }
 
 func (n *Node) opCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), n.cfg.LeaseTTL/3)
@@ -591,38 +598,16 @@ func (n *Node) claim(p int, rev, term uint64) {
 // other work of the node (a long lease pass, a partition's topics reset, a
 // busy store) delays a renewal: a lease is renewed once a third of its TTL
 // is gone, leaving two more chances before it lapses.
-func (n *Node) renewLoop() {
-	defer n.wg.Done()
-	tick := time.NewTicker(max(n.cfg.LeaseTTL/12, 10*time.Millisecond))
-	defer tick.Stop()
-	for {
-		select {
-		case <-n.stop:
-			return
-		case <-tick.C:
-		case <-n.renewKick:
-		}
-		n.renewDue()
-	}
-}
+func (n *Node) renewLoop() { n.loop(n.cfg.LeaseTTL/12, n.renewKick, n.renewDue) }
 
 // heartbeatLoop announces this node in the node bucket every quarter of
 // the lease TTL (entries expire after one TTL), and at once when the
 // connection to NATS comes back, whatever the rest of the node is doing.
 func (n *Node) heartbeatLoop() {
-	defer n.wg.Done()
-	tick := time.NewTicker(max(n.cfg.LeaseTTL/4, 10*time.Millisecond))
-	defer tick.Stop()
 	failing := false
-	for {
-		select {
-		case <-n.stop:
-			return
-		case <-tick.C:
-		case <-n.beatKick:
-		}
+	n.loop(n.cfg.LeaseTTL/4, n.beatKick, func() {
 		if n.draining.Load() || n.closed.Load() {
-			continue
+			return
 		}
 		err := n.heartbeat()
 		switch {
@@ -632,7 +617,7 @@ func (n *Node) heartbeatLoop() {
 			n.log.Info("cluster: heartbeats resumed")
 		}
 		failing = err != nil
-	}
+	})
 }
 
 // heartbeat writes this node's entry in the node bucket once.

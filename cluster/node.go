@@ -270,12 +270,8 @@ func (n *Node) start() error {
 		// and the other nodes' heartbeats get a TTL to come back.
 		n.markBlind()
 		n.log.Info("cluster: reconnected to NATS; announcing this node")
-		for _, k := range []chan struct{}{n.beatKick, n.renewKick} {
-			select {
-			case k <- struct{}{}:
-			default:
-			}
-		}
+		signal(n.beatKick)
+		signal(n.renewKick)
 	})
 	n.nc.SetReconnectHandler(func(*nats.Conn) {
 		n.log.Info("cluster: reconnected to NATS; repairing live records, announcing consumer subscriptions")
