@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/brokerd/brokerd/broker"
@@ -127,9 +128,10 @@ func (n *Node) pass() {
 		return
 	}
 	draining := n.draining.Load()
-	live, liveOK := n.liveNodesOK()
+	live, liveErr := n.liveNodesErr()
+	liveOK := liveErr == nil
 	if !liveOK {
-		n.markBlind()
+		n.blindAfter(liveErr)
 	}
 	live = n.withGrace(live, liveOK)
 	if liveOK {
@@ -149,6 +151,16 @@ func (n *Node) pass() {
 	}()
 	start := rand.IntN(n.cfg.Partitions)
 	reads := n.readLeases()
+	failed := 0
+	for _, r := range reads {
+		if r.err != nil && !errors.Is(r.err, jetstream.ErrKeyNotFound) {
+			failed++
+			n.blindAfter(r.err)
+		}
+	}
+	if failed == len(reads) {
+		n.markBlind() // not one lease could be read: this node sees nothing
+	}
 	unsettled := false // a lease of a dead owner was seen
 	for i := range n.cfg.Partitions {
 		if n.closed.Load() {
@@ -171,7 +183,6 @@ func (n *Node) pass() {
 			continue
 		}
 		if err != nil {
-			n.markBlind()
 			n.log.Warn("cluster: reading lease", "partition", p, "err", err)
 			continue
 		}
@@ -300,6 +311,28 @@ func (n *Node) readLeases() []leaseRead {
 // markBlind records that this node could not see the cluster's buckets
 // just now: NATS was away, or JetStream did not answer.
 func (n *Node) markBlind() { n.blind.Store(time.Now().UnixNano()) }
+
+// blindAfter marks this node blind when err says it cannot see the
+// buckets at all: no connection to NATS, or JetStream not answering (as
+// while NATS starts again). One request that timed out on a busy machine
+// does not: a lease it could not renew may then be taken over by a node
+// holding the history, which loses nothing, while counting blind moments
+// forever would keep a dead node's leases and heartbeat alive.
+func (n *Node) blindAfter(err error) {
+	var apiErr *jetstream.APIError
+	switch {
+	case !n.ctl.IsConnected(),
+		errors.Is(err, nats.ErrNoResponders),
+		errors.Is(err, nats.ErrConnectionClosed),
+		errors.Is(err, nats.ErrConnectionReconnecting),
+		errors.Is(err, nats.ErrDisconnected),
+		errors.Is(err, jetstream.ErrJetStreamNotEnabled),
+		errors.Is(err, jetstream.ErrBucketNotFound),
+		errors.Is(err, jetstream.ErrStreamNotFound),
+		errors.As(err, &apiErr) && apiErr.Code == 503:
+		n.markBlind()
+	}
+}
 
 // blindAt returns when this node last could not see the buckets.
 func (n *Node) blindAt() time.Time {
@@ -523,25 +556,25 @@ func (n *Node) pick(k int) []int {
 
 // liveNodes lists the nodes whose heartbeat has not expired.
 func (n *Node) liveNodes() []string {
-	out, _ := n.liveNodesOK()
+	out, _ := n.liveNodesErr()
 	return out
 }
 
-// liveNodesOK is liveNodes, telling whether the list could be read (else
-// it is this node alone).
-func (n *Node) liveNodesOK() ([]string, bool) {
+// liveNodesErr is liveNodes, with the error that kept the list from being
+// read (it is then this node alone).
+func (n *Node) liveNodesErr() ([]string, error) {
 	ctx, cancel := n.opCtx()
 	defer cancel()
 	kl, err := n.nodes.ListKeys(ctx)
 	if err != nil {
-		return []string{n.cfg.Node}, false
+		return []string{n.cfg.Node}, err
 	}
 	defer func() { _ = kl.Stop() }()
 	var out []string
 	for k := range kl.Keys() {
 		out = append(out, k)
 	}
-	return out, true
+	return out, nil
 }
 
 // take creates the lease of a free partition (rev 0), or replaces a stale
@@ -626,7 +659,7 @@ func (n *Node) heartbeat() error {
 	defer cancel()
 	_, err := n.nodes.Put(ctx, n.cfg.Node, []byte(strconv.Itoa(n.cfg.Partitions)))
 	if err != nil {
-		n.markBlind()
+		n.blindAfter(err)
 	}
 	return err
 }
@@ -729,7 +762,7 @@ func (n *Node) renew(p int, term, rev uint64, listed []string) bool {
 			// next pass sees who holds it.
 			st.mine, st.ready = false, false
 		} else {
-			n.markBlind()
+			n.blindAfter(err)
 			if st.unsure.IsZero() {
 				st.unsure = sent // it may have been written
 			}
