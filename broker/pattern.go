@@ -206,6 +206,10 @@ func (s *Session) pumpPattern(sub *subscription) {
 	}
 	st := s.srv.store
 	info, ok, err := st.Topic(pt.name)
+	if errors.Is(err, ErrUnavailable) {
+		s.retryUnavailable(sub, pt)
+		return
+	}
 	if err != nil {
 		s.log.Error("reading topic metadata", "topic", pt.name, "err", err)
 		s.endSub(sub, subproto.CodeInternal)
@@ -227,6 +231,10 @@ func (s *Session) pumpPattern(sub *subscription) {
 	if next == 0 && info.Epoch == epoch {
 		req := StartRequest{Since: p.since, HasSince: true, IfGone: p.ifGone}
 		f, err := startFacts(st, pt.name, info, req, "")
+		if errors.Is(err, ErrUnavailable) {
+			s.retryUnavailable(sub, pt)
+			return
+		}
 		if err != nil {
 			s.log.Error("finding where a topic starts", "topic", pt.name, "err", err)
 			s.endSub(sub, subproto.CodeInternal)
@@ -238,6 +246,10 @@ func (s *Session) pumpPattern(sub *subscription) {
 	var recs []Record
 	if info.Epoch == epoch && serr == nil && from <= info.Head {
 		recs, err = st.Read(pt.name, from, n, maxBytes)
+		if errors.Is(err, ErrUnavailable) {
+			s.retryUnavailable(sub, pt)
+			return
+		}
 		if err != nil && !errors.Is(err, ErrTopicNotFound) {
 			s.log.Error("reading topic log", "topic", pt.name, "err", err)
 			s.endSub(sub, subproto.CodeInternal)

@@ -422,6 +422,39 @@ func (s *Session) writeFailed(err error) {
 	s.mu.Unlock()
 }
 
+// unavailableRetry is how long a subscription fed from the log waits
+// before it reads again after the store answered unavailable.
+const unavailableRetry = 200 * time.Millisecond
+
+// retryUnavailable parks a subscription fed from the log (for a pattern,
+// its topic pt) after the store answered unavailable (in a cluster: a
+// partition changing hands, an owner out of reach), and wakes it again a
+// moment later. A subscription is not ended for what a failover makes
+// unavailable for a while.
+func (s *Session) retryUnavailable(sub *subscription, pt *patTopic) {
+	s.mu.Lock()
+	if pt != nil {
+		pt.parked = true
+	} else {
+		sub.parked = true
+	}
+	s.mu.Unlock()
+	time.AfterFunc(unavailableRetry, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		switch {
+		case s.closed || sub.ended:
+		case pt != nil:
+			if pt.parked && pt.lagging {
+				s.wakeTopicLocked(sub, pt)
+			}
+		case sub.parked:
+			sub.parked = false
+			s.kickLocked()
+		}
+	})
+}
+
 // pump feeds one lagging subscription a page from the log. When the page
 // reaches the end of the log it tries to rejoin the live stream.
 func (s *Session) pump(sub *subscription) {
@@ -445,6 +478,10 @@ func (s *Session) pump(sub *subscription) {
 	lastBefore := sub.t.last
 	sub.t.mu.Unlock()
 	recs, err := s.srv.store.Read(sub.topic, from, n, maxBytes)
+	if errors.Is(err, ErrUnavailable) {
+		s.retryUnavailable(sub, nil)
+		return
+	}
 	if err != nil && !errors.Is(err, ErrTopicNotFound) {
 		s.log.Error("reading topic log", "topic", sub.topic, "err", err)
 		s.endSub(sub, subproto.CodeInternal)
@@ -456,6 +493,9 @@ func (s *Session) pump(sub *subscription) {
 	// everything from from on.
 	info, ok, err := s.srv.store.Topic(sub.topic)
 	switch {
+	case errors.Is(err, ErrUnavailable):
+		s.retryUnavailable(sub, nil)
+		return
 	case err != nil:
 		s.log.Error("reading topic metadata", "topic", sub.topic, "err", err)
 		s.endSub(sub, subproto.CodeInternal)
