@@ -1,6 +1,11 @@
 # brokerd — common tasks. `make test` is what CI runs.
 GO ?= go
 PKGS := ./...
+# The modules of the repository besides the server's (the root): the wire
+# protocol and the Go client, each with its own go.mod, which ./... at the
+# root does not include. The client's tests that need a server are in the
+# root module (internal/clienttest).
+MODULES := subproto clients/go
 
 .PHONY: run test vet unit race bench fuzz lint build dist image crash soak test-js stress-test nats-soak
 
@@ -43,6 +48,7 @@ test: vet race test-js
 
 vet:
 	$(GO) vet $(PKGS)
+	@for m in $(MODULES); do echo "== go vet ($$m)"; (cd $$m && $(GO) vet ./...) || exit 1; done
 
 # The packages that run clusters (in-process nodes, and brokerd and NATS
 # processes) run one after the other once the rest has run, so that their
@@ -51,23 +57,27 @@ vet:
 # machine.
 CLUSTER_PKGS := ./cluster/ ./cmd/brokerd/
 race:
+	@for m in $(MODULES); do (cd $$m && $(GO) test -race -count=1 -timeout 15m ./...) || exit 1; done
 	$(GO) test -race -count=1 -timeout 15m $$($(GO) list $(PKGS) | grep -v -e '/cluster$$' -e '/cmd/brokerd$$')
 	$(GO) test -race -count=1 -timeout 15m -p 1 $(CLUSTER_PKGS)
 
 unit:
+	@for m in $(MODULES); do (cd $$m && $(GO) test -count=1 ./...) || exit 1; done
 	$(GO) test -count=1 $(PKGS)
 
 test-js:
 	cd clients/js && npm ci && npm run typecheck && npm test
 
 bench:
-	$(GO) test -run='^$$' -bench=. -benchmem ./store/ ./broker/ ./subproto/
+	$(GO) test -run='^$$' -bench=. -benchmem ./store/ ./broker/
+	cd subproto && $(GO) test -run='^$$' -bench=. -benchmem .
 
 # Fuzz each decoder for FUZZTIME (default 1m); new crashers land in testdata.
 FUZZTIME ?= 1m
 fuzz:
-	$(GO) test -run='^$$' -fuzz='^FuzzDecodeFrame$$' -fuzztime=$(FUZZTIME) ./subproto/
-	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./subproto/
+	cd subproto && $(GO) test -run='^$$' -fuzz='^FuzzDecodeFrame$$' -fuzztime=$(FUZZTIME) .
+	cd subproto && $(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) .
+	cd clients/go && $(GO) test -run='^$$' -fuzz='^FuzzParseEvent$$' -fuzztime=$(FUZZTIME) .
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeRepl$$' -fuzztime=$(FUZZTIME) ./cluster/
 
 # The suite under a CPU hog (stress-ng --cpu 2, from Debian): make test
@@ -111,4 +121,4 @@ soak:
 
 lint:
 	gofmt -l . | tee /dev/stderr | (! read)
-	$(GO) vet $(PKGS)
+	$(MAKE) --no-print-directory vet

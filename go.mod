@@ -3,6 +3,8 @@ module github.com/brokerd/brokerd
 go 1.26.0
 
 require (
+	github.com/brokerd/brokerd/clients/go v0.0.0-00010101000000-000000000000
+	github.com/brokerd/brokerd/subproto v0.0.0-00010101000000-000000000000
 	github.com/golang-jwt/jwt/v5 v5.3.1
 	github.com/google/uuid v1.6.0
 	github.com/lxzan/gws v1.8.9
@@ -35,3 +37,11 @@ require (
 )
 
 ignore ./clients/js/node_modules
+
+// The Go client and the protocol package are modules of their own (so that
+// an application importing the client does not inherit the server's
+// dependencies); the server is built against the copies in this repository.
+replace (
+	github.com/brokerd/brokerd/clients/go => ./clients/go
+	github.com/brokerd/brokerd/subproto => ./subproto
+)

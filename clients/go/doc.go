@@ -1,5 +1,16 @@
 // Package client is the Go client of brokerd, the WebSocket pub/sub broker.
 //
+// It is a module of its own, github.com/brokerd/brokerd/clients/go, whose
+// only requirements are the protocol package (github.com/brokerd/brokerd/subproto,
+// no dependencies), a WebSocket library and a UUID library: an application
+// importing it does not inherit the server's dependencies.
+//
+//	go get github.com/brokerd/brokerd/clients/go
+//
+// and import it as
+//
+//	import client "github.com/brokerd/brokerd/clients/go"
+//
 // A [Client] holds one WebSocket connection (subprotocol brokerd.v1.json)
 // and keeps it alive: when the connection drops it reconnects with
 // exponential backoff and full jitter (waiting at least the retry_after_ms

@@ -4,58 +4,23 @@ import (
 	"context"
 	"fmt"
 	"log"
-	"log/slog"
-	"net/http/httptest"
-	"os"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/brokerd/brokerd/broker"
 	client "github.com/brokerd/brokerd/clients/go"
-	"github.com/brokerd/brokerd/internal/server"
-	"github.com/brokerd/brokerd/store"
 )
 
-// startExampleBroker runs a brokerd in this process on a temporary data
-// directory and returns its WebSocket URL. A real application dials its
-// brokerd's address instead, such as ws://localhost:8080/ws.
-func startExampleBroker() (url string, stop func()) {
-	quiet := slog.New(slog.DiscardHandler)
-	dir, err := os.MkdirTemp("", "brokerd-example")
-	if err != nil {
-		log.Fatal(err)
-	}
-	st, err := store.Open(dir, &store.Options{Logger: quiet})
-	if err != nil {
-		log.Fatal(err)
-	}
-	b, err := broker.New(broker.Config{Logger: quiet}, st)
-	if err != nil {
-		log.Fatal(err)
-	}
-	edge, err := server.New(server.Config{Logger: quiet}, b)
-	if err != nil {
-		log.Fatal(err)
-	}
-	hs := httptest.NewServer(edge.Handler())
-	return "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws", func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = b.Shutdown(ctx)
-		hs.Close()
-		_ = st.Close()
-		_ = os.RemoveAll(dir)
-	}
-}
+// brokerURL is the WebSocket address of a running brokerd. These examples
+// are compiled with the package's tests but not run, since this module does
+// not include the server: internal/clienttest in the brokerd repository runs
+// the same code, with its output checked, against a brokerd in the process.
+const brokerURL = "ws://localhost:8080/ws"
 
 func Example() {
-	url, stop := startExampleBroker()
-	defer stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
-	c, err := client.Dial(ctx, url)
+	c, err := client.Dial(ctx, brokerURL)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -76,16 +41,11 @@ func Example() {
 	}
 	m := <-got
 	fmt.Println(m.Topic, m.Offset, string(m.Data))
-	// Output:
-	// stored at offset 1
-	// greetings 1 {"hello":"world"}
 }
 
 func ExampleClient_PublishAsync() {
-	url, stop := startExampleBroker()
-	defer stop()
 	ctx := context.Background()
-	c, err := client.Dial(ctx, url, client.WithPublishWindow(64))
+	c, err := client.Dial(ctx, brokerURL, client.WithPublishWindow(64))
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -113,14 +73,11 @@ func ExampleClient_PublishAsync() {
 	}
 	wg.Wait()
 	fmt.Println("last offset", last)
-	// Output: last offset 1000
 }
 
 func ExampleSubscription_Ack() {
-	url, stop := startExampleBroker()
-	defer stop()
 	ctx := context.Background()
-	c, err := client.Dial(ctx, url)
+	c, err := client.Dial(ctx, brokerURL)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -155,10 +112,4 @@ func ExampleSubscription_Ack() {
 	}
 	work(2)
 	work(3)
-	// Output:
-	// working on {"job":1}
-	// working on {"job":2}
-	// working on {"job":3}
-	// working on {"job":4}
-	// working on {"job":5}
 }

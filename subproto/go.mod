@@ -1,0 +1,3 @@
+module github.com/brokerd/brokerd/subproto
+
+go 1.26.0
