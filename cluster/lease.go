@@ -5,12 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/brokerd/brokerd/broker"
+	"github.com/brokerd/brokerd/cluster/core"
 )
 
 // part is this node's view of one partition's lease. Guarded by Node.mu.
@@ -42,40 +43,29 @@ type part struct {
 	unsure    time.Time // mine: when the first renewal since the last answered one was sent whose answer did not come
 }
 
-// A lease value is "<node> <term>", followed with replication by
-// " <follower>,<follower>…": the followers that hold every record
-// acknowledged in that term (see repl.go). A term of 0 means "the revision
-// of this entry": the value written when a lease is taken, before its
-// revision is known. A node "~<node>" marks a lease that node handed back
-// (with replication, instead of deleting it, so that a follower named in
-// it keeps the history): it is free.
+// leaseValue and parseLease are the lease's value in the bucket (see
+// core.Lease).
 func leaseValue(node string, term uint64, listed []string) []byte {
-	v := node + " " + strconv.FormatUint(term, 10)
-	if len(listed) > 0 {
-		v += " " + strings.Join(listed, ",")
-	}
-	return []byte(v)
+	return core.EncodeLease(node, term, listed)
 }
 
-// freeMark starts the owner of a lease handed back; it is not a name
-// character.
-const freeMark = "~"
+func parseLease(e jetstream.KeyValueEntry) core.Lease {
+	return core.ParseLease(e.Value(), e.Revision())
+}
 
-func parseLease(e jetstream.KeyValueEntry) (owner string, term uint64, listed []string) {
-	f := strings.Fields(string(e.Value()))
-	if len(f) > 0 {
-		owner = f[0]
+// safe are the rules the cluster runs by: all of them.
+var safe = core.Safe()
+
+// clock0 is where this process's core.Time starts: times given to the
+// core are monotonic readings since then.
+var clock0 = time.Now()
+
+// ct returns t on the core's clock; the zero time is before every other.
+func ct(t time.Time) core.Time {
+	if t.IsZero() {
+		return math.MinInt64 / 2
 	}
-	if len(f) > 1 {
-		term, _ = strconv.ParseUint(f[1], 10, 64)
-	}
-	if len(f) > 2 {
-		listed = strings.Split(f[2], ",")
-	}
-	if term == 0 {
-		term = e.Revision()
-	}
-	return owner, term, listed
+	return core.Time(t.Sub(clock0))
 }
 
 func leaseKey(p int) string { return "p" + strconv.Itoa(p) }
@@ -177,7 +167,7 @@ func (n *Node) pass() {
 			}
 			*st = part{}
 			n.mu.Unlock()
-			if !draining && n.owned() < share {
+			if safe.Pass(core.PassIn{Self: n.cfg.Node, Draining: draining, Under: n.owned() < share}).Action == core.Create {
 				n.take(p, 0, false)
 			}
 			continue
@@ -186,81 +176,59 @@ func (n *Node) pass() {
 			n.log.Warn("cluster: reading lease", "partition", p, "err", err)
 			continue
 		}
-		owner, term, listed := parseLease(e)
-		prev, free := strings.CutPrefix(owner, freeMark)
-		holder := owner // the node that held the lease last
-		if free {
-			owner, holder = "", prev
-		}
+		l := parseLease(e)
 		followed, held := n.followed(p), n.dataTerm(p)
 		n.mu.Lock()
 		st := &n.parts[p]
-		if e.Revision() != st.rev && !(st.mine && e.Revision() < st.rev) {
-			st.rev, st.seen = e.Revision(), now
+		w := core.Watch{Rev: st.rev, Seen: ct(st.seen)}
+		w.Observe(e.Revision(), st.mine, ct(now))
+		if w.Rev != st.rev {
+			st.rev, st.seen = w.Rev, now
 		}
-		mine := st.mine
-		if owner != n.cfg.Node {
+		in := core.PassIn{Self: n.cfg.Node, Found: true, Lease: l, Mine: st.mine, MyRev: st.rev,
+			Followed: followed, Held: held, TTL: core.Duration(ttl), Unclean: core.Duration(n.cfg.UncleanTakeoverAfter),
+			Draining: draining, Replicated: n.cfg.replicated(), Live: live,
+			Unchanged: w.Unchanged(ct(now), ct(n.blindAt()))}
+		if t, ok := replTerms[p]; ok {
+			in.ReplTerm = t
+		}
+		if l.Owner != n.cfg.Node {
 			if st.mine {
-				n.log.Warn("cluster: lease lost", "partition", p, "to", owner)
+				n.log.Warn("cluster: lease lost", "partition", p, "to", l.Owner)
 			}
 			st.mine, st.ready = false, false
-			st.owner, st.term, st.listed = owner, term, listed
-			n.fence[p] = max(n.fence[p], term)
+			st.owner, st.term, st.listed = l.Owner, l.Term, l.Listed
+			n.fence[p] = max(n.fence[p], l.Term)
 		}
-		// A lease is stale once its revision has not changed for a TTL
-		// that this node watched: time this node could not see the bucket
-		// (NATS away, JetStream not answering) does not count, or every
-		// lease would look stale when NATS comes back, before any owner
-		// had a chance to renew.
-		unchanged := now.Sub(later(st.seen, n.blindAt()))
-		stale := free || unchanged >= ttl+ttl/10
-		waited := unchanged >= 2*ttl+ttl/10
 		n.mu.Unlock()
-		if t, ok := replTerms[p]; ok && t < term && owner != "" && owner != n.cfg.Node {
-			n.dropUnacked(p, term)
+		in.Under = n.owned() < share
+		out := safe.Pass(in)
+		if out.DropUnacked {
+			n.dropUnacked(p, l.Term)
 		}
-		if n.cfg.replicated() && owner != "" && owner != n.cfg.Node && term > max(followed, held) &&
-			!slices.Contains(listed, n.cfg.Node) && n.checked[p].Swap(term) != term {
+		if out.Check && n.checked[p].Swap(l.Term) != l.Term {
 			check = append(check, p)
 		}
-		switch {
-		case owner == n.cfg.Node && mine:
-			// Renewed by renewLoop. A revision past the one this node
-			// wrote last is a renewal whose answer was lost: take it.
-			if e.Revision() > n.partRev(p) && !draining {
-				n.claim(p, e.Revision(), term)
-			}
-		case owner == n.cfg.Node && (!n.cfg.replicated() || held == term):
-			// Written by an earlier run of this node (or a renewal whose
-			// answer was lost), and its data is of that term: nobody took
-			// it since, so it is ours.
-			if !draining {
-				n.claim(p, e.Revision(), term)
-			}
-		case stale && !draining:
-			c := takeCase{free: free, prev: prev, owner: owner, listed: listed, waited: waited, under: n.owned() < share,
-				replicated: n.cfg.replicated()}
-			if n.cfg.replicated() {
-				c.keep = slices.Contains(listed, n.cfg.Node) && followed == term ||
-					free && prev == n.cfg.Node && held == term
-				c.unclean = n.cfg.UncleanTakeoverAfter > 0 && unchanged >= n.cfg.UncleanTakeoverAfter
-			}
-			take, keep := c.decide(n.cfg.Node, live)
-			if take && !keep && n.cfg.replicated() {
+		switch out.Action {
+		case core.Claim:
+			n.claim(p, out.Rev, out.Term)
+		case core.Take:
+			if out.Unclean {
 				n.log.Warn("cluster: unclean takeover: no node holding the partition's history came back within --unclean-takeover-after; its topics start a new epoch",
-					"partition", p, "holder", holder, "followers", listed, "unchanged", unchanged.Round(time.Millisecond))
+					"partition", p, "holder", l.Holder(), "followers", l.Listed, "unchanged", time.Duration(in.Unchanged).Round(time.Millisecond))
 			}
-			if take && n.take(p, e.Revision(), keep) {
+			if n.take(p, out.Rev, out.Keep) {
 				n.tookAt = time.Now()
-			} else if !take && !c.keep && n.cfg.replicated() && n.waiting[p].Swap(true) == false {
-				n.log.Warn("cluster: partition unavailable until a node holding its history comes back",
-					"partition", p, "holder", holder, "followers", listed)
 			}
 		}
-		if !stale || owner == n.cfg.Node {
+		if out.Waiting && n.waiting[p].Swap(true) == false {
+			n.log.Warn("cluster: partition unavailable until a node holding its history comes back",
+				"partition", p, "holder", l.Holder(), "followers", l.Listed)
+		}
+		if !out.Stale || l.Owner == n.cfg.Node {
 			n.waiting[p].Store(false)
 		}
-		if stale && !free && owner != n.cfg.Node {
+		if out.Dead {
 			unsettled = true
 		}
 	}
@@ -369,57 +337,6 @@ func (n *Node) withGrace(live []string, ok bool) []string {
 		n.liveSeen = slices.Clone(live)
 	}
 	return live
-}
-
-// takeCase is what a lease pass knows of a stale or handed-back lease
-// when deciding whether this node takes it.
-type takeCase struct {
-	free       bool     // handed back by prev, which is perhaps alive
-	prev       string   // free: the node that handed it back
-	owner      string   // not free: the owner whose lease went stale
-	listed     []string // the followers that hold every acknowledged record
-	keep       bool     // this node holds every acknowledged record: a listed follower that followed the term, or prev with its own data
-	waited     bool     // the lease has not changed for 2×LeaseTTL: nobody better took it
-	under      bool     // this node holds less than its share
-	replicated bool     // records are copied to followers (Replicas ≠ 1)
-	unclean    bool     // replicated: the lease has not changed for UncleanTakeoverAfter (set only when that is on)
-}
-
-// decide tells whether to take the lease, and whether with the local
-// data (keep) or in new epochs.
-//
-// Without replication a topic's log lives only on its owner and nothing
-// is listed: a node takes a stale lease within its share, starting its
-// topics in a new epoch (documented: any move of a partition costs its
-// history), and a handed-back one unless prev, alive, takes it back.
-//
-// With replication the holders of a partition's history are the lease's
-// owner (or prev, when handed back) and its listed followers: durable
-// facts, written in the lease, not heartbeats, which all expire together
-// when NATS itself is away. Only a holder takes the partition:
-//
-//   - a holder takes the partition of a stale owner at once, even past
-//     its share (it hands the excess back later);
-//   - a holder takes a handed-back partition within its share, or when
-//     prev died, or when nobody took it for a while;
-//   - a node that holds no copy never takes it, however long the holders
-//     are away: the partition is unavailable until one comes back (like
-//     Kafka without unclean leader election), unless the operator allowed
-//     an unclean takeover (Config.UncleanTakeoverAfter) and the lease has
-//     not changed for that long: then, within its share, it takes it and
-//     the topics start a new epoch.
-func (c takeCase) decide(self string, live []string) (take, keep bool) {
-	if c.keep {
-		if !c.free {
-			return true, true
-		}
-		return c.under || !slices.Contains(live, c.prev) || c.waited, true
-	}
-	if c.replicated {
-		return c.under && c.unclean, false
-	}
-	prevLive := c.free && c.prev != self && slices.Contains(live, c.prev)
-	return c.under && !prevLive, false
 }
 
 // rebalance hands partitions over past this node's share, with
@@ -710,14 +627,7 @@ func (n *Node) renewDue() {
 // listing returns the followers the lease of a held partition names: those
 // of want brought up to date. Called with Node.mu held.
 func (st *part) listing() []string {
-	var l []string
-	for _, f := range st.want {
-		if st.synced[f] {
-			l = append(l, f)
-		}
-	}
-	slices.Sort(l)
-	return l
+	return safe.Listing(st.want, st.synced)
 }
 
 // renew writes the lease of p again, naming listed as its followers, and
@@ -739,7 +649,7 @@ func (n *Node) renew(p int, term, rev uint64, listed []string) bool {
 	var apiErr *jetstream.APIError
 	if err != nil && errors.As(err, &apiErr) && !unsure.IsZero() {
 		if e, gerr := n.leases.Get(ctx, leaseKey(p)); gerr == nil {
-			if owner, t, _ := parseLease(e); owner == n.cfg.Node && t == term && e.Revision() > rev {
+			if l := parseLease(e); l.Owner == n.cfg.Node && l.Term == term && e.Revision() > rev {
 				// The renewal that went unanswered was written: the lease
 				// lasts from when it was sent.
 				n.mu.Lock()
@@ -928,7 +838,7 @@ func (n *Node) release(ps []int) {
 		var err error
 		if len(st.listed) > 0 || hasTopics[p] {
 			// Handed back naming the nodes that hold the history.
-			_, err = n.leases.Update(ctx, leaseKey(p), leaseValue(freeMark+n.cfg.Node, st.term, st.listed), st.rev)
+			_, err = n.leases.Update(ctx, leaseKey(p), leaseValue(core.FreeMark+n.cfg.Node, st.term, st.listed), st.rev)
 		} else {
 			err = n.leases.Delete(ctx, leaseKey(p), jetstream.LastRevision(st.rev))
 		}

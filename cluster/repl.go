@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/brokerd/brokerd/broker"
+	"github.com/brokerd/brokerd/cluster/core"
 	"github.com/brokerd/brokerd/store"
 )
 
@@ -224,19 +225,6 @@ const (
 
 func (n *Node) replSubject(node string) string { return n.prefix + "repl." + node }
 
-// followersFor returns the k followers of partition p owned by owner among
-// members, sorted: the members after the owner, starting at position p.
-func followersFor(p int, owner string, members []string, k int) []string {
-	var out []string
-	for i := range members {
-		m := members[(p+i)%len(members)]
-		if m != owner && len(out) < k {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
 // updateFollowers recomputes the followers of every held partition from
 // the live nodes. Called by the lease pass.
 func (n *Node) updateFollowers(live []string) {
@@ -271,40 +259,19 @@ func (n *Node) setFollowers(p int, members []string) {
 		n.mu.Unlock()
 		return
 	}
-	target := followersFor(p, n.cfg.Node, members, n.cfg.followerCount(len(members)))
+	target := core.FollowersFor(p, n.cfg.Node, members, n.cfg.followerCount(len(members)))
 	if st.extra != "" && st.extra != n.cfg.Node && slices.Contains(members, st.extra) && !slices.Contains(target, st.extra) {
 		target = append(target, st.extra)
 	}
 	if st.synced == nil {
 		st.synced, st.syncing, st.counted = map[string]bool{}, map[string]bool{}, map[string]bool{}
 	}
-	done := true
-	for _, f := range target {
-		done = done && st.synced[f]
-	}
-	want := slices.Clone(target)
-	if !done {
-		for _, f := range st.want {
-			if st.synced[f] && slices.Contains(members, f) && !slices.Contains(want, f) {
-				want = append(want, f)
-			}
-		}
-	}
+	want, drop := core.Want(target, st.want, st.synced, members, st.listed)
 	term, rev := st.term, st.rev
 	// The lease names the followers of the new want that are in sync: a
 	// follower no longer wanted leaves it, and one that has just come in
 	// sync enters it in the same write, so it never names nobody meanwhile.
-	drop := false
-	for _, f := range st.listed {
-		drop = drop || !slices.Contains(want, f)
-	}
-	var nl []string
-	for _, f := range want {
-		if st.synced[f] {
-			nl = append(nl, f)
-		}
-	}
-	slices.Sort(nl)
+	nl := safe.Listing(want, st.synced)
 	n.mu.Unlock()
 	if drop && !n.renew(p, term, rev, nl) {
 		return
@@ -851,18 +818,7 @@ func (n *Node) advanceLocked(topic string, rt *replTopic) {
 	}
 	// Every follower in sync must hold the record (the lease names them
 	// as holding every acknowledged one), and at least need followers.
-	m := rt.head
-	for _, f := range insync {
-		m = min(m, rt.conf[f])
-	}
-	if need > 0 {
-		c := make([]uint64, 0, len(want))
-		for _, f := range want {
-			c = append(c, rt.conf[f])
-		}
-		slices.Sort(c)
-		m = min(m, c[len(c)-need])
-	}
+	m := safe.Acked(rt.acked, rt.head, want, insync, need, rt.conf)
 	if m <= rt.acked {
 		return
 	}
@@ -1492,10 +1448,8 @@ func (n *Node) serveRepl(m *nats.Msg) {
 // records it as the term this node follows.
 func (n *Node) admit(p int, term uint64) bool {
 	n.mu.Lock()
-	ok := !n.parts[p].mine && term >= n.fence[p]
-	if ok {
-		n.fence[p] = term
-	}
+	fence, ok := safe.Admit(n.fence[p], term, n.parts[p].mine)
+	n.fence[p] = fence
 	n.mu.Unlock()
 	if !ok {
 		return false
