@@ -319,3 +319,92 @@ export declare function backoffDelay(attempt: number, options: { baseMs: number;
 
 /** Parses a close reason such as {"reason":"going_away","retry_after_ms":1234}. */
 export declare function parseCloseReason(reason: string): { reason?: string; message?: string; retryAfterMs?: number };
+
+// ---------------------------------------------------------------------------
+// The wire: events as the broker sends them (protocol brokerd.v1.json, v1.1),
+// before the client turns them into the values above. Every event of the
+// shared wire vectors (subproto/testdata/vectors.json) is checked against
+// these types by `npm run typecheck`.
+
+/** `welcome`: the first event of a connection. */
+export interface WelcomeEvent {
+  op: 'welcome';
+  session: string;
+  node: string;
+  version: string;
+  /** Seconds between pings the broker expects. */
+  heartbeat: number;
+  /** v1.1: what the broker has of the v1.1 additions ("last", "since", "pattern_replay", "ack_epoch", ...). */
+  features?: string[];
+}
+
+/** `msg`: one message of a subscription. */
+export interface MsgEvent {
+  op: 'msg';
+  topic: string;
+  offset: number;
+  /** When the broker appended it, in ms since the Unix epoch. */
+  ts: number;
+  data: JSONValue;
+  /** The pattern, when it came through a pattern subscription. */
+  sub?: string;
+}
+
+/** `ok`: the reply to a command; what it carries depends on the command. */
+export interface OkEvent {
+  op: 'ok';
+  id: number;
+  /** pub and sub: the topic (a sub's pattern for a pattern subscription). */
+  topic?: string;
+  /** pub: the offset stored at (the first one's when dup). */
+  offset?: number;
+  /** pub: the key had been seen; nothing was stored. */
+  dup?: boolean;
+  /** sub of a topic: its epoch, last stored offset (0 when empty) and first offset delivered. */
+  epoch?: string;
+  head?: number;
+  from?: number;
+  /** sub with if_gone: the hole skipped, first and last offsets. */
+  missed?: [number, number];
+}
+
+/** `err`: a command failed (id absent when the frame had none to give). */
+export interface ErrEvent {
+  op: 'err';
+  id?: number;
+  code: ErrorCode | (string & {});
+  message: string;
+  earliest?: number;
+  latest?: number;
+  epoch?: string;
+}
+
+/** `pong`: the reply to a ping. */
+export interface PongEvent {
+  op: 'pong';
+  id: number;
+}
+
+/** `unsubbed`: the broker ended a subscription. */
+export interface UnsubbedEvent {
+  op: 'unsubbed';
+  topic: string;
+  code: ErrorCode | (string & {});
+}
+
+/** `topic` (v1.1): a pattern subscription starts a topic, or cannot (code). */
+export interface TopicEvent {
+  op: 'topic';
+  /** The pattern. */
+  sub: string;
+  topic: string;
+  epoch: string;
+  from?: number;
+  missed?: [number, number];
+  code?: 'epoch_mismatch' | 'offset_out_of_range';
+  earliest?: number;
+  latest?: number;
+}
+
+/** Every event of the protocol; a newer broker may send others, and members not listed here. */
+export type ServerEvent = WelcomeEvent | MsgEvent | OkEvent | ErrEvent | PongEvent | UnsubbedEvent | TopicEvent;
