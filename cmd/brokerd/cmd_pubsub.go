@@ -86,22 +86,45 @@ func signalContext() (context.Context, context.CancelFunc) {
 const subAbout = `Subscribes to each TOPIC (a topic or a pattern: '*' one segment, '>' the
 rest) and prints every message on stdout as one JSON line:
   {"topic":"chat.room1","offset":7,"time":"2026-01-02T15:04:05.123Z","data":{"text":"hi"}}
-("pattern" is added for messages of a pattern subscription). When the
-connection drops, the subscription resumes after the last printed offset,
-in the same epoch: nothing is skipped or printed twice. Connection changes
-and errors go to stderr. It runs until interrupted, or until --count
-messages were printed.
+("pattern" is added for messages of a pattern subscription). A topic
+starts at --from, --last or --since (at most one; the default: what is
+published from now on); a pattern starts at --since, or with what is
+published from now on. When the connection drops, each topic (of a pattern
+too) resumes after the last printed offset, in the same epoch: nothing is
+skipped or printed twice. Connection changes and errors go to stderr. It
+runs until interrupted, or until --count messages were printed.
 
-Example:
-  brokerd sub --from earliest chat.room1`
+Examples:
+  brokerd sub --from earliest chat.room1
+  brokerd sub --last 20 chat.room1
+  brokerd sub --since 15m 'chat.>'
+  brokerd sub --since 2026-01-02T15:04:05Z 'chat.*'`
+
+// parseSince reads --since: an RFC 3339 time, or a duration meaning that
+// long before now.
+func parseSince(v string, now time.Time) (time.Time, error) {
+	if d, err := time.ParseDuration(v); err == nil {
+		if d <= 0 {
+			return time.Time{}, fmt.Errorf("a duration must be positive")
+		}
+		return now.Add(-d), nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("want a time such as 2026-01-02T15:04:05Z or a duration such as 15m")
+	}
+	return t, nil
+}
 
 func runSub(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("sub", "TOPIC...", subAbout)
 	var cf connFlags
 	cf.add(fs)
-	var from, consumer string
-	var count int
+	var from, consumer, since string
+	var count, last int
 	fs.StringVar(&from, "from", "", "where a topic subscription starts: latest (the default), earliest, or an offset; not for patterns")
+	fs.IntVar(&last, "last", 0, "start a topic subscription with its last N messages (1 to 10000); not for patterns")
+	fs.StringVar(&since, "since", "", "start at the first message stored at or after this time: RFC 3339 (2026-01-02T15:04:05Z) or a duration before now (15m); topics and patterns")
 	fs.StringVar(&consumer, "consumer", "", "durable consumer name: resume from the position stored for it (messages are acknowledged once printed)")
 	fs.IntVar(&count, "count", 0, "exit 0 after this many messages; 0: run until interrupted")
 	if code, done := parseFlags(fs, args, 1, broker512, stdout, stderr); done {
@@ -122,6 +145,25 @@ func runSub(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		opts.From = client.Offset(n)
+	}
+	if last != 0 {
+		if last < 1 || last > subproto.MaxLast {
+			fmt.Fprintf(stderr, "brokerd sub: --last %d: want 1 to %d\n", last, subproto.MaxLast)
+			return 2
+		}
+		opts.Last = last
+	}
+	if since != "" {
+		t, err := parseSince(since, time.Now())
+		if err != nil {
+			fmt.Fprintf(stderr, "brokerd sub: --since %q: %v\n", since, err)
+			return 2
+		}
+		opts.Since = t
+	}
+	if n := btoi(from != "") + btoi(last != 0) + btoi(since != ""); n > 1 {
+		fmt.Fprintln(stderr, "brokerd sub: --from, --last and --since exclude each other")
+		return 2
 	}
 	opts.Consumer = consumer
 	if count < 0 {
@@ -152,9 +194,9 @@ func runSub(args []string, stdout, stderr io.Writer) int {
 		var sub *client.Subscription
 		o := opts
 		if subproto.IsPattern(topic) {
-			o = client.SubOptions{}
-			if from != "" || consumer != "" {
-				fmt.Fprintf(stderr, "brokerd sub: %s is a pattern: pattern subscriptions are live-only (no --from, --consumer)\n", topic)
+			o = client.SubOptions{Since: opts.Since}
+			if from != "" || last != 0 || consumer != "" {
+				fmt.Fprintf(stderr, "brokerd sub: %s is a pattern: a pattern starts at --since or now (--from, --last and --consumer are for topics)\n", topic)
 				return 2
 			}
 		}
@@ -199,7 +241,11 @@ func runSub(args []string, stdout, stderr io.Writer) int {
 			in := s.Info()
 			fmt.Fprintf(stderr, "brokerd sub: subscribed to %s from offset %d (head %d, epoch %s)\n", topic, in.From, in.Head, in.Epoch)
 		} else {
-			fmt.Fprintf(stderr, "brokerd sub: subscribed to pattern %s (live)\n", topic)
+			start := "what is published from now on"
+			if since != "" {
+				start = "each topic's messages since " + opts.Since.UTC().Format(time.RFC3339)
+			}
+			fmt.Fprintf(stderr, "brokerd sub: subscribed to pattern %s: %s, each topic resumed across reconnects\n", topic, start)
 		}
 	}
 	ended := make(chan *client.Subscription, len(subs))
@@ -224,6 +270,13 @@ func runSub(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "brokerd sub: the subscription to %s ended: %v\n", s.Topic(), s.Err())
 		return 1
 	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // broker512 bounds the topics of one sub command (the broker's default

@@ -397,3 +397,91 @@ func TestHealth(t *testing.T) {
 		t.Fatalf("health of a stopped node: status %d, stderr %q", r.code, r.stderr)
 	}
 }
+
+// TestSubLastSince: brokerd sub starts a topic at --last, and topics and
+// patterns at --since (a time or a duration before now); the flags exclude
+// each other, and a pattern refuses the topic-only ones.
+func TestSubLastSince(t *testing.T) {
+	d := startDaemon(t, t.TempDir())
+	wsURL := "ws://" + d.addr + "/ws"
+	pub := func(topic string, lines ...string) {
+		t.Helper()
+		c := exec.Command(daemonBin, "pub", "--url", wsURL, topic)
+		c.Env = daemonEnv()
+		c.Stdin = strings.NewReader(strings.Join(lines, "\n") + "\n")
+		if out, err := c.CombinedOutput(); err != nil {
+			t.Fatalf("pub to %s: %v\n%s", topic, err, out)
+		}
+	}
+	sub := func(args ...string) []subLine {
+		t.Helper()
+		r := runBrokerd(t, 30*time.Second, []string{"BROKERD_URL=" + wsURL}, append([]string{"sub"}, args...)...)
+		if r.code != 0 {
+			t.Fatalf("sub %q: status %d, stderr %q", args, r.code, r.stderr)
+		}
+		var lines []subLine
+		for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+			var sl subLine
+			if err := json.Unmarshal([]byte(l), &sl); err != nil {
+				t.Fatalf("sub %q printed %q: %v", args, l, err)
+			}
+			lines = append(lines, sl)
+		}
+		return lines
+	}
+	pub("ls.a", "1", "2", "3", "4", "5")
+	pub("ls.b", "1", "2", "3")
+
+	got := sub("--last", "2", "--count", "2", "ls.a")
+	if len(got) != 2 || got[0].Offset != 4 || got[1].Offset != 5 || string(got[1].Data) != "5" {
+		t.Fatalf("sub --last 2: %+v, want offsets 4 and 5", got)
+	}
+
+	// A pattern since an hour ago: every message of both topics, each
+	// topic in order.
+	got = sub("--since", "1h", "--count", "8", "ls.*")
+	next := map[string]uint64{"ls.a": 1, "ls.b": 1}
+	for _, l := range got {
+		if l.Offset != next[l.Topic] {
+			t.Fatalf("sub --since 1h ls.*: %+v: offset %d of %s, want %d", got, l.Offset, l.Topic, next[l.Topic])
+		}
+		next[l.Topic]++
+	}
+	if next["ls.a"] != 6 || next["ls.b"] != 4 {
+		t.Fatalf("sub --since 1h ls.*: %+v, want ls.a 1-5 and ls.b 1-3", got)
+	}
+
+	// Since a time: only what was stored from then on, for a topic and
+	// for a pattern.
+	cut := time.Now().Add(2 * time.Millisecond)
+	for !time.Now().After(cut.Add(time.Millisecond)) {
+		time.Sleep(time.Millisecond)
+	}
+	pub("ls.b", "4", "5")
+	got = sub("--since", cut.UTC().Format(time.RFC3339Nano), "--count", "2", "ls.*")
+	if len(got) != 2 || got[0].Topic != "ls.b" || got[0].Offset != 4 || got[1].Offset != 5 {
+		t.Fatalf("sub --since %s ls.*: %+v, want ls.b 4 and 5", cut.Format(time.RFC3339Nano), got)
+	}
+	got = sub("--since", cut.UTC().Format(time.RFC3339Nano), "--count", "1", "ls.b")
+	if len(got) != 1 || got[0].Offset != 4 {
+		t.Fatalf("sub --since %s ls.b: %+v, want offset 4", cut.Format(time.RFC3339Nano), got)
+	}
+
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--from", "earliest", "--last", "2", "ls.a"}, "exclude each other"},
+		{[]string{"--last", "3", "--since", "1m", "ls.a"}, "exclude each other"},
+		{[]string{"--last", "10001", "ls.a"}, "want 1 to 10000"},
+		{[]string{"--since", "yesterday", "ls.a"}, "want a time"},
+		{[]string{"--since", "-5m", "ls.a"}, "must be positive"},
+		{[]string{"--last", "2", "ls.*"}, "is a pattern"},
+		{[]string{"--from", "1", "ls.>"}, "is a pattern"},
+	} {
+		r := runBrokerd(t, 20*time.Second, []string{"BROKERD_URL=" + wsURL}, append([]string{"sub"}, c.args...)...)
+		if r.code != 2 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("sub %q: status %d, stderr %q, want 2 and %q", c.args, r.code, r.stderr, c.want)
+		}
+	}
+}
