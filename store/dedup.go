@@ -4,31 +4,45 @@ import (
 	"container/heap"
 	"fmt"
 	"math"
+	"strings"
 
 	"go.etcd.io/bbolt"
 )
 
 // keyIndex remembers idempotency keys in memory: per topic, key → the first
-// record's offset and time, in a map and a queue in offset order (which is
-// time order: record times never decrease within a topic). A heap orders the
-// topics by the time of their oldest key, so that the globally oldest key is
-// found at once when DedupMaxKeysTotal is reached or keys expire.
+// record's offset and time, in a queue in offset order (which is time
+// order: record times never decrease within a topic). One map, shared by
+// all topics, finds a (topic, key) pair's queue entry. A heap orders the
+// topics by the time of their oldest key, so that the globally oldest key
+// is found at once when DedupMaxKeysTotal is reached or keys expire.
+//
+// Memory is what the keys need plus a small, fixed part per topic holding
+// keys (its name, its queue's header, an entry in topics and in the heap):
+// a topic holds no map of its own, and its queue starts with room for one
+// entry and doubles, so a topic with one key costs about as much as a key.
+// BenchmarkDedupKeyMemory measures it.
 //
 // The index belongs to the committer goroutine: it is read and changed only
 // by operations the committer runs (and by Open before the committer
 // starts), so it needs no lock.
 type keyIndex struct {
 	topics map[string]*topicKeys
-	heap   keyHeap // topics with a non-empty queue, oldest front first
-	total  int     // keys remembered in all topics
+	keys   map[topicKey]uint64 // → sequence number of the key's queue entry
+	heap   keyHeap             // topics with a non-empty queue, oldest front first
+}
+
+// topicKey is a key of one topic, as the index's map holds it.
+type topicKey struct {
+	t   *topicKeys
+	key string
 }
 
 // topicKeys is one topic's keys.
 type topicKeys struct {
 	name string
-	keys map[string]uint64 // key → sequence number of its queue entry
 	q    keyQueue
-	hi   int // position in keyIndex.heap; -1 when not in it
+	live int32 // keys of the topic in keyIndex.keys
+	hi   int32 // position in keyIndex.heap; -1 when not in it
 }
 
 // keyEntry is an entry of a topic's queue. An entry whose key maps to
@@ -41,8 +55,11 @@ type keyEntry struct {
 }
 
 func newKeyIndex() *keyIndex {
-	return &keyIndex{topics: make(map[string]*topicKeys)}
+	return &keyIndex{topics: make(map[string]*topicKeys), keys: make(map[topicKey]uint64)}
 }
+
+// total returns the number of keys remembered in all topics.
+func (x *keyIndex) total() int { return len(x.keys) }
 
 // lookup returns the offset and time remembered for key in topic.
 func (x *keyIndex) lookup(topic, key string) (off uint64, ms int64, ok bool) {
@@ -50,7 +67,7 @@ func (x *keyIndex) lookup(topic, key string) (off uint64, ms int64, ok bool) {
 	if tk == nil {
 		return 0, 0, false
 	}
-	seq, ok := tk.keys[key]
+	seq, ok := x.keys[topicKey{tk, key}]
 	if !ok {
 		return 0, 0, false
 	}
@@ -58,13 +75,22 @@ func (x *keyIndex) lookup(topic, key string) (off uint64, ms int64, ok bool) {
 	return e.off, e.ms, true
 }
 
+// remove forgets tk's key if it maps to seq (any seq when all is set), and
+// reports whether it did.
+func (x *keyIndex) remove(tk *topicKeys, key string, seq uint64, all bool) bool {
+	k := topicKey{tk, key}
+	if cur, ok := x.keys[k]; ok && (all || cur == seq) {
+		delete(x.keys, k)
+		tk.live--
+		return true
+	}
+	return false
+}
+
 // forget removes key from topic; its queue entry becomes stale.
 func (x *keyIndex) forget(topic, key string) {
 	if tk := x.topics[topic]; tk != nil {
-		if _, ok := tk.keys[key]; ok {
-			delete(tk.keys, key)
-			x.total--
-		}
+		x.remove(tk, key, 0, true)
 	}
 }
 
@@ -72,21 +98,22 @@ func (x *keyIndex) forget(topic, key string) {
 // forgetting the oldest keys of the topic past maxTopic and the globally
 // oldest past maxTotal. Offsets must grow within a topic. The index keeps
 // key: the caller must pass a string that does not pin a larger buffer
-// (strings.Clone).
+// (strings.Clone). It keeps its own copy of topic.
 func (x *keyIndex) add(topic, key string, off uint64, ms int64, maxTopic, maxTotal int) {
 	if tk := x.topics[topic]; tk != nil {
-		for len(tk.keys) >= maxTopic && x.evictFront(tk) {
+		for int(tk.live) >= maxTopic && x.evictFront(tk) {
 		}
 	}
-	for x.total >= maxTotal && len(x.heap) > 0 && x.evictFront(x.heap[0]) {
+	for len(x.keys) >= maxTotal && len(x.heap) > 0 && x.evictFront(x.heap[0]) {
 	}
 	tk := x.topics[topic] // evicting may have dropped it
 	if tk == nil {
-		tk = &topicKeys{name: topic, keys: make(map[string]uint64), hi: -1}
-		x.topics[topic] = tk
+		name := strings.Clone(topic)
+		tk = &topicKeys{name: name, hi: -1}
+		x.topics[name] = tk
 	}
-	tk.keys[key] = tk.q.push(keyEntry{key: key, off: off, ms: ms})
-	x.total++
+	x.keys[topicKey{tk, key}] = tk.q.push(keyEntry{key: key, off: off, ms: ms})
+	tk.live++
 	if tk.hi < 0 {
 		heap.Push(&x.heap, tk)
 	}
@@ -97,12 +124,7 @@ func (x *keyIndex) add(topic, key string, off uint64, ms int64, maxTopic, maxTot
 func (x *keyIndex) evictFront(tk *topicKeys) bool {
 	for tk.q.len() > 0 {
 		seq, e := tk.q.popFront()
-		cur, ok := tk.keys[e.key]
-		live := ok && cur == seq
-		if live {
-			delete(tk.keys, e.key)
-			x.total--
-		}
+		live := x.remove(tk, e.key, seq, false)
 		x.fixed(tk)
 		if live {
 			return true
@@ -117,11 +139,11 @@ func (x *keyIndex) fixed(tk *topicKeys) {
 	switch {
 	case tk.q.len() > 0:
 		if tk.hi >= 0 {
-			heap.Fix(&x.heap, tk.hi)
+			heap.Fix(&x.heap, int(tk.hi))
 		}
 	default:
 		if tk.hi >= 0 {
-			heap.Remove(&x.heap, tk.hi)
+			heap.Remove(&x.heap, int(tk.hi))
 		}
 		if x.topics[tk.name] == tk {
 			delete(x.topics, tk.name)
@@ -153,10 +175,7 @@ func (x *keyIndex) trimAbove(topic string, off uint64) {
 			break
 		}
 		tk.q.popBack()
-		if cur, ok := tk.keys[e.key]; ok && cur == seq {
-			delete(tk.keys, e.key)
-			x.total--
-		}
+		x.remove(tk, e.key, seq, false)
 	}
 	x.fixed(tk)
 }
@@ -167,63 +186,72 @@ func (x *keyIndex) drop(topic string) {
 	if tk == nil {
 		return
 	}
-	x.total -= len(tk.keys)
-	clear(tk.keys)
-	tk.q = keyQueue{}
+	for tk.q.len() > 0 {
+		seq, e := tk.q.back()
+		tk.q.popBack()
+		x.remove(tk, e.key, seq, false)
+	}
 	x.fixed(tk)
 }
 
 // count returns how many keys topic holds ("" for all topics).
 func (x *keyIndex) count(topic string) int {
 	if topic == "" {
-		return x.total
+		return len(x.keys)
 	}
 	if tk := x.topics[topic]; tk != nil {
-		return len(tk.keys)
+		return int(tk.live)
 	}
 	return 0
 }
 
 // check verifies the index's invariants (for Check).
 func (x *keyIndex) check() error {
-	total := 0
+	live := make(map[*topicKeys]int32, len(x.topics))
+	for k, seq := range x.keys {
+		tk := k.t
+		if x.topics[tk.name] != tk {
+			return fmt.Errorf("%w: idempotency index: key %q of a topic it no longer holds (%q)", ErrCorrupt, k.key, tk.name)
+		}
+		if seq < tk.q.first || seq >= tk.q.first+uint64(tk.q.len()) || tk.q.at(seq).key != k.key {
+			return fmt.Errorf("%w: idempotency index of topic %q: key %q lost its entry", ErrCorrupt, tk.name, k.key)
+		}
+		live[tk]++
+	}
 	for name, tk := range x.topics {
-		if tk.name != name || tk.q.len() == 0 || tk.hi < 0 || tk.hi >= len(x.heap) || x.heap[tk.hi] != tk {
+		if tk.name != name || tk.q.len() == 0 || tk.hi < 0 || int(tk.hi) >= len(x.heap) || x.heap[tk.hi] != tk {
 			return fmt.Errorf("%w: idempotency index of topic %q out of place", ErrCorrupt, name)
 		}
-		for key, seq := range tk.keys {
-			if seq < tk.q.first || seq >= tk.q.first+uint64(tk.q.len()) || tk.q.at(seq).key != key {
-				return fmt.Errorf("%w: idempotency index of topic %q: key %q lost its entry", ErrCorrupt, name, key)
-			}
+		if live[tk] != tk.live {
+			return fmt.Errorf("%w: idempotency index of topic %q holds %d keys, counted %d", ErrCorrupt, name, live[tk], tk.live)
 		}
-		total += len(tk.keys)
 	}
-	if total != x.total || len(x.heap) != len(x.topics) {
-		return fmt.Errorf("%w: idempotency index holds %d keys in %d topics, counted %d in %d", ErrCorrupt, total, len(x.topics), x.total, len(x.heap))
+	if len(x.heap) != len(x.topics) {
+		return fmt.Errorf("%w: idempotency index holds %d topics, %d in its heap", ErrCorrupt, len(x.topics), len(x.heap))
 	}
 	return nil
 }
 
 // keyQueue is a ring buffer of entries numbered by consecutive sequence
-// numbers; first is the front's.
+// numbers; first is the front's. It starts with room for one entry.
 type keyQueue struct {
 	buf   []keyEntry // len is a power of two, or 0
-	head  int        // index of the front in buf
-	n     int
+	head  uint32     // index of the front in buf
+	n     uint32
 	first uint64 // sequence number of the front
 }
 
-func (q *keyQueue) len() int { return q.n }
+func (q *keyQueue) len() int { return int(q.n) }
 
 func (q *keyQueue) at(seq uint64) *keyEntry {
-	return &q.buf[(q.head+int(seq-q.first))&(len(q.buf)-1)]
+	return &q.buf[(int(q.head)+int(seq-q.first))&(len(q.buf)-1)]
 }
 
 func (q *keyQueue) push(e keyEntry) (seq uint64) {
-	if q.n == len(q.buf) {
-		q.resize(max(16, 2*len(q.buf)))
+	if int(q.n) == len(q.buf) {
+		q.resize(max(1, 2*len(q.buf)))
 	}
-	q.buf[(q.head+q.n)&(len(q.buf)-1)] = e
+	q.buf[(int(q.head)+int(q.n))&(len(q.buf)-1)] = e
 	q.n++
 	return q.first + uint64(q.n-1)
 }
@@ -237,7 +265,7 @@ func (q *keyQueue) back() (uint64, keyEntry) {
 func (q *keyQueue) popFront() (uint64, keyEntry) {
 	seq, e := q.first, q.buf[q.head]
 	q.buf[q.head] = keyEntry{}
-	q.head = (q.head + 1) & (len(q.buf) - 1)
+	q.head = uint32((int(q.head) + 1) & (len(q.buf) - 1))
 	q.n--
 	q.first++
 	q.shrink()
@@ -251,17 +279,21 @@ func (q *keyQueue) popBack() {
 }
 
 // shrink halves the buffer when it is a quarter full, so that a burst of
-// keys does not hold memory after they are forgotten.
+// keys does not hold memory after they are forgotten, and lets an empty
+// queue's buffer go.
 func (q *keyQueue) shrink() {
-	if len(q.buf) > 16 && q.n <= len(q.buf)/4 {
+	switch {
+	case q.n == 0:
+		q.buf, q.head = nil, 0
+	case len(q.buf) > 4 && int(q.n) <= len(q.buf)/4:
 		q.resize(len(q.buf) / 2)
 	}
 }
 
 func (q *keyQueue) resize(size int) {
 	buf := make([]keyEntry, size)
-	for i := range q.n {
-		buf[i] = q.buf[(q.head+i)&(len(q.buf)-1)]
+	for i := range int(q.n) {
+		buf[i] = q.buf[(int(q.head)+i)&(len(q.buf)-1)]
 	}
 	q.buf, q.head = buf, 0
 }
@@ -279,12 +311,12 @@ func (h keyHeap) Less(i, j int) bool {
 
 func (h keyHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].hi, h[j].hi = i, j
+	h[i].hi, h[j].hi = int32(i), int32(j)
 }
 
 func (h *keyHeap) Push(v any) {
 	tk := v.(*topicKeys)
-	tk.hi = len(*h)
+	tk.hi = int32(len(*h))
 	*h = append(*h, tk)
 }
 
@@ -349,7 +381,7 @@ func (db *DB) rebuildKeys() error {
 			topic := string(name)
 			for i := len(found) - 1; i >= 0; i-- {
 				e := found[i]
-				if x := db.keys; x.total >= db.opts.DedupMaxKeysTotal && len(x.heap) > 0 {
+				if x := db.keys; x.total() >= db.opts.DedupMaxKeysTotal && len(x.heap) > 0 {
 					if _, oldest := x.heap[0].q.front(); e.ms < oldest.ms {
 						continue // older than every key kept: the bound forgets it first
 					}

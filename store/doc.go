@@ -70,23 +70,29 @@
 // # Idempotency keys
 //
 // Idempotency keys are kept in memory, not on disk: each record stores its
-// key, and the index is rebuilt from the logs when the store opens. Per
-// topic, a map holds key → the first record's offset and time, and a ring
-// buffer holds the keys in offset order, which is time order; a heap orders
-// the topics by their oldest key. Every transaction first forgets the keys
-// older than DedupWindow (RunRetention does too, for a store without
-// appends); remembering a key first forgets the topic's oldest beyond
-// DedupMaxKeys, then the oldest of all topics beyond DedupMaxKeysTotal. All
-// of it is O(1) per key (O(log topics) when a topic's oldest key goes), and
-// no key touches the bbolt file.
+// key, and the index is rebuilt from the logs when the store opens. One map
+// holds (topic, key) → the key's entry in its topic's ring buffer, which
+// holds the topic's keys in offset order, which is time order, with the
+// first record's offset and time; a heap orders the topics by their oldest
+// key. Every transaction first forgets the keys older than DedupWindow
+// (RunRetention does too, for a store without appends); remembering a key
+// first forgets the topic's oldest beyond DedupMaxKeys, then the oldest of
+// all topics beyond DedupMaxKeysTotal. All of it is O(1) per key
+// (O(log topics) when a topic's oldest key goes), and no key touches the
+// bbolt file.
 //
-// Memory: about 90 bytes per key plus the key's own copy, rounded up to Go's
-// size classes (48 bytes for a 36-byte UUID): the map slot with its share of
-// the map's spare room, and the 32-byte ring entry (up to twice that just
-// after a ring grows). Measured with UUID keys: ≈ 137 bytes per key, up to
-// ≈ 170 after growth. The default DedupMaxKeysTotal of 1,000,000 keys thus
-// bounds the index at roughly 140–170 MB whatever the number of topics; it
-// only grows that far with a million distinct keys within DedupWindow.
+// Memory, measured by BenchmarkDedupKeyMemory with 36-byte UUID keys: about
+// 140 bytes per key (the key's copy, 48 bytes; its slot in the map with the
+// map's spare room; its 32-byte ring entry), up to about 170 just after the
+// map or a ring grows; plus about 115 bytes per topic holding keys (its
+// name, ring header, one slot in the topic map and in the heap; a topic's
+// ring starts with room for one key and doubles). So about 140 bytes a key
+// when topics hold many keys each, and about 260 when every key is alone in
+// its topic, the worst case. The default DedupMaxKeysTotal of 1,000,000
+// keys thus bounds the index at roughly 140–260 MB whatever the number of
+// topics; it only grows that far with a million distinct keys within
+// DedupWindow. (Before, a topic's own map and a ring of at least 16 entries
+// made a key alone in its topic cost about 940 bytes.)
 //
 // The index belongs to the committer goroutine: lookups and changes happen
 // only in operations the committer runs (and in Open before it starts), so

@@ -89,8 +89,9 @@ type Options struct {
 	// turns idempotency off. DedupMaxKeys bounds the remembered keys per
 	// topic and DedupMaxKeysTotal those of all topics together; beyond
 	// either, the oldest key (of the topic, or of all topics) is forgotten
-	// first. Keys are held in memory, about 90 bytes plus the key's length
-	// each (≈ 140 bytes for a UUID; see the package documentation), so
+	// first. Keys are held in memory: ≈ 140 bytes each for a UUID, plus
+	// ≈ 115 bytes per topic holding keys, so ≈ 260 bytes a key when each
+	// is alone in its topic (see the package documentation), and
 	// DedupMaxKeysTotal bounds that memory whatever the number of topics.
 	DedupWindow       time.Duration
 	DedupMaxKeys      int
