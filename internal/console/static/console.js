@@ -3,12 +3,21 @@
 import { BrokerClient, CloseCodes } from './client/index.js';
 
 const $ = (id) => document.getElementById(id);
-const MAX_ROWS = 2000;
 const KEY = 'brokerd-console:';
+/** Messages kept on screen (the newest); ?rows=N in the page's URL changes it. */
+const MAX_ROWS = (() => {
+  const n = Number.parseInt(new URLSearchParams(location.search).get('rows') || '', 10);
+  return Number.isSafeInteger(n) && n >= 1 && n <= 100000 ? n : 2000;
+})();
+/** Events kept in their own list, apart from messages. */
+const MAX_EVENTS = 500;
+/** How often the topic list is refreshed while connected and visible. */
+const TOPICS_EVERY_MS = 15000;
 
 const ui = {
   url: $('url'), token: $('token'), connectBtn: $('connect-btn'), disconnectBtn: $('disconnect-btn'),
-  state: $('state'), stateText: $('state-text'),
+  state: $('state'), stateText: $('state-text'), retryBtn: $('retry-btn'),
+  events: $('events'), detail: $('detail'), detailMeta: $('detail-meta'), detailJSON: $('detail-json'), detailTitle: $('detail-title'),
   topics: $('topics'), topicsNote: $('topics-note'), subs: $('subs'),
   subTopic: $('sub-topic'), subFrom: $('sub-from'), subOffset: $('sub-offset'), subLast: $('sub-last'), subSince: $('sub-since'),
   rows: $('rows'), log: $('log'), logEmpty: $('log-empty'), count: $('count'), follow: $('follow'),
@@ -22,6 +31,17 @@ let received = 0;
 let pendingRows = [];
 let flushQueued = false;
 let reconnectTimer = null;
+/** topic|epoch|offset → its row: a message that comes through two subscriptions shows once. */
+const shown = new Map();
+/** The message each row shows, for the detail view. */
+const messageOf = new WeakMap();
+/** The current outage: since when, how many attempts, the last close. */
+let outage = null;
+/** Whether the broker asked for a token (unauthorized without one, 4001, 4003). */
+let authProblem = '';
+/** topic → its entry in the topic list, to keep its count current. */
+const topicItems = new Map();
+let topicsTimer = null;
 
 // ---- helpers ----
 
@@ -77,9 +97,16 @@ function shortEpoch(e) {
 
 // ---- the log of messages and events ----
 
+function rowKey(m) {
+  return `${m.topic}|${m.epoch || ''}|${m.offset}`;
+}
+
 function addRow(tr) {
   pendingRows.push(tr);
-  if (pendingRows.length > MAX_ROWS) pendingRows = pendingRows.slice(-MAX_ROWS);
+  if (pendingRows.length > MAX_ROWS) {
+    for (const r of pendingRows.slice(0, pendingRows.length - MAX_ROWS)) shown.delete(r.dataset.key);
+    pendingRows = pendingRows.slice(-MAX_ROWS);
+  }
   if (!flushQueued) {
     flushQueued = true;
     // Animation frames pause in background tabs; the timer catches up there.
@@ -91,6 +118,13 @@ function addRow(tr) {
   }
 }
 
+function renderCount() {
+  const n = (v) => v.toLocaleString('en-US');
+  let text = `${n(received)} message${received === 1 ? '' : 's'}`;
+  if (received > MAX_ROWS) text += ` · showing the last ${n(MAX_ROWS)}`;
+  ui.count.textContent = text;
+}
+
 function flushRows() {
   if (!flushQueued) return;
   flushQueued = false;
@@ -100,35 +134,108 @@ function flushRows() {
   const frag = document.createDocumentFragment();
   for (const r of rows) frag.append(r);
   ui.rows.append(frag);
-  while (ui.rows.childElementCount > MAX_ROWS) ui.rows.firstElementChild.remove();
+  while (ui.rows.childElementCount > MAX_ROWS) {
+    const first = ui.rows.firstElementChild;
+    shown.delete(first.dataset.key);
+    first.remove();
+  }
   ui.logEmpty.hidden = true;
-  ui.count.textContent = `${received} message${received === 1 ? '' : 's'}`;
+  renderCount();
   if (ui.follow.checked) ui.log.scrollTop = ui.log.scrollHeight;
 }
 
-function messageRow(m) {
-  let text = JSON.stringify(m.data);
-  const full = text;
-  if (text.length > 400) text = `${text.slice(0, 400)}…`;
-  return el('tr', { class: 'msg', data: { topic: m.topic, offset: String(m.offset), epoch: m.epoch || '' } },
-    el('td', { class: 't' }, clock(m.ts)),
-    el('td', { class: 'topic', title: m.pattern ? `via ${m.pattern}` : '' }, m.topic),
-    el('td', { class: 'num' }, String(m.offset)),
-    el('td', { class: 'data', title: full.length > 400 ? full.slice(0, 4000) : '' }, text));
+/** Shows a message, once even when it comes through two subscriptions. */
+function showMessage(m, via) {
+  const key = rowKey(m);
+  const seen = shown.get(key);
+  if (seen) {
+    const vias = seen.dataset.via ? seen.dataset.via.split(' ') : [];
+    if (!vias.includes(via)) {
+      vias.push(via);
+      seen.dataset.via = vias.join(' ');
+      seen.querySelector('td.topic').title = `via ${vias.join(', ')}`;
+    }
+    return;
+  }
+  received++;
+  const tr = messageRow(m, via);
+  shown.set(key, tr);
+  addRow(tr);
+  bumpTopic(m.topic, m.offset);
 }
 
+function messageRow(m, via) {
+  let text = JSON.stringify(m.data);
+  if (text.length > 400) text = `${text.slice(0, 400)}…`;
+  const tr = el('tr', { class: 'msg', tabindex: '0', data: { topic: m.topic, offset: String(m.offset), epoch: m.epoch || '', key: rowKey(m), via } },
+    el('td', { class: 't' }, clock(m.ts)),
+    el('td', { class: 'topic', title: `via ${via}` }, m.topic),
+    el('td', { class: 'num' }, String(m.offset)),
+    el('td', { class: 'data' }, text));
+  messageOf.set(tr, m);
+  return tr;
+}
+
+/** The detail view of a message: its metadata and its data as indented JSON. */
+function showDetail(tr) {
+  const m = messageOf.get(tr);
+  if (!m) return;
+  ui.detailTitle.textContent = `${m.topic} · offset ${m.offset}`;
+  const rows = [
+    ['topic', m.topic],
+    ['offset', String(m.offset)],
+    ['epoch', m.epoch || '—'],
+    ['stored', `${new Date(m.ts).toISOString()} (${clock(m.ts)} here)`],
+    ['via', (tr.dataset.via || '').split(' ').join(', ')],
+  ];
+  ui.detailMeta.replaceChildren(...rows.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));
+  ui.detailJSON.textContent = JSON.stringify(m.data, null, 2);
+  if (typeof ui.detail.showModal === 'function') {
+    if (!ui.detail.open) ui.detail.showModal();
+  } else ui.detail.setAttribute('open', '');
+}
+
+/** An event of the connection or a subscription, in the events list (apart from messages). */
 function event(text, kind = '') {
-  addRow(el('tr', { class: `event ${kind}`, data: { event: kind || 'info' } },
-    el('td', { class: 't' }, clock(Date.now())),
-    el('td', { colspan: '3' }, text)));
+  const li = el('li', { class: `event ${kind}`, data: { event: kind || 'info' } },
+    el('time', {}, clock(Date.now())), ' ', el('span', {}, text));
+  ui.events.append(li);
+  while (ui.events.childElementCount > MAX_EVENTS) ui.events.firstElementChild.remove();
+  ui.events.scrollTop = ui.events.scrollHeight;
+  return li;
 }
 
 // ---- connection ----
 
+/**
+ * The one status line of the connection. States: idle, connecting, checking
+ * (open, access not known yet), open, reconnecting (with Retry now), auth
+ * (the broker wants a token, or refused it), closed.
+ */
 function setState(state, text) {
   ui.state.dataset.state = state;
   ui.stateText.textContent = text;
   ui.disconnectBtn.disabled = !client;
+  ui.retryBtn.hidden = !(client && state === 'reconnecting');
+  renderSubsSoon();
+}
+
+function closeText(code, reason, message) {
+  const name = CloseCodes[code] || (code === 1006 ? 'abnormal' : '');
+  const why = message || (reason && !reason.startsWith('{') ? reason : '');
+  return `${code}${name ? ` ${name}` : ''}${why ? ` — ${why}` : ''}`;
+}
+
+/** The broker wants a token, or refused the one given: say so in the status line, not in protocol words. */
+function needToken(why) {
+  authProblem = why;
+  setState('auth', why);
+  ui.token.focus();
+}
+
+function openState(c) {
+  const where = `open · ${c.welcome.node} · session ${c.session.slice(0, 8)}`;
+  setState('open', ui.token.value.trim() ? `${where} · token` : where);
 }
 
 function connect() {
@@ -154,28 +261,63 @@ function connect() {
     return;
   }
   client = c;
+  outage = null;
+  authProblem = '';
   c.on('statechange', ({ state }) => {
     if (client !== c) return;
-    if (state === 'connecting') setState(state, `connecting to ${c.url}`);
-    else if (state === 'open') setState(state, `open · ${c.welcome.node} · session ${c.session.slice(0, 8)}`);
-    else if (state === 'closed') setState(state, 'closed');
+    if (state === 'connecting' && !outage) setState(state, `connecting to ${c.url}`);
+    else if (state === 'closed' && !authProblem) setState(state, 'closed');
+    renderSubsSoon();
   });
   c.on('open', ({ node, version, heartbeat }) => {
     if (client !== c) return;
-    event(`connected to ${node} (brokerd ${version}, heartbeat ${heartbeat} s)`, 'good');
-    refreshTopics();
+    if (outage) {
+      const s = ((Date.now() - outage.since) / 1000).toFixed(1);
+      event(`reconnected to ${node} after ${s} s (${outage.attempts} attempt${outage.attempts === 1 ? '' : 's'})`, 'good');
+      outage = null;
+    } else {
+      event(`connected to ${node} (brokerd ${version}, heartbeat ${heartbeat} s)`, 'good');
+    }
+    // Errors of before are stale now.
+    if (ui.pubResult.classList.contains('bad')) {
+      ui.pubResult.textContent = '';
+      ui.pubResult.className = 'note';
+    }
+    authProblem = '';
+    if (ui.token.value.trim()) openState(c);
+    else setState('checking', `open · ${node} · checking access…`);
+    refreshTopics().then((status) => {
+      if (client !== c || c.state !== 'open' || authProblem) return;
+      if (status === 401 && !ui.token.value.trim()) needToken('this broker needs a token: paste one in Token, then Connect');
+      else openState(c);
+    });
   });
   c.on('closed', ({ code, reason, message, willReconnect, retryAfterMs }) => {
     if (client !== c) return;
-    const name = CloseCodes[code] || (code === 1006 ? 'abnormal' : '');
-    const why = message || (reason && !reason.startsWith('{') ? reason : '');
-    let text = `connection closed: ${code}${name ? ` ${name}` : ''}${why ? ` — ${why}` : ''}`;
-    if (retryAfterMs) text += `; the broker asks to retry after ${(retryAfterMs / 1000).toFixed(1)} s`;
-    if (!willReconnect) text += '; not reconnecting';
-    event(text, willReconnect ? 'warn' : 'bad');
+    const text = closeText(code, reason, message);
+    if ((code === 4001 || code === 4003) && !willReconnect) {
+      const had = ui.token.value.trim();
+      if (code === 4003) needToken('the token has expired: paste a fresh one in Token, then Connect');
+      else if (had) needToken(`the broker refused the token${message ? ` (${message})` : ''}: paste another in Token, then Connect`);
+      else needToken('this broker needs a token: paste one in Token, then Connect');
+      event(`connection closed: ${text}`, 'bad');
+      return;
+    }
+    if (!outage) {
+      // One row for the whole outage; the status line counts the attempts.
+      outage = { since: Date.now(), attempts: 0, last: text };
+      let row = `connection lost: ${text}`;
+      if (retryAfterMs) row += `; the broker asks to retry after ${(retryAfterMs / 1000).toFixed(1)} s`;
+      if (!willReconnect) row += '; not reconnecting';
+      event(row, willReconnect ? 'warn' : 'bad');
+    } else {
+      outage.last = text;
+    }
+    if (!willReconnect) setState('closed', `closed: ${text}`);
   });
   c.on('reconnecting', ({ delayMs, attempt }) => {
     if (client !== c) return;
+    if (outage) outage.attempts = attempt;
     const until = Date.now() + delayMs;
     clearInterval(reconnectTimer);
     const tick = () => {
@@ -184,13 +326,20 @@ function connect() {
         return;
       }
       const s = Math.max(0, (until - Date.now()) / 1000);
-      setState('reconnecting', `reconnecting in ${s.toFixed(1)} s (attempt ${attempt})`);
+      const last = outage ? ` · last: ${outage.last}` : '';
+      setState('reconnecting', `offline · retrying in ${s.toFixed(1)} s (attempt ${attempt})${last}`);
     };
     tick();
     reconnectTimer = setInterval(tick, 100);
   });
+  c.on('connecting', ({ attempt }) => {
+    if (client !== c || !outage) return;
+    setState('reconnecting', `offline · connecting (attempt ${attempt}) · last: ${outage.last}`);
+    ui.retryBtn.hidden = true;
+  });
   c.on('error', ({ error }) => {
     if (client !== c) return;
+    if (error.code === 'unauthorized' && (error.closeCode === 4001 || error.closeCode === 4003)) return; // said by closed
     event(`error: ${error.code ? `${error.code}: ` : ''}${error.message}`, 'bad');
   });
   c.on('republished', ({ topic, key, offset, dup }) => {
@@ -198,6 +347,10 @@ function connect() {
   });
   for (const spec of specs.values()) startSub(spec, true);
   renderSubs();
+  clearInterval(topicsTimer);
+  topicsTimer = setInterval(() => {
+    if (client === c && c.state === 'open' && document.visibilityState !== 'hidden') refreshTopics();
+  }, TOPICS_EVERY_MS);
 }
 
 function disconnect(silent) {
@@ -207,6 +360,8 @@ function disconnect(silent) {
   for (const spec of specs.values()) spec.sub = null;
   c.close();
   clearInterval(reconnectTimer);
+  clearInterval(topicsTimer);
+  outage = null;
   if (!silent) {
     event('disconnected', 'warn');
     setState('closed', 'disconnected');
@@ -249,8 +404,7 @@ function startSub(spec, resume) {
   let sub;
   try {
     sub = client.subscribe(spec.topic, (m) => {
-      received++;
-      addRow(messageRow(m));
+      showMessage(m, spec.topic);
       renderSubsSoon();
     }, opts);
   } catch (err) {
@@ -279,9 +433,19 @@ function startSub(spec, resume) {
   sub.on('unsubbed', ({ code }) => event(`${spec.topic}: the broker ended the subscription (${code})`, 'warn'));
   sub.on('end', ({ error }) => {
     if (error) {
-      event(`${spec.topic}: subscription ended: ${error.code}: ${error.message}`, 'bad');
-      specs.delete(spec.topic);
-      saveSpecs();
+      if (error.code === 'unauthorized') {
+        // Kept: it starts again once a token (another one) is given.
+        spec.sub = null;
+        if (!authProblem) {
+          needToken(ui.token.value.trim()
+            ? `the broker refused the token: paste another in Token, then Connect`
+            : `this broker needs a token to subscribe to ${spec.topic}: paste one in Token, then Connect`);
+        }
+      } else {
+        event(`${spec.topic}: subscription ended: ${error.code}: ${error.message}`, 'bad');
+        specs.delete(spec.topic);
+        saveSpecs();
+      }
     }
     renderSubs();
   });
@@ -332,35 +496,51 @@ function renderSubs() {
   }
   for (const spec of specs.values()) {
     const s = spec.sub;
-    const state = s ? s.state : 'idle';
+    let state = s ? s.state : 'idle';
+    // While the connection is down a subscription waits to resume.
+    if (s && state !== 'ended' && (!client || client.state !== 'open')) state = 'paused';
+    if (!s && authProblem) state = 'needs token';
     const meta = s && !s.pattern && s.epoch ? `offset ${s.offset} · epoch ${shortEpoch(s.epoch)}` : s && s.pattern ? `pattern · ${spec.topics ? spec.topics.size : 0} topics` : '';
     ui.subs.append(el('li', { class: 'sub', data: { topic: spec.topic, state, offset: s ? String(s.offset) : '0' } },
       el('div', { class: 'sub-line' },
         el('span', { class: 'name', title: spec.topic }, spec.topic),
         el('button', { type: 'button', title: `Unsubscribe from ${spec.topic}`, 'aria-label': `Unsubscribe from ${spec.topic}`, onclick: () => unsubscribe(spec.topic) }, '×')),
       el('div', { class: 'sub-line' },
-        el('span', { class: `badge ${state}` }, state),
+        el('span', { class: `badge ${state.replace(' ', '-')}`, title: state === 'paused' ? 'offline: resumes where it was once the connection is back' : '' }, state),
         el('span', { class: 'meta', title: s && s.epoch ? `epoch ${s.epoch}` : '' }, meta))));
   }
 }
 
 // ---- topics ----
 
+/** Keeps a listed topic's count current as its messages arrive. */
+function bumpTopic(topic, offset) {
+  const item = topicItems.get(topic);
+  if (!item || offset <= item.head) return;
+  item.head = offset;
+  item.meta.textContent = String(offset);
+}
+
+/** Loads the topic list; resolves with the HTTP status (0 when unreachable). */
 async function refreshTopics() {
   const url = ui.url.value.trim();
   let base;
   try {
     base = httpBase(url);
   } catch {
-    return;
+    return 0;
   }
   const headers = {};
   const token = ui.token.value.trim();
   if (token) headers.Authorization = `Bearer ${token}`;
-  ui.topicsNote.className = 'note';
-  ui.topicsNote.textContent = 'loading…';
+  if (!topicItems.size) {
+    ui.topicsNote.className = 'note';
+    ui.topicsNote.textContent = 'loading…';
+  }
+  let status = 0;
   try {
     const r = await fetch(`${base}/v1/topics?limit=1000`, { headers, cache: 'no-store' });
+    status = r.status;
     if (!r.ok) {
       let msg = `${r.status} ${r.statusText}`;
       try {
@@ -369,12 +549,16 @@ async function refreshTopics() {
       } catch {
         // not JSON
       }
+      if (r.status === 401) msg = token ? 'the broker refused the token' : 'this broker needs a token';
       throw new Error(msg);
     }
     const body = await r.json();
     const list = Array.isArray(body.topics) ? body.topics : [];
     ui.topics.replaceChildren();
+    topicItems.clear();
     for (const t of list) {
+      const meta = el('span', { class: 'meta' }, `${t.head}`);
+      topicItems.set(t.topic, { head: t.head, meta });
       ui.topics.append(el('li', {
         class: 'topic', data: { topic: t.topic }, title: `epoch ${t.epoch}\noffsets ${t.earliest}–${t.head}`,
         onclick: () => {
@@ -382,13 +566,15 @@ async function refreshTopics() {
           ui.pubTopic.value = t.topic;
           ui.subTopic.focus();
         },
-      }, el('span', { class: 'name' }, t.topic), el('span', { class: 'meta' }, `${t.head}`)));
+      }, el('span', { class: 'name' }, t.topic), meta));
     }
+    ui.topicsNote.className = 'note';
     ui.topicsNote.textContent = list.length ? '' : 'no topics yet';
   } catch (err) {
     ui.topicsNote.className = 'note bad';
     ui.topicsNote.textContent = `topic list unavailable: ${err.message}`;
   }
+  return status;
 }
 
 // ---- publishing ----
@@ -413,9 +599,15 @@ async function publish() {
     ui.pubResult.className = 'note good';
     ui.pubResult.textContent = r.dup ? `duplicate: already stored at offset ${r.offset}` : `stored at offset ${r.offset}`;
     ui.pubResult.dataset.offset = String(r.offset);
-    if (!specs.has(topic)) refreshTopics();
+    if (topicItems.has(topic)) bumpTopic(topic, r.offset);
+    else refreshTopics();
   } catch (err) {
     ui.pubResult.className = 'note bad';
+    if (err.code === 'unauthorized' && !ui.token.value.trim()) {
+      ui.pubResult.textContent = 'not published: this broker needs a token';
+      needToken('this broker needs a token: paste one in Token, then Connect');
+      return;
+    }
     ui.pubResult.textContent = `${err.code ? `${err.code}: ` : ''}${err.message}`;
   }
 }
@@ -435,6 +627,22 @@ $('connect').addEventListener('submit', (e) => {
   connect();
 });
 ui.disconnectBtn.addEventListener('click', () => disconnect(false));
+ui.retryBtn.addEventListener('click', () => {
+  if (client && client.state === 'reconnecting') client.connect();
+});
+$('events-clear').addEventListener('click', () => ui.events.replaceChildren());
+ui.rows.addEventListener('click', (e) => {
+  const tr = e.target.closest('tr.msg');
+  if (tr) showDetail(tr);
+});
+ui.rows.addEventListener('keydown', (e) => {
+  const tr = e.target.closest('tr.msg');
+  if (tr && (e.key === 'Enter' || e.key === ' ')) {
+    e.preventDefault();
+    showDetail(tr);
+  }
+});
+$('detail-close').addEventListener('click', () => ui.detail.close());
 $('subscribe').addEventListener('submit', (e) => {
   e.preventDefault();
   const topic = ui.subTopic.value.trim();
@@ -467,8 +675,9 @@ $('topics-refresh').addEventListener('click', refreshTopics);
 $('clear').addEventListener('click', () => {
   pendingRows = [];
   ui.rows.replaceChildren();
+  shown.clear();
   received = 0;
-  ui.count.textContent = '0 messages';
+  renderCount();
   ui.logEmpty.hidden = false;
 });
 ui.log.addEventListener('scroll', () => {

@@ -10,6 +10,8 @@ import { mkdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { execFile } from 'node:child_process';
+
 import { Brokerd } from '../helpers/brokerd.js';
 
 const CHROMIUM = process.env.BROKERD_CHROMIUM || '/usr/bin/chromium';
@@ -21,7 +23,7 @@ const skip = !existsSync(CHROMIUM) && !process.env.CI ? `no Chromium at ${CHROMI
 
 const TOPIC = 'browser.demo';
 
-describe('the console in a real browser', { skip, timeout: 120000 }, () => {
+describe('the console in a real browser', { skip, timeout: 300000 }, () => {
   let broker, browser, context;
   const pageErrors = [];
 
@@ -60,6 +62,63 @@ describe('the console in a real browser', { skip, timeout: 120000 }, () => {
     await page.click('#publish button[type=submit]');
   }
 
+  /** No horizontal scroll, and each of selectors inside the viewport's width. */
+  async function fitsWidth(page, width, selectors) {
+    const sw = await page.evaluate(() => document.documentElement.scrollWidth);
+    assert.ok(sw <= width, `the page is ${sw} px wide in a ${width} px viewport`);
+    for (const sel of selectors) {
+      const box = await page.locator(sel).first().boundingBox();
+      assert.ok(box, `${sel} is not displayed`);
+      assert.ok(box.x >= 0 && box.x + box.width <= width + 0.5, `${sel} spans ${box.x}–${box.x + box.width} px, outside ${width} px`);
+    }
+  }
+
+  /** The boxes of a and b do not overlap. */
+  async function apart(page, a, b) {
+    const x = await page.locator(a).first().boundingBox();
+    const y = await page.locator(b).first().boundingBox();
+    assert.ok(x && y, `${a} and ${b} are displayed`);
+    const overlap = x.x < y.x + y.width && y.x < x.x + x.width && x.y < y.y + y.height && y.y < x.y + x.height;
+    assert.ok(!overlap, `${a} ${JSON.stringify(x)} overlaps ${b} ${JSON.stringify(y)}`);
+  }
+
+  /**
+   * The broker is down: one status line says so and counts the attempts,
+   * with Retry now; the events list gets one row for the whole outage;
+   * subscriptions say paused. Then the broker comes back and Retry now
+   * reconnects at once.
+   */
+  async function offlineThenRetry(page, width) {
+    await page.waitForSelector('#state[data-state="reconnecting"]');
+    await page.waitForSelector('#subs li[data-state="paused"]');
+    // Two failed attempts at least (each used to add a row of its own).
+    await page.waitForFunction(() => {
+      const m = /attempt (\d+)/.exec(document.getElementById('state-text').textContent);
+      return m && Number(m[1]) >= 3;
+    }, null, { polling: 50, timeout: 30000 });
+    assert.match(await page.textContent('#state-text'), /^offline · .*last: /);
+    assert.equal(await page.locator('#events li >> text=connection lost').count(), 1, 'one events row for the outage');
+    assert.equal(await page.locator('#events li >> text=connection closed').count(), 0);
+    assert.equal(await page.locator('tr.event').count(), 0, 'events are not rows of the message table');
+    await page.waitForSelector('#retry-btn:visible', { timeout: 10000 });
+    await fitsWidth(page, width, ['#state-text', '#retry-btn', '#connect-btn', '#disconnect-btn']);
+    for (const b of ['#connect-btn', '#disconnect-btn', '#token']) await apart(page, '#state', b);
+    await page.screenshot({ path: join(artifacts, `console-offline-${width}.png`) });
+    await broker.start();
+    // Retry now: connect at once instead of waiting out the backoff.
+    const clicked = Date.now();
+    for (;;) {
+      if ((await page.getAttribute('#state', 'data-state')) === 'open') break;
+      const retry = page.locator('#retry-btn:visible');
+      if (await retry.count()) await retry.click().catch(() => {});
+      assert.ok(Date.now() - clicked < 20000, 'Retry now did not reconnect within 20 s');
+      await page.waitForTimeout(100);
+    }
+    await page.waitForSelector('#events li >> text=reconnected to');
+    await page.waitForSelector('#subs li[data-state="active"]');
+    assert.equal(await page.isVisible('#retry-btn'), false);
+  }
+
   let page;
 
   test('subscribe, publish, watch a restart resume with no gap', async () => {
@@ -85,10 +144,8 @@ describe('the console in a real browser', { skip, timeout: 120000 }, () => {
 
     // Restart the broker: SIGTERM (1001 with retry_after_ms), start again.
     await broker.stop('SIGTERM');
-    await page.waitForSelector('#state[data-state="reconnecting"]');
-    await broker.start();
-    await page.waitForSelector('#state[data-state="open"]', { timeout: 30000 });
-    await page.waitForSelector(`tr.event >> text=resumed ${TOPIC} from offset 4`, { timeout: 10000 });
+    await offlineThenRetry(page, 1280);
+    await page.waitForSelector(`#events li >> text=resumed ${TOPIC} from offset 4`, { timeout: 10000 });
 
     // More messages after the restart, from the page and from the HTTP API.
     await publishFromForm(page, { n: 4 });
@@ -101,7 +158,7 @@ describe('the console in a real browser', { skip, timeout: 120000 }, () => {
     const rows = await rowsOf(page, TOPIC);
     assert.deepEqual(rows.map((x) => x.offset), [1, 2, 3, 4, 5], 'offsets continue with no gap and no duplicate');
     assert.deepEqual(rows.map((x) => JSON.parse(x.data).n), [1, 2, 3, 4, 5]);
-    assert.equal(await page.locator('tr.event >> text=gap').count(), 0);
+    assert.equal(await page.locator('#events li >> text=gap').count(), 0);
     assert.match(await page.textContent('#state-text'), /^open/);
     await page.screenshot({ path: join(artifacts, 'console.png') });
     assert.deepEqual(pageErrors, []);
@@ -126,7 +183,7 @@ describe('the console in a real browser', { skip, timeout: 120000 }, () => {
     await broker.start();
     const page2 = watch(await context.newPage());
     await page2.goto(`${broker.httpURL}/`);
-    await page2.waitForSelector('tr.event >> text=re-sent a publish from an earlier page', { timeout: 20000 });
+    await page2.waitForSelector('#events li >> text=re-sent a publish from an earlier page', { timeout: 20000 });
     await page2.fill('#sub-topic', TOPIC);
     await page2.selectOption('#sub-from', 'earliest');
     await page2.click('#subscribe button[type=submit]');
@@ -151,7 +208,7 @@ describe('the console in a real browser', { skip, timeout: 120000 }, () => {
     // sessionStorage: nothing is replayed, the next message follows.
     await page2.waitForTimeout(300); // positions are written in batches
     await page2.reload();
-    await page2.waitForSelector(`tr.event >> text=resumed ${TOPIC} from offset 7`, { timeout: 10000 });
+    await page2.waitForSelector(`#events li >> text=resumed ${TOPIC} from offset 7`, { timeout: 10000 });
     const r7 = await fetch(`${broker.httpURL}/v1/topics/${TOPIC}`, { method: 'POST', body: '{"n":7}' });
     assert.equal((await r7.json()).offset, 7);
     await page2.waitForSelector(`tr.msg[data-topic="${TOPIC}"][data-offset="7"]`);
@@ -192,5 +249,123 @@ describe('the console in a real browser', { skip, timeout: 120000 }, () => {
     assert.equal(await page2.locator('text=live only').count(), 0);
     await page2.screenshot({ path: join(artifacts, 'console-pattern.png') });
     assert.deepEqual(pageErrors, []);
+  });
+
+  test('a phone (375 px): no sideways scroll, every control on screen, message detail, the reconnect line', async () => {
+    const phone = await browser.newContext({ viewport: { width: 375, height: 740 }, hasTouch: true });
+    try {
+      const page = watch(await phone.newPage());
+      await page.goto(`${broker.httpURL}/`);
+      await page.waitForSelector('#state[data-state="open"]', { timeout: 20000 });
+      await fitsWidth(page, 375, ['#url', '#token', '#connect-btn', '#disconnect-btn', '#state-text', '#sub-topic', '#sub-from',
+        '#subscribe button[type=submit]', '#follow', '#clear', '#pub-topic', '#pub-data', '#publish button[type=submit]', '#events']);
+      await page.fill('#sub-topic', TOPIC);
+      await page.selectOption('#sub-from', 'earliest');
+      await page.click('#subscribe button[type=submit]');
+      await page.waitForSelector(`tr.msg[data-topic="${TOPIC}"][data-offset="7"]`);
+      await fitsWidth(page, 375, ['#log']);
+
+      // The detail view: the whole message, its data as indented JSON.
+      await page.tap(`tr.msg[data-topic="${TOPIC}"][data-offset="6"]`);
+      await page.waitForSelector('#detail[open]');
+      assert.equal(await page.textContent('#detail-json'), JSON.stringify({ n: 6, offline: true }, null, 2));
+      assert.match(await page.textContent('#detail-meta'), /offset6/);
+      await fitsWidth(page, 375, ['#detail', '#detail-close']);
+      await page.screenshot({ path: join(artifacts, 'console-375-detail.png') });
+      await page.tap('#detail-close');
+      await page.waitForSelector('#detail[open]', { state: 'detached' });
+
+      await broker.stop('SIGTERM');
+      await offlineThenRetry(page, 375);
+      await fitsWidth(page, 375, ['#state-text']);
+      await page.screenshot({ path: join(artifacts, 'console-375.png'), fullPage: true });
+      assert.deepEqual(pageErrors, []);
+    } finally {
+      await phone.close();
+    }
+  });
+
+  test('events are kept apart from messages: "showing the last N of M", one row per message across subscriptions', async () => {
+    const post = async (topic, body) => (await (await fetch(`${broker.httpURL}/v1/topics/${topic}`, { method: 'POST', body: JSON.stringify(body) })).json()).offset;
+    const page = watch(await context.newPage());
+    try {
+      await page.goto(`${broker.httpURL}/?rows=3`);
+      await page.waitForSelector('#state[data-state="open"]', { timeout: 20000 });
+      await page.fill('#sub-topic', 'cap.*');
+      await page.selectOption('#sub-from', 'earliest');
+      await page.click('#subscribe button[type=submit]');
+      await page.waitForSelector('#events li >> text=subscribed to the pattern cap.*');
+      for (let n = 1; n <= 5; n++) await post('cap.a', { n });
+      await page.waitForSelector('tr.msg[data-topic="cap.a"][data-offset="5"]');
+      await page.waitForFunction(() => document.getElementById('count').textContent === '5 messages · showing the last 3', null, { polling: 50, timeout: 10000 });
+      assert.deepEqual((await rowsOf(page, 'cap.a')).map((x) => x.offset), [3, 4, 5]);
+      // The events list keeps what the message cap pushed off the table.
+      assert.equal(await page.locator('#events li >> text=subscribed to the pattern cap.*').count(), 1);
+      await page.waitForSelector('#topics li[data-topic="cap.a"] .meta >> text=5');
+
+      // The same message through the topic and the pattern shows once.
+      await page.fill('#sub-topic', 'cap.a');
+      await page.selectOption('#sub-from', 'latest');
+      await page.click('#subscribe button[type=submit]');
+      await page.waitForSelector('#subs li[data-topic="cap.a"][data-state="active"]');
+      assert.equal(await post('cap.a', { n: 6 }), 6);
+      await page.waitForSelector('tr.msg[data-topic="cap.a"][data-offset="6"]');
+      await page.waitForFunction(() => {
+        const r = document.querySelector('tr.msg[data-topic="cap.a"][data-offset="6"]');
+        return r && r.dataset.via.split(' ').length === 2;
+      }, null, { polling: 50, timeout: 10000 });
+      assert.equal(await page.locator('tr.msg[data-topic="cap.a"][data-offset="6"]').count(), 1);
+      assert.equal(await page.textContent('#count'), '6 messages · showing the last 3');
+      // The topic list's count follows the messages.
+      await page.waitForSelector('#topics li[data-topic="cap.a"] .meta >> text=6');
+      assert.deepEqual(pageErrors, []);
+    } finally {
+      await page.close();
+    }
+  });
+
+  test('with auth on and no token the page asks for one (no green dot), and a token opens it', async () => {
+    const secret = 'console-test-secret-of-at-least-32-bytes';
+    const authed = await Brokerd.start({ args: ['--jwt-secret', secret] });
+    const page = watch(await context.newPage());
+    try {
+      await page.goto(`${authed.httpURL}/`);
+      await page.fill('#url', authed.wsURL);
+      await page.fill('#token', '');
+      await page.click('#connect-btn');
+      await page.waitForSelector('#state[data-state="auth"]', { timeout: 20000 });
+      assert.match(await page.textContent('#state-text'), /needs a token/);
+      assert.equal(await page.locator('#state[data-state="open"]').count(), 0);
+      assert.equal(await page.locator('text=authenticate first').count(), 0, 'no protocol words');
+      const token = await new Promise((res, rej) => {
+        execFile(authed.bin, ['token', '--jwt-secret', secret, '--sub', 'console', '--publish', '>', '--subscribe', '>', '--ttl', '1h'],
+          (err, stdout, stderr) => (err ? rej(new Error(stderr || err.message)) : res(stdout.trim())));
+      });
+      await page.fill('#token', token);
+      await page.click('#connect-btn');
+      await page.waitForSelector('#state[data-state="open"]', { timeout: 20000 });
+      assert.match(await page.textContent('#state-text'), /token$/);
+      await page.fill('#sub-topic', 'auth.t');
+      await page.click('#subscribe button[type=submit]');
+      await page.waitForSelector('#subs li[data-topic="auth.t"][data-state="active"]');
+      await page.fill('#pub-topic', 'auth.t');
+      await page.fill('#pub-data', '{"ok":true}');
+      await page.click('#publish button[type=submit]');
+      await page.waitForSelector('tr.msg[data-topic="auth.t"][data-offset="1"]');
+      assert.equal(await page.textContent('#topics-note'), '', 'no stale error once authenticated');
+      // A wrong token: said in words, not reconnected in a loop.
+      await page.fill('#token', `${token}x`);
+      await page.click('#connect-btn');
+      await page.waitForSelector('#state[data-state="auth"]', { timeout: 20000 });
+      assert.match(await page.textContent('#state-text'), /refused the token/);
+      await apart(page, '#state', '#disconnect-btn');
+      // The subscription waits for a token instead of ending.
+      await page.waitForSelector('#subs li[data-topic="auth.t"] .badge >> text=needs token');
+      await page.screenshot({ path: join(artifacts, 'console-auth.png') });
+      assert.deepEqual(pageErrors, []);
+    } finally {
+      await page.close();
+      await authed.dispose();
+    }
   });
 });
