@@ -74,7 +74,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+	enc := json.NewEncoder(w)
+	// Messages quote patterns such as chat.>: the body is JSON, not HTML,
+	// so > stays > instead of \u003e.
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
 }
 
 // bearer returns the request's token: the Authorization header, else the

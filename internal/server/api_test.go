@@ -293,3 +293,22 @@ func TestHTTPPublishOrigin(t *testing.T) {
 		t.Fatalf("no origin (a backend): %d %v", code, m)
 	}
 }
+
+// TestHTTPErrorKeepsGreaterThan: an error body quoting a pattern says
+// chat.> as it is, not chat.\u003e (the body is JSON, not HTML).
+func TestHTTPErrorKeepsGreaterThan(t *testing.T) {
+	ts := startServer(t)
+	req, err := http.NewRequest(http.MethodPost, ts.HTTP.URL+"/v1/topics/chat.>", strings.NewReader(`1`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := ts.HTTP.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 400 || !strings.Contains(string(raw), `chat.>`) || strings.Contains(string(raw), `\u003e`) {
+		t.Fatalf("POST /v1/topics/chat.>: %d %s, want 400 quoting chat.> as it is", resp.StatusCode, raw)
+	}
+}
