@@ -238,7 +238,10 @@ export class BrokerClient extends EventTarget {
   publish(topic, data, opts = {}) {
     if (this.state === 'closed') return Promise.reject(new BrokerError('closed', 'the client is closed'));
     if (!validTopic(topic)) {
-      return Promise.reject(new BrokerError('invalid_topic', `${JSON.stringify(topic)} is not a topic name (patterns cannot be published to)`));
+      const why = typeof topic === 'string' && isPattern(topic) && validPattern(topic)
+        ? 'is a pattern: publish to one topic'
+        : "is not a topic name: 1 to 255 bytes of segments of letters, digits, '_' and '-' joined by '.'";
+      return Promise.reject(new BrokerError('invalid_topic', `${JSON.stringify(topic)} ${why}`));
     }
     let json;
     try {
@@ -246,7 +249,7 @@ export class BrokerClient extends EventTarget {
     } catch (err) {
       return Promise.reject(err);
     }
-    if (json === undefined) return Promise.reject(new TypeError('publish: data must be a JSON value'));
+    if (json === undefined) return Promise.reject(new TypeError('publish: data must be a JSON value (undefined, a function or a symbol is not)'));
     const key = opts.key !== undefined ? opts.key : randomKey();
     if (!validKey(key)) return Promise.reject(new BrokerError('invalid_key', 'publish: key must be 1 to 255 characters of visible ASCII'));
     const bytes = utf8Length(json);

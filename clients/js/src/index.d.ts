@@ -280,6 +280,12 @@ export declare class BrokerClient extends EventTarget {
   connect(): void;
   subscribe<T = JSONValue>(topic: string, handler: (msg: Message<T>) => unknown, options?: SubscribeOptions): Subscription<T>;
   subscribe<T = JSONValue>(topic: string, options?: SubscribeOptions): Subscription<T>;
+  /**
+   * Resolves once the broker has stored the message. Rejects with a BrokerError
+   * (invalid_topic, invalid_key, message_too_large, queue_full, closed, or the
+   * broker's err), or with a TypeError when data is not a JSON value (undefined,
+   * a function, a symbol, a BigInt, a cycle).
+   */
   publish(topic: string, data: unknown, options?: PublishOptions): Promise<PublishResult>;
   ack(topic: string, consumer: string, offset: number): Promise<void>;
   /** Replaces the token of the live connection (auth); without an argument it asks getToken. */

@@ -375,8 +375,10 @@ describe('publishing', () => {
   test('bad publishes are refused before they are queued', async () => {
     new FakeBroker({ autoAccept: false });
     const c = client({ maxMessageBytes: 10 });
-    await assert.rejects(c.publish('a.*', 1), { code: 'invalid_topic' });
+    await assert.rejects(c.publish('a.*', 1), { code: 'invalid_topic', message: '"a.*" is a pattern: publish to one topic' });
     await assert.rejects(c.publish('', 1), { code: 'invalid_topic' });
+    // An invalid name is not called a pattern.
+    await assert.rejects(c.publish('bad topic', 1), (err) => err.code === 'invalid_topic' && /segments of letters/.test(err.message) && !/pattern/.test(err.message));
     await assert.rejects(c.publish('t', undefined), TypeError);
     await assert.rejects(c.publish('t', 1, { key: 'with space' }), { code: 'invalid_key' });
     await assert.rejects(c.publish('t', 'x'.repeat(20)), { code: 'message_too_large' });
