@@ -33,6 +33,10 @@ func (n *Node) Followers(topic string) (want, listed []string) {
 // function restores the subscription.
 func (n *Node) PauseFollowing() (resume func()) {
 	_ = n.followSub.Unsubscribe()
+	// The unsubscription must reach the server before the caller goes
+	// on: on a busy machine records sent right after it reached this
+	// node all the same.
+	_ = n.nc.Flush()
 	return func() {
 		n.followSub, _ = n.nc.Subscribe(n.replSubject(n.cfg.Node), n.serveRepl)
 		_ = n.nc.Flush()
