@@ -7,7 +7,7 @@ PKGS := ./...
 # root module (internal/clienttest).
 MODULES := subproto clients/go
 
-.PHONY: run test vet unit race bench fuzz lint build dist image crash soak test-js stress-test nats-soak
+.PHONY: run test vet unit race bench fuzz lint build dist image crash soak test-js stress-test nats-soak sim
 
 run:
 	$(GO) run ./cmd/brokerd
@@ -94,6 +94,16 @@ stress-test:
 	done; \
 	echo "== go test -race -count=$(STRESS_COUNT) ./cluster/, beside stress-ng --cpu 2"; \
 	$(GO) test -race -count=$(STRESS_COUNT) -timeout 180m ./cluster/
+
+# The cluster simulator over many seeds: SEEDS seeds from FIRST with every
+# safety rule on (a failing seed prints itself and how to replay it), then
+# each rule off in turn, searching up to TEETH seeds for the violation it
+# prevents.
+SEEDS ?= 100000
+FIRST ?= 1
+TEETH ?= 10000
+sim:
+	$(GO) test -count=1 -timeout 0 -v -run '^TestSimulate' ./cluster/sim/ -sim.seeds=$(SEEDS) -sim.first=$(FIRST) -sim.teeth=$(TEETH)
 
 # NATS killed with kill -9 and restarted on its store under a three-node
 # cluster with publishers on every node, NATS_SOAK_COUNT times in a row.
