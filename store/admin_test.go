@@ -1,10 +1,15 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -271,5 +276,76 @@ func TestCloseUnblocksSenders(t *testing.T) {
 	}
 	if ok+closed != 20 || closed == 0 {
 		t.Fatalf("%d stored, %d refused", ok, closed)
+	}
+}
+
+// TestBackupWhileAppending: Backup copies the store as it was when the copy
+// began, from a read transaction that lets appends go on while the reader
+// of the copy stalls; the copy opens as a store and passes Check.
+func TestBackupWhileAppending(t *testing.T) {
+	db, _ := openTest(t, nil)
+	for i := 1; i <= 100; i++ {
+		mustAppend(t, db, "bk.t", fmt.Sprintf(`{"i":%d}`, i), "")
+	}
+	pr, pw := io.Pipe()
+	var size atomic.Int64
+	type outcome struct {
+		n   int64
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		n, err := db.Backup(pw, func(s int64) { size.Store(s) })
+		pw.CloseWithError(err)
+		done <- outcome{n, err}
+	}()
+	// One byte read: the copy has begun and now waits for its reader.
+	first := make([]byte, 1)
+	if _, err := io.ReadFull(pr, first); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	for i := 101; i <= 150; i++ {
+		if _, err := db.Append(ctx, "bk.t", []byte(fmt.Sprintf(`{"i":%d}`, i)), ""); err != nil {
+			t.Fatalf("append %d while the copy waits: %v", i, err)
+		}
+	}
+	dir := t.TempDir()
+	f, err := os.Create(filepath.Join(dir, FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = f.Write(first)
+	copied, err := io.Copy(f, pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	o := <-done
+	if o.err != nil || o.n != copied+1 || o.n != size.Load() {
+		t.Fatalf("Backup = %d, %v; read %d bytes; size said %d", o.n, o.err, copied+1, size.Load())
+	}
+	if h := mustTopic(t, db, "bk.t").Head; h != 150 {
+		t.Fatalf("head %d after the appends, want 150", h)
+	}
+	cp := openAt(t, dir, nil)
+	if err := cp.Check(); err != nil {
+		t.Fatalf("Check of the copy: %v", err)
+	}
+	got := readAll(t, cp, "bk.t")
+	if !slices.Equal(offsets(got), span(1, 100)) || string(got[99].Data) != `{"i":100}` {
+		t.Fatalf("the copy holds offsets %v, want 1-100 (the store when the copy began)", offsets(got))
+	}
+	if err := cp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Backup(io.Discard, nil); !errors.Is(err, broker.ErrClosed) {
+		t.Fatalf("Backup after Close: %v, want ErrClosed", err)
 	}
 }

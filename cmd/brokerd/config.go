@@ -60,6 +60,8 @@ type config struct {
 	JWTSecret      string
 	JWTSecretFile  string
 	JWTPublicKey   string
+	AdminToken     string
+	AdminTokenFile string
 	AuthTimeout    time.Duration
 	MaxConnections int
 	MaxUnauth      int
@@ -134,6 +136,8 @@ func parseConfig(args []string, getenv func(string) string) (*config, error) {
 	fs.StringVar(&c.JWTSecret, "jwt-secret", "", "HMAC secret (at least 32 bytes) verifying HS256/384/512 tokens; turns auth on. Prefer --jwt-secret-file or the environment: flags show in process lists")
 	fs.StringVar(&c.JWTSecretFile, "jwt-secret-file", "", "file holding the HMAC secret (surrounding whitespace trimmed); turns auth on")
 	fs.StringVar(&c.JWTPublicKey, "jwt-public-key", "", "PEM public key file verifying tokens (RSA: RS256, EC P-256: ES256, Ed25519: EdDSA); turns auth on")
+	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token (at least 16 bytes) of the admin endpoints (GET /v1/admin/backup, for brokerd backup); without one they are off. Prefer --admin-token-file or the environment: flags show in process lists")
+	fs.StringVar(&c.AdminTokenFile, "admin-token-file", "", "file holding the admin token (surrounding whitespace trimmed)")
 	fs.DurationVar(&c.AuthTimeout, "auth-timeout", 5*time.Second, "with auth on, how long a connection may stay unauthenticated before it is closed (4001)")
 	fs.IntVar(&c.MaxConnections, "max-connections", 10000, "open WebSocket connections; past it new ones are closed with 1013")
 	fs.IntVar(&c.MaxUnauth, "max-unauth-connections", 1000, "with auth on, connections that have yet to authenticate (no token in the handshake); they do not count in --max-connections until they do. Past it new ones are closed with 1013")
@@ -280,6 +284,9 @@ func (c *config) validate() error {
 	if n > 1 {
 		errs = append(errs, errors.New("give one of --jwt-secret, --jwt-secret-file and --jwt-public-key"))
 	}
+	if c.AdminToken != "" && c.AdminTokenFile != "" {
+		errs = append(errs, errors.New("give one of --admin-token and --admin-token-file"))
+	}
 	if c.ConnRatePerIP < 0 || c.CommandRate < 0 {
 		errs = append(errs, errors.New("rates must not be negative (0 turns a limit off)"))
 	}
@@ -364,6 +371,22 @@ func (c *config) authenticator() (broker.Authenticator, error) {
 		return auth.NewPublicKey(b)
 	}
 	return nil, nil
+}
+
+// adminToken returns the admin endpoints' token; "" when they are off.
+func (c *config) adminToken() (string, error) {
+	tok, name := c.AdminToken, c.optName("admin-token")
+	if c.AdminTokenFile != "" {
+		b, err := os.ReadFile(c.AdminTokenFile)
+		if err != nil {
+			return "", fmt.Errorf("--admin-token-file: %w", err)
+		}
+		tok, name = strings.TrimSpace(string(b)), "--admin-token-file"
+	}
+	if tok != "" && len(tok) < 16 {
+		return "", fmt.Errorf("%s: the admin token must be at least 16 bytes, got %d", name, len(tok))
+	}
+	return tok, nil
 }
 
 func (c *config) storeOptions(log *slog.Logger, m *metrics.Metrics) *store.Options {

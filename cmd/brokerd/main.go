@@ -58,6 +58,10 @@ func run(cfg *config) error {
 	if err != nil {
 		return err
 	}
+	adminTok, err := cfg.adminToken()
+	if err != nil {
+		return err
+	}
 	var tlsCfg *tls.Config
 	if cfg.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
@@ -88,7 +92,10 @@ func run(cfg *config) error {
 	if err != nil {
 		return err
 	}
-	edge, err := server.New(cfg.serverConfig(log), b)
+	sc := cfg.serverConfig(log)
+	sc.AdminToken = adminTok
+	sc.Backup = st.Backup // this node's own store, in a cluster too
+	edge, err := server.New(sc, b)
 	if err != nil {
 		return err
 	}

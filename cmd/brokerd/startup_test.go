@@ -208,6 +208,8 @@ var helpFlags = map[string]string{
 	"jwt-secret":             "",
 	"jwt-secret-file":        "",
 	"jwt-public-key":         "",
+	"admin-token":            "",
+	"admin-token-file":       "",
 	"auth-timeout":           "5s",
 	"max-unauth-connections": "1000",
 	"max-connections":        "10000",

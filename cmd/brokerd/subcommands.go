@@ -24,6 +24,7 @@ func init() {
 	subcommands = map[string]subcommand{
 		"version": {"print the version of this binary", runVersion},
 		"token":   {"mint a JWT for clients, signed with the broker's secret or a private key", runToken},
+		"backup":  {"copy a running node's store into a file (GET /v1/admin/backup), while it serves", runBackup},
 		"check":   {"check a stopped node's data directory (file consistency and the store's invariants)", runCheck},
 		"pub":     {"publish values (one argument, or lines of stdin) to a topic", runPub},
 		"sub":     {"subscribe to topics and print messages as JSON lines", runSub},

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -102,7 +103,7 @@ func grepLines(s, sub string) string {
 }
 
 func TestSubcommandHelp(t *testing.T) {
-	for _, name := range []string{"version", "token", "check", "pub", "sub", "health"} {
+	for _, name := range []string{"version", "token", "check", "pub", "sub", "health", "backup"} {
 		r := runBrokerd(t, 10*time.Second, nil, name, "--help")
 		if r.code != 0 || !strings.HasPrefix(r.stdout, "Usage: brokerd "+name+" ") {
 			t.Errorf("brokerd %s --help: status %d, stdout %q, stderr %q", name, r.code, r.stdout, r.stderr)
@@ -482,6 +483,87 @@ func TestSubLastSince(t *testing.T) {
 		r := runBrokerd(t, 20*time.Second, []string{"BROKERD_URL=" + wsURL}, append([]string{"sub"}, c.args...)...)
 		if r.code != 2 || !strings.Contains(r.stderr, c.want) {
 			t.Errorf("sub %q: status %d, stderr %q, want 2 and %q", c.args, r.code, r.stderr, c.want)
+		}
+	}
+}
+
+// TestBackup: brokerd backup copies a running node's store, which goes on
+// serving; brokerd check passes on the copy, which holds what was
+// published; a wrong token fails and leaves no file behind.
+func TestBackup(t *testing.T) {
+	tokenFile := filepath.Join(t.TempDir(), "admin.token")
+	if err := os.WriteFile(tokenFile, []byte("backup-test-admin-token-0123\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, t.TempDir(), "--admin-token-file", tokenFile)
+	httpURL := "http://" + d.addr
+	post := func(i int) uint64 {
+		t.Helper()
+		resp, err := http.Post(httpURL+"/v1/topics/bk.t", "application/json", strings.NewReader(fmt.Sprintf(`{"i":%d}`, i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var r struct{ Offset uint64 }
+		if err := json.NewDecoder(resp.Body).Decode(&r); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("publish %d: %d %v", i, resp.StatusCode, err)
+		}
+		return r.Offset
+	}
+	for i := 1; i <= 50; i++ {
+		post(i)
+	}
+
+	out := filepath.Join(t.TempDir(), "copy", "brokerd.db")
+	r := runBrokerd(t, 30*time.Second, nil, "backup", "--url", "ws://"+d.addr+"/ws", "--admin-token-file", tokenFile, "--out", out)
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "wrote ") {
+		t.Fatalf("backup: status %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if off := post(51); off != 51 {
+		t.Fatalf("publish after the backup: offset %d, want 51", off)
+	}
+	r = runBrokerd(t, 30*time.Second, nil, "check", "--data", filepath.Dir(out))
+	if r.code != 0 {
+		t.Fatalf("check of the copy: status %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	// The copy is a store: a broker on it serves what was published.
+	c := startDaemon(t, filepath.Dir(out))
+	resp, err := http.Get("http://" + c.addr + "/v1/topics/bk.t/messages?from=1&limit=100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var page struct {
+		Head     uint64
+		Messages []struct{ Offset uint64 }
+	}
+	err = json.NewDecoder(resp.Body).Decode(&page)
+	resp.Body.Close()
+	if err != nil || page.Head != 50 || len(page.Messages) != 50 {
+		t.Fatalf("the copy's bk.t: head %d, %d messages (%v), want 50", page.Head, len(page.Messages), err)
+	}
+
+	bad := filepath.Join(t.TempDir(), "bad.db")
+	r = runBrokerd(t, 30*time.Second, []string{"BROKERD_ADMIN_TOKEN=not-the-admin-token-at-all"}, "backup", "--url", httpURL, "--out", bad)
+	if r.code != 1 || !strings.Contains(r.stderr, "401") {
+		t.Errorf("backup with a wrong token: status %d, stderr %q", r.code, r.stderr)
+	}
+	if _, err := os.Stat(bad); !os.IsNotExist(err) {
+		t.Errorf("a failed backup left %s behind (%v)", bad, err)
+	}
+	if _, err := os.Stat(bad + ".tmp"); !os.IsNotExist(err) {
+		t.Errorf("a failed backup left %s.tmp behind (%v)", bad, err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--admin-token-file", tokenFile}, "--out is required"},
+		{[]string{"--out", bad}, "admin token is required"},
+		{[]string{"--url", "ftp://x", "--admin-token-file", tokenFile, "--out", bad}, "want http or https"},
+	} {
+		r := runBrokerd(t, 10*time.Second, nil, append([]string{"backup"}, c.args...)...)
+		if r.code != 2 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("backup %q: status %d, stderr %q, want 2 and %q", c.args, r.code, r.stderr, c.want)
 		}
 	}
 }

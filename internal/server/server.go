@@ -7,6 +7,7 @@ package server
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -93,6 +94,14 @@ type Config struct {
 	MaxHTTPRequests int
 	// Logger receives the edge's logs (default slog.Default()).
 	Logger *slog.Logger
+
+	// Backup writes a consistent copy of this node's store to w, calling
+	// size with its length first (store.DB.Backup); GET /v1/admin/backup
+	// streams it. Nil: that endpoint answers 404.
+	Backup func(w io.Writer, size func(int64)) (int64, error)
+	// AdminToken guards the admin endpoints (GET /v1/admin/backup): a
+	// request must carry it as a bearer token. Empty: they answer 403.
+	AdminToken string
 }
 
 func (c Config) withDefaults() Config {
@@ -164,6 +173,7 @@ type Server struct {
 	readPanics  atomic.Int64
 	admit       *admission
 	http        httpLimits
+	backupBusy  atomic.Bool // a backup is being streamed
 }
 
 // New returns the edge for b.
@@ -236,6 +246,8 @@ func New(cfg Config, b *broker.Server) (*Server, error) {
 	s.mux.HandleFunc("POST /v1/topics/{topic}", s.servePublish)
 	s.mux.HandleFunc("GET /v1/topics/{topic}/messages", s.serveMessages)
 	s.mux.HandleFunc("GET /v1/topics", s.serveTopics)
+	s.mux.HandleFunc("GET /v1/admin/backup", s.serveBackup)
+	s.mux.Handle("/v1/admin/backup", methodNotAllowed(http.MethodGet, http.MethodHead))
 	// Other methods on the API's paths: 405 naming the allowed ones, not
 	// the console's 404.
 	s.mux.Handle("/v1/topics/{topic}", methodNotAllowed(http.MethodPost))
