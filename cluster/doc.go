@@ -42,4 +42,21 @@
 //   - A publish answered unavailable may still be stored (the owner
 //     committed it, or with replication it had not all its copies in
 //     time): publishers retry with the same key, which deduplicates.
+//
+// Where things are:
+//
+//   - core/: the decisions, with no I/O: a lease's value, when it is
+//     stale, who takes it and with which data (core.Rules.Pass and
+//     Decide), the followers' term check (Admit), the followers a
+//     partition has and which the lease names (FollowersFor, Want,
+//     Listing), how far a topic is acknowledged (Acked).
+//   - sim/: a deterministic simulator that runs core's decisions for many
+//     nodes over a fake lease bucket and network, with faults, and checks
+//     the invariants (make sim).
+//   - node.go: Node, its configuration and its life (start, Drain,
+//     Close); lease.go: the lease pass, renewals, heartbeats, take-over
+//     and hand-back; repl.go: replication (the protocol is described
+//     there); rpc.go: requests to a topic's owner; live.go: the live
+//     fan-out; claims.go: durable consumers' claims; store.go: the
+//     broker.Store the broker sees; codec.go: the replication messages.
 package cluster
