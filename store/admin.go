@@ -225,7 +225,13 @@ func (db *DB) SetRetention(topic string, r Retention) error {
 // not nil, is called with the copy's length in bytes before its first byte
 // is written. The copy is a store file that Open (and brokerd check)
 // accepts. It returns the bytes written; Close waits for a Backup under way.
+// The copy holds everything acknowledged before Backup was called: it first
+// waits until bbolt holds what the write-ahead log held then (without the
+// log: a restored copy goes on from its own position).
 func (db *DB) Backup(w io.Writer, size func(int64)) (int64, error) {
+	if err := db.waitApplied(); err != nil {
+		return 0, err
+	}
 	if err := db.rlock(); err != nil {
 		return 0, err
 	}

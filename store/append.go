@@ -164,7 +164,9 @@ func (t *topicTx) put(b *batch, off uint64, ms int64, key string, data []byte) (
 	total := t.m.total + uint64(len(data))
 	lk := putRecordKey(b.alloc(recordKeySize), t.m.id, off)
 	val, at := putRecord(b.alloc(recordSize(total, key, data)), ms, total, key, data)
-	if err := b.records.Put(lk, val); err != nil {
+	if b.wal {
+		b.puts = append(b.puts, walPut{kind: walRecord, k: lk, v: val})
+	} else if err := b.records.Put(lk, val); err != nil {
 		return nil, err
 	}
 	t.m.head = off

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"math"
 	"slices"
@@ -37,6 +38,10 @@ const (
 
 // grouped reports whether ops of kind k share transactions.
 func (k opKind) grouped() bool { return k < opWrite }
+
+// logged reports whether ops of kind k go through the write-ahead log;
+// the others work on bbolt directly once it holds everything logged.
+func (k opKind) logged() bool { return k == opAppend || k == opEnsure }
 
 // op is one unit of work for the committer. Ops are pooled: an op belongs
 // to its caller until enqueued, then to the committer, then to the notifier,
@@ -166,12 +171,16 @@ func (db *DB) runSync(o *op) error {
 // batch is one transaction's worth of ops and, once committed, what the
 // notifier reports.
 type batch struct {
+	db        *DB
 	ops       []*op
 	n, size   int                // weight of ops (see op.weight)
 	committed []broker.Committed // nil unless the transaction committed
 
 	// working state while the transaction is open
-	tx      *bbolt.Tx
+	wal     bool          // the batch goes to the log: puts, not bbolt writes
+	puts    []walPut      // the log entry (wal)
+	rgen    uint64        // the tail's generation when tx began (wal)
+	tx      *bbolt.Tx     // the write transaction, or the read one (wal)
 	metaB   *bbolt.Bucket // meta: topic name → metadata
 	records *bbolt.Bucket // records: (id, offset) → record
 	nowMs   int64
@@ -194,6 +203,7 @@ type topicTx struct {
 	m                meta
 	base             uint64 // head before the transaction: retention removes no later record
 	dirty            bool   // the stored part of m must be written back
+	created          bool   // created by this batch
 	nrec, start, end int    // committed grouping
 }
 
@@ -218,10 +228,17 @@ func (b *batch) begin(tx *bbolt.Tx) {
 // topic returns the topic's state in the open transaction, nil when the
 // topic has no log. Its head is found from its last record, which is why
 // nothing is deleted from records before the batch's last lookup (see
-// flushDeletes).
+// flushDeletes). A batch for the log takes the state from the tail when the
+// topic is there, else from a read transaction begun after the last topic
+// left the tail (so that bbolt holds all the topic's records).
 func (b *batch) topic(name string) (*topicTx, error) {
 	if t := b.topics[name]; t != nil {
 		return t, nil
+	}
+	if b.wal {
+		if t, err := b.walTopic(name); t != nil || err != nil {
+			return t, err
+		}
 	}
 	m, ok, err := loadMeta(b.metaB, b.records, name)
 	if err != nil || !ok {
@@ -234,11 +251,20 @@ func (b *batch) topic(name string) (*topicTx, error) {
 
 // create makes a topic with the given epoch and a new id.
 func (b *batch) create(name, epoch string) (*topicTx, error) {
-	id, err := b.metaB.NextSequence()
-	if err != nil {
-		return nil, fmt.Errorf("create topic %q: %w", name, err)
+	var id uint64
+	if b.wal {
+		b.db.nextID++
+		id = b.db.nextID
+		var v [8]byte
+		binary.BigEndian.PutUint64(v[:], id)
+		b.puts = append(b.puts, walPut{kind: walSeq, v: v[:]})
+	} else {
+		var err error
+		if id, err = b.metaB.NextSequence(); err != nil {
+			return nil, fmt.Errorf("create topic %q: %w", name, err)
+		}
 	}
-	t := &topicTx{name: name, m: meta{id: id, epoch: epoch, earliest: 1}, dirty: true}
+	t := &topicTx{name: name, m: meta{id: id, epoch: epoch, earliest: 1}, dirty: true, created: true}
 	t.m.empty()
 	b.add(t)
 	return t, nil
@@ -269,6 +295,7 @@ func newEpoch() (string, error) {
 func (db *DB) commitLoop() {
 	defer db.wg.Done()
 	defer close(db.notify)
+	defer db.stopApplier()
 	var carry *op
 	for {
 		first := carry
@@ -284,11 +311,18 @@ func (db *DB) commitLoop() {
 				}
 			}
 		}
-		b := &batch{ops: []*op{first}}
-		if first.kind.grouped() {
+		b := &batch{db: db, ops: []*op{first}}
+		switch {
+		case db.walErr != nil && first.kind != opExpire:
+			carry = db.take(b, false)
+			b.fail(db.walErr)
+		case first.kind.logged():
+			b.n, b.size = first.weight()
+			carry = db.runLogged(b)
+		case first.kind.grouped():
 			b.n, b.size = first.weight()
 			carry = db.runGrouped(b)
-		} else {
+		default:
 			db.runAlone(b)
 		}
 		db.notify <- b
@@ -296,13 +330,14 @@ func (db *DB) commitLoop() {
 }
 
 // take moves queued ops into b while they fit the batch limits. It returns
-// an op that does not fit (or must run alone), to start the next batch.
-func (db *DB) take(b *batch) (carry *op) {
+// an op that does not fit (or must run alone, or, when logged is set, does
+// not go through the log), to start the next batch.
+func (db *DB) take(b *batch, logged bool) (carry *op) {
 	for b.n < db.opts.MaxBatchRecords && b.size < db.opts.MaxBatchBytes {
 		select {
 		case o := <-db.queue:
 			n, size := o.weight()
-			if !o.kind.grouped() || b.n+n > db.opts.MaxBatchRecords || b.size+size > db.opts.MaxBatchBytes {
+			if !o.kind.grouped() || logged && !o.kind.logged() || b.n+n > db.opts.MaxBatchRecords || b.size+size > db.opts.MaxBatchBytes {
 				return o
 			}
 			b.ops = append(b.ops, o)
@@ -318,10 +353,17 @@ func (db *DB) take(b *batch) (carry *op) {
 func (db *DB) runAlone(b *batch) {
 	switch o := b.ops[0]; o.kind {
 	case opView:
-		o.err = db.bolt.View(o.fn)
+		if o.err = db.catchUp(); o.err == nil {
+			o.err = db.bolt.View(o.fn)
+		}
 	case opWrite:
+		if o.err = db.catchUp(); o.err != nil {
+			return
+		}
 		began := time.Now()
+		db.direct.Lock()
 		o.err = db.bolt.Update(o.fn)
+		db.direct.Unlock()
 		if o.err == nil && o.after != nil {
 			o.after()
 		}
@@ -339,16 +381,27 @@ func (db *DB) runAlone(b *batch) {
 // the transaction itself fails, every op gets its error and nothing is
 // reported to the hook.
 func (db *DB) runGrouped(b *batch) (carry *op) {
-	carry = db.take(b)
+	carry = db.take(b, false)
 	if !slices.ContainsFunc(b.ops, func(o *op) bool { return o.err == nil }) {
 		return carry // nothing to write: every op failed validation
 	}
+	if err := db.catchUp(); err != nil {
+		b.fail(err)
+		return carry
+	}
+	db.direct.Lock()
+	defer db.direct.Unlock()
 	tx, err := db.bolt.Begin(true)
 	if err != nil {
 		b.fail(err)
 		return carry
 	}
 	b.begin(tx)
+	if err := db.syncSequence(tx); err != nil {
+		_ = tx.Rollback()
+		b.fail(err)
+		return carry
+	}
 	b.nowMs = db.opts.Now().UnixMilli()
 	db.keys.expire(db.keyCut(b.nowMs))
 	began := time.Now()
@@ -357,7 +410,7 @@ func (db *DB) runGrouped(b *batch) (carry *op) {
 			break
 		}
 		applied = len(b.ops)
-		if carry = db.take(b); len(b.ops) == applied {
+		if carry = db.take(b, false); len(b.ops) == applied {
 			break
 		}
 	}
@@ -367,6 +420,7 @@ func (db *DB) runGrouped(b *batch) (carry *op) {
 	if err == nil {
 		err = b.writeMeta()
 	}
+	seq := b.metaB.Sequence()
 	if err == nil {
 		err = tx.Commit()
 	} else {
@@ -382,11 +436,110 @@ func (db *DB) runGrouped(b *batch) (carry *op) {
 		b.fail(err)
 		return carry
 	}
+	db.nextID = max(db.nextID, seq)
 	if db.opts.OnCommit != nil {
 		db.opts.OnCommit(b.writes(), time.Since(began))
 	}
 	b.group()
 	return carry
+}
+
+// runLogged executes a batch of appends and Ensures through the log: the
+// ops are validated and their records encoded against the tail and a read
+// transaction, the batch's puts go to the log as one entry with one
+// fdatasync, and the tail takes the new state; the applier brings bbolt up
+// to date later. The batch waits first while the tail is full. When the log
+// cannot be written, the ops fail and so does every later write: the log's
+// state on disk is unknown (see DB.walErr).
+func (db *DB) runLogged(b *batch) (carry *op) {
+	carry = db.take(b, true)
+	if !slices.ContainsFunc(b.ops, func(o *op) bool { return o.err == nil }) {
+		return carry
+	}
+	if err := db.room(); err != nil {
+		b.fail(err)
+		return carry
+	}
+	b.wal = true
+	b.nowMs = db.opts.Now().UnixMilli()
+	db.keys.expire(db.keyCut(b.nowMs))
+	began := time.Now()
+	var err error
+	for applied := 0; ; {
+		if err = db.apply(b, b.ops[applied:]); err != nil || carry != nil {
+			break
+		}
+		applied = len(b.ops)
+		if carry = db.take(b, true); len(b.ops) == applied {
+			break
+		}
+	}
+	if b.tx != nil {
+		_ = b.tx.Rollback()
+		b.tx, b.metaB, b.records = nil, nil, nil
+	}
+	if err == nil {
+		err = b.writeMeta()
+	}
+	var end uint64
+	if err == nil && len(b.puts) > 0 {
+		var broken bool
+		if end, broken, err = db.wal.write(b.puts, db.newSegment); broken {
+			db.walErr = fmt.Errorf("the write-ahead log cannot be written (%w); restart brokerd, which replays it", err)
+			db.log.Error("store: " + db.walErr.Error())
+			err = db.walErr
+		}
+	}
+	b.topics = nil
+	if err != nil {
+		for _, t := range b.order {
+			db.keys.trimAbove(t.name, t.base)
+		}
+		b.fail(err)
+		return carry
+	}
+	if len(b.puts) > 0 {
+		db.logged(b, end)
+	}
+	b.puts = nil
+	if db.opts.OnCommit != nil {
+		db.opts.OnCommit(b.writes(), time.Since(began))
+	}
+	b.group()
+	return carry
+}
+
+// walTopic returns the topic's state from the tail, or nil after making
+// sure that b's read transaction began after the last topic left the tail.
+func (b *batch) walTopic(name string) (*topicTx, error) {
+	tl := &b.db.tail
+	tl.mu.Lock()
+	tt, gen := tl.topics[name], tl.gen
+	var t *topicTx
+	if tt != nil {
+		t = &topicTx{name: name, m: tt.m, base: tt.m.head}
+	}
+	tl.mu.Unlock()
+	if t != nil {
+		b.add(t)
+		return t, nil
+	}
+	if b.tx != nil && gen == b.rgen {
+		return nil, nil
+	}
+	if b.tx != nil {
+		_ = b.tx.Rollback()
+		b.tx = nil
+	}
+	tl.mu.Lock()
+	b.rgen = tl.gen
+	tl.mu.Unlock()
+	tx, err := b.db.bolt.Begin(false)
+	if err != nil {
+		return nil, err
+	}
+	b.tx, b.metaB, b.records = tx, tx.Bucket(metaName), tx.Bucket(recordsName)
+	return nil, nil
 }
 
 // apply runs ops, a tail of b.ops, inside b.tx in queue order.
@@ -420,6 +573,19 @@ func (db *DB) apply(b *batch, ops []*op) error {
 	return nil
 }
 
+// syncSequence makes the meta bucket's sequence cover the ids the log gave
+// (they reach bbolt with the entries, but a failed entry's id is skipped
+// too), so that a topic created in bbolt directly gets a new id.
+func (db *DB) syncSequence(tx *bbolt.Tx) error {
+	metaB := tx.Bucket(metaName)
+	if metaB.Sequence() < db.nextID {
+		if err := metaB.SetSequence(db.nextID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // flushDeletes deletes the records retention removed. It runs once every
 // op is applied: a deletion can leave an empty leaf page until the commit
 // rebalances the tree, and a cursor stepping back over one (as finding a
@@ -437,10 +603,13 @@ func (b *batch) flushDeletes() error {
 // transaction changed; appends alone change none.
 func (b *batch) writeMeta() error {
 	for _, t := range b.order {
-		if t.dirty {
-			if err := b.metaB.Put([]byte(t.name), t.m.encode()); err != nil {
-				return err
-			}
+		if !t.dirty {
+			continue
+		}
+		if b.wal {
+			b.puts = append(b.puts, walPut{kind: walMeta, k: []byte(t.name), v: t.m.encode()})
+		} else if err := b.metaB.Put([]byte(t.name), t.m.encode()); err != nil {
+			return err
 		}
 	}
 	return nil

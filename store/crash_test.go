@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -19,8 +20,46 @@ import (
 var crashCycles = flag.Int("crash.cycles", 20, "kill -9 cycles of TestCrash")
 
 // crashDirEnv names the directory TestCrashChild appends to; unset, the
-// child test skips.
-const crashDirEnv = "BROKERD_STORE_CRASH_DIR"
+// child test skips. crashPointEnv, when set, is "point n": the child kills
+// itself the n-th time it reaches that crash point of the store (see
+// crashHook), after printing "crash point".
+const (
+	crashDirEnv   = "BROKERD_STORE_CRASH_DIR"
+	crashPointEnv = "BROKERD_STORE_CRASH_POINT"
+)
+
+// crashPoints are the points TestCrash kills its child at, besides at a
+// random moment: in the log's write, with part of an entry written, in the
+// applier's transaction, after it and between segment removals (the
+// checkpoint), and in the replay of the log when the store opens.
+var crashPoints = []string{crashLogWrite, crashLogTorn, crashApply, crashApplied, crashSegment, crashReplay}
+
+// setCrashPoint installs the crash hook the environment asks for.
+func setCrashPoint(out *bufio.Writer, mu *sync.Mutex) (point string) {
+	f := strings.Fields(os.Getenv(crashPointEnv))
+	if len(f) != 2 {
+		return ""
+	}
+	n, _ := strconv.Atoi(f[1])
+	var seen int
+	crashHook = func(p string) {
+		if p != f[0] {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if seen++; seen == n {
+			fmt.Fprintf(out, "crash %s\n", p)
+			_ = out.Flush()
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {}
+		}
+	}
+	// Small segments and recovery transactions, so that segments are
+	// closed and removed, and replays take several transactions.
+	walSegment, replayBudget = 256<<10, 1
+	return f[0]
+}
 
 // TestCrashChild is the process TestCrash kills: it appends from 32
 // goroutines and prints "offset topic sha256(data)" for each append only
@@ -30,13 +69,19 @@ func TestCrashChild(t *testing.T) {
 	if dir == "" {
 		t.Skip("run by TestCrash")
 	}
-	db, err := Open(dir, &Options{RetentionInterval: -1, LockTimeout: 5 * time.Second})
+	var mu sync.Mutex
+	out := bufio.NewWriter(os.Stdout)
+	point := setCrashPoint(out, &mu)
+	db, err := Open(dir, &Options{RetentionInterval: -1, LockTimeout: 5 * time.Second, MaxTailBytes: 1 << 20})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child open:", err)
 		os.Exit(3)
 	}
-	var mu sync.Mutex
-	out := bufio.NewWriter(os.Stdout)
+	if point == crashReplay {
+		// Only the replay was to be interrupted, and there was none.
+		_ = db.Close()
+		return
+	}
 	var wg sync.WaitGroup
 	for g := range 32 {
 		wg.Go(func() {
@@ -82,10 +127,19 @@ func TestCrash(t *testing.T) {
 	r := rand.New(rand.NewPCG(uint64(seed), 0))
 	t.Logf("seed %d", seed)
 	total := 0
+	points := map[string]int{} // crash points reached
 	for cycle := range *crashCycles {
 		want := 50 + r.IntN(1950)
+		// Every other cycle kills the child at a crash point of the
+		// store (if it gets there before want acknowledgements), the
+		// others at a random moment.
+		point := ""
+		if cycle%2 == 1 {
+			point = crashPoints[r.IntN(len(crashPoints)-1)] // the replay is below
+			point = fmt.Sprintf("%s %d", point, 1+r.IntN(30))
+		}
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
-		cmd.Env = append(os.Environ(), crashDirEnv+"="+dir)
+		cmd.Env = append(os.Environ(), crashDirEnv+"="+dir, crashPointEnv+"="+point)
 		cmd.Stderr = os.Stderr
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
@@ -96,8 +150,14 @@ func TestCrash(t *testing.T) {
 		}
 		sc := bufio.NewScanner(stdout)
 		n := 0
+		crashed := false
 		for sc.Scan() {
 			f := strings.Fields(sc.Text())
+			if len(f) == 2 && f[0] == "crash" {
+				points[f[1]]++
+				crashed = true
+				continue
+			}
 			if len(f) != 3 || len(f[2]) != 64 {
 				continue // a partial line cut by the kill
 			}
@@ -119,10 +179,21 @@ func TestCrash(t *testing.T) {
 		}
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-		if n < want {
+		if n < want && !crashed {
 			t.Fatalf("cycle %d: child stopped after %d acks", cycle, n)
 		}
 		total += n
+		if cycle%4 == 3 {
+			// Interrupt the replay of what the child logged.
+			point := fmt.Sprintf("%s %d", crashReplay, 1+r.IntN(20))
+			cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
+			cmd.Env = append(os.Environ(), crashDirEnv+"="+dir, crashPointEnv+"="+point)
+			cmd.Stderr = os.Stderr
+			out, _ := cmd.Output()
+			if strings.Contains(string(out), "crash "+crashReplay) {
+				points[crashReplay]++
+			}
+		}
 
 		db, err := Open(dir, &Options{RetentionInterval: -1})
 		if err != nil {
@@ -162,5 +233,5 @@ func TestCrash(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	t.Logf("%d cycles, %d acknowledged appends checked", *crashCycles, total)
+	t.Logf("%d cycles, %d acknowledged appends checked; crash points reached: %v", *crashCycles, total, points)
 }

@@ -39,6 +39,20 @@ type DB struct {
 	path string
 	bolt *bbolt.DB
 
+	// The write-ahead log (see doc.go). wal, nextID and walErr belong to
+	// the committer; tail has its own mutex. direct is held exclusively
+	// by the committer while it writes bbolt directly and shared by reads
+	// that combine the tail with bbolt, so that they never see a tail
+	// from before such a write with bbolt from after it.
+	wal    *wal
+	walDir string
+	tail   tail
+	nextID uint64 // the last topic id given
+	walErr error  // the log failed: every later write fails
+	direct sync.RWMutex
+
+	beforeApply func() // tests: runs on the applier before each transaction
+
 	queue  chan *op    // operations waiting for the committer
 	keys   *keyIndex   // idempotency keys; the committer's alone (see keyIndex)
 	notify chan *batch // finished batches, in commit order
@@ -60,8 +74,9 @@ type DB struct {
 
 var _ broker.Store = (*DB)(nil)
 
-// Open opens the store in dir, creating dir and the data file dir/brokerd.db
-// when missing. opts may be nil. Open fails with an error that says what to
+// Open opens the store in dir, creating dir, the data file dir/brokerd.db
+// and the write-ahead log dir/wal when missing, and replays the log into
+// the data file (see the package documentation). opts may be nil. Open fails with an error that says what to
 // do when dir is unusable, when another process holds the store (ErrLocked,
 // after opts.LockTimeout), or when the file is not a brokerd store
 // (ErrNotStore), is corrupted (ErrCorrupt) or has a newer format (ErrFormat).
@@ -93,19 +108,43 @@ func Open(dir string, opts *Options) (*DB, error) {
 		log:      o.Logger,
 		path:     path,
 		bolt:     bdb,
+		walDir:   filepath.Join(dir, walDirName),
 		keys:     newKeyIndex(),
 		queue:    make(chan *op, 2*max(o.MaxBatchRecords, 1)),
 		notify:   make(chan *batch, notifyDepth),
 		quitting: make(chan struct{}),
 		stop:     make(chan struct{}),
 	}
-	if err := db.rebuildKeys(); err != nil {
+	db.tail.mu.init()
+	db.tail.topics = make(map[string]*tailTopic)
+	pos, err := recoverWAL(bdb, db.walDir, db)
+	if err == nil {
+		db.wal = &wal{dir: db.walDir, noSync: o.NoSync}
+		err = db.wal.openSegment(pos)
+	}
+	if err == nil {
+		err = bdb.View(func(tx *bbolt.Tx) error {
+			db.nextID = tx.Bucket(metaName).Sequence()
+			return nil
+		})
+	}
+	if err != nil {
+		if db.wal != nil {
+			_ = db.wal.close()
+		}
 		_ = bdb.Close()
 		return nil, explainOpen(dir, path, err)
 	}
-	db.wg.Add(2)
+	db.tail.segs, db.tail.applied, db.tail.end = []uint64{pos}, pos, pos
+	if err := db.rebuildKeys(); err != nil {
+		_ = db.wal.close()
+		_ = bdb.Close()
+		return nil, explainOpen(dir, path, err)
+	}
+	db.wg.Add(3)
 	go db.commitLoop()
 	go db.notifyLoop()
+	go db.applyLoop()
 	if o.RetentionInterval > 0 {
 		db.wg.Add(1)
 		go db.retentionLoop()
@@ -154,7 +193,7 @@ func explainOpen(dir, path string, err error) error {
 // migrates a store of formats 1 and 2, or finishes a migration a crash
 // interrupted.
 func initFormat(bdb *bbolt.DB, log *slog.Logger) error {
-	var fresh, old bool
+	var fresh, old, upgrade bool
 	err := bdb.View(func(tx *bbolt.Tx) error {
 		root := tx.Bucket(rootName)
 		if root == nil {
@@ -168,10 +207,12 @@ func initFormat(bdb *bbolt.DB, log *slog.Logger) error {
 		switch v := root.Get(formatKey); string(v) {
 		case formatVersion:
 			old = root.Get(migratingKey) != nil
+		case formatV3:
+			upgrade = true
 		case formatV2, formatV1:
 			old = true
 		default:
-			return fmt.Errorf("%w: format %q, this brokerd reads %q and migrates %q and %q", ErrFormat, v, formatVersion, formatV2, formatV1)
+			return fmt.Errorf("%w: format %q, this brokerd reads %q and migrates %q, %q and %q", ErrFormat, v, formatVersion, formatV3, formatV2, formatV1)
 		}
 		if tx.Bucket(consumersName) == nil {
 			return fmt.Errorf("%w: top-level buckets missing", ErrCorrupt)
@@ -183,6 +224,17 @@ func initFormat(bdb *bbolt.DB, log *slog.Logger) error {
 	})
 	if err == nil && old {
 		err = migrate(bdb, log)
+	}
+	if err == nil && upgrade {
+		// Format 4 is format 3 with the write-ahead log: the name changes
+		// so that a brokerd without the log refuses the store rather than
+		// ignore what its log holds.
+		err = bdb.Update(func(tx *bbolt.Tx) error {
+			return tx.Bucket(rootName).Put(formatKey, []byte(formatVersion))
+		})
+		if err == nil {
+			log.Info("store: format " + formatV3 + " is now " + formatVersion + " (the same layout with a write-ahead log)")
+		}
 	}
 	if err != nil || !fresh {
 		return err
@@ -205,8 +257,8 @@ func initFormat(bdb *bbolt.DB, log *slog.Logger) error {
 }
 
 // Close commits the operations already queued, fails any that arrive later
-// with broker.ErrClosed, stops the background goroutines and closes the
-// file. It waits for running hooks and done callbacks, so it must not be
+// with broker.ErrClosed, lets the applier bring bbolt up to date with the
+// write-ahead log, stops the background goroutines and closes the files. It waits for running hooks and done callbacks, so it must not be
 // called from one. Every method called after Close returns broker.ErrClosed.
 // Close is idempotent.
 func (db *DB) Close() error {
@@ -217,6 +269,9 @@ func (db *DB) Close() error {
 		db.mu.Unlock()
 		close(db.stop)
 		db.wg.Wait()
+		if err := db.wal.close(); err != nil {
+			db.closeErr = fmt.Errorf("store: close the write-ahead log: %w", err)
+		}
 		if err := db.bolt.Close(); err != nil {
 			db.closeErr = fmt.Errorf("store: close: %w", err)
 		}

@@ -1,16 +1,21 @@
 // Package store is the broker's durable log: a broker.Store on one bbolt
-// file, dir/brokerd.db, opened with Open.
+// file, dir/brokerd.db, with a write-ahead log in front of it, dir/wal,
+// opened with Open.
 //
 // # Layout
 //
-// Top-level buckets of the bbolt file (format 3):
+// Top-level buckets of the bbolt file (format 4):
 //
-//	brokerd/format     "brokerd-store/3", written at creation; Open refuses
+//	brokerd/format     "brokerd-store/4", written at creation; Open refuses
 //	                   a file without it (ErrNotStore) or with another value
-//	                   (ErrFormat), except "brokerd-store/2" and
+//	                   (ErrFormat), except "brokerd-store/3" (the same
+//	                   layout without the write-ahead log), whose marker it
+//	                   rewrites, and "brokerd-store/2" and
 //	                   "brokerd-store/1", which it migrates (below)
 //	brokerd/migrating  only while a migration is under way: the format it
 //	                   started from
+//	brokerd/walpos     the write-ahead log position the file holds
+//	                   everything before (8 bytes, big-endian)
 //	meta/<topic>       the topic's metadata: its id (from the bucket's
 //	                   sequence, never reused), epoch (a random UUID chosen
 //	                   when the log is created), earliest, the total of the
@@ -49,6 +54,69 @@
 // operations that delete otherwise (TruncateAfter, ResetTopic, DeleteTopic)
 // run alone, looking their topic up first.
 //
+// # Write-ahead log
+//
+// Appends and Ensure do not write bbolt: each group commit of them is one
+// entry appended to the current segment of the log, dir/wal/<position in
+// 16 hex digits>.wal, and one fdatasync; only then are the appenders told
+// ok. An entry is a 4-byte length, a CRC-32C of the length and payload, and
+// the payload: the bbolt puts the batch makes (its records, the metadata of
+// the topics it creates, the meta bucket's sequence for their ids). A
+// position counts the bytes of all segments ever written; a segment is
+// named by the position of its first byte and closed at 64 MiB, the next
+// one beginning where it ends. The cost of a commit is one sequential write
+// and one sync, however many topics it touches.
+//
+// The applier goroutine brings bbolt up to date: it takes every entry not
+// yet applied into one synced bbolt transaction, which also stores the
+// position after the last one in brokerd/walpos, when the oldest has waited
+// 500 ms, when they hold a quarter of Options.MaxTailBytes, or at once when
+// an operation waits for it. Then it removes the segments that end at or
+// before that position. bbolt's transactions stay synced (large and rare,
+// so cheap per record): a bbolt commit without fsync can be torn by a power
+// cut, and the log cannot repair a torn B+tree.
+//
+// Until then, the tail (in memory) holds, for each topic with records not
+// yet in bbolt, its state (id, epoch, head, total, last time) and those
+// records. The committer takes a topic's state from the tail when it is
+// there, else from a bbolt read transaction begun after the last topic
+// left the tail; Read, Topic, Topics and OffsetAt read the tail first, then
+// bbolt for what comes before the tail's records (a topic leaves the tail
+// only once bbolt holds its records). The tail is bounded by
+// Options.MaxTailBytes (default 64 MiB, counting each record's encoded key
+// and value plus 128 bytes): when it is full the committer waits for the
+// applier, its queue fills and appenders block (backpressure). When the
+// applier fails (a full disk), it retries every second, and commits that
+// would need room or a caught-up bbolt fail with its error meanwhile.
+//
+// Every other write works on bbolt directly, after waiting until the
+// applier has caught up (the committer runs them, so nothing is logged
+// meanwhile): AppendAt, consumer commits, retention, TruncateAfter,
+// ResetTopic, DeleteTopic and SetRetention, and Check reads bbolt then.
+// They keep their exact meaning; each batch of them costs a bbolt commit
+// of its own, as before the log. While such a write runs it holds
+// DB.direct, which reads that combine the tail with bbolt hold shared, so
+// that no read sees the tail from before it and bbolt from after it.
+// RunRetention first waits until bbolt holds what was logged when it was
+// called.
+//
+// Recovery: Open replays every intact entry after brokerd/walpos into
+// bbolt, in synced transactions of about 32 MiB each storing the position
+// it reached (a crash during the replay is replayed again from there); the
+// first short entry, bad length or bad checksum ends the log (a write the
+// crash cut: it was never acknowledged, since an append is acknowledged
+// after its entry and every earlier one is synced). Then it removes every
+// old segment and begins a new one at that position, so that a damaged
+// entry never hides later ones. A missing segment in the middle is
+// ErrCorrupt. Close lets the applier apply everything, so a cleanly closed
+// store has nothing to replay.
+//
+// When an entry cannot be written (a full disk), the segment is cut back
+// to where the entry began and the batch fails; later batches try again.
+// When the cut fails, or fdatasync fails (the kernel may then have dropped
+// the written pages), every later write fails until brokerd restarts and
+// replays the log.
+//
 // # Migration
 //
 // Formats 1 and 2 kept each topic in a bucket of its own, topics/<topic>,
@@ -57,7 +125,7 @@
 // anything else, in transactions of at most 50,000 records and 32 MiB: each
 // copies topics' records into records with their totals and their metadata
 // into meta, then deletes the topics' old buckets (a long log takes several
-// transactions). The first transaction writes "brokerd-store/3" with
+// transactions). The first transaction writes the current format with
 // brokerd/migrating, so that a brokerd of an earlier version refuses the
 // store by its format name rather than read it half migrated; a crash
 // midway leaves that marker, and the next Open resumes: a topic already in
@@ -118,10 +186,12 @@
 // and Ensure queue an operation in a bounded queue (2×MaxBatchRecords) and
 // return; when the queue is full they block until there is room, which is the
 // store's backpressure. The committer takes whatever is queued, up to
-// MaxBatchRecords records and MaxBatchBytes bytes, and applies it in one bbolt
-// write transaction; before committing it takes what queued in the meantime
-// (callers acknowledged by the previous batch come back while this one is
-// applied), and commits when nothing more is waiting, with one fsync. It
+// MaxBatchRecords records and MaxBatchBytes bytes, and applies it in one log
+// entry (appends and Ensure) or one bbolt write transaction (the other
+// writes, see above; a batch is one or the other); before committing it
+// takes what queued in the meantime (callers acknowledged by the previous
+// batch come back while this one is applied), and commits when nothing
+// more is waiting, with one fdatasync of the log or fsync of bbolt. It
 // never waits for work to arrive: a lone append is committed at once, and
 // what queues during a commit forms the next batch. A committed batch goes to
 // the notifier goroutine through a bounded channel, in order; the notifier
@@ -132,32 +202,38 @@
 // An operation that fails validation (a gap, a conflict, a wrong epoch) gets
 // its own error and leaves the transaction as it was. When the transaction
 // itself fails, every operation in it gets the error, nothing is reported to
-// the hook, and because topic state is read from the transaction rather than
-// cached, offsets stay gap-free.
+// the hook, and because topic state is read from the transaction (or from
+// the tail, which takes a batch's state only once its log entry is synced)
+// rather than cached, offsets stay gap-free.
 //
 // Retention (RunRetention, every RetentionInterval) queues small operations
-// of at most 1,024 deletions per topic that share the appends' transactions
-// (at most MaxBatchRecords deletions and appends in all); they never remove a
-// record stored by the same transaction, so every record reported to the
-// hook was readable when it was committed. TruncateAfter, ResetTopic, DeleteTopic and
-// SetRetention run alone in a transaction of their own, in queue order with
-// the appends around them. Check runs between transactions, while no writer
-// is active.
+// of at most 1,024 deletions per topic, grouped into bbolt transactions (at
+// most MaxBatchRecords deletions and other direct writes in all); they
+// never remove a record stored by the same transaction, so every record
+// reported to the hook was readable when it was committed. TruncateAfter,
+// ResetTopic, DeleteTopic and SetRetention run alone in a transaction of
+// their own, in queue order with the appends around them. Check runs
+// between transactions, once the applier has caught up, while no writer is
+// active.
 //
 // Reads (Read, Topic, Topics, Consumer, Consumers) are short bbolt read
 // transactions on their own goroutines; Read copies at most one page of
 // records. Check keeps every topic's id in memory while it runs (about 50
 // bytes per topic); nothing else holds per-topic state for idle topics
-// beyond the idempotency key index. A large initial memory map (1 GiB of address space) keeps commits
-// from remapping, which would wait for open read transactions.
+// beyond the idempotency key index (the tail holds only topics with records
+// not yet in bbolt, within MaxTailBytes). A large initial memory map (1 GiB
+// of address space) keeps commits from remapping, which would wait for open
+// read transactions.
 //
 // # Durability
 //
-// Append and CommitAsync report success only after the transaction is
-// fsync'd; after a crash, everything acknowledged is there and offsets are
-// gap-free. bbolt runs without a synced freelist (NoFreelistSync) and
-// rebuilds it when it opens, which costs a scan at start and saves writes on
-// every commit. Options.NoSync gives up durability for tests and benchmarks.
+// Append and CommitAsync report success only after the log entry or the
+// bbolt transaction holding them is synced; after a crash, everything
+// acknowledged is there (Open replays the log) and offsets are gap-free.
+// bbolt runs without a synced freelist (NoFreelistSync) and rebuilds it
+// when it opens, which costs a scan at start and saves writes on
+// every commit. Options.NoSync gives up durability for tests and benchmarks
+// (neither the log nor bbolt is synced).
 //
 // # Locks
 //
@@ -165,7 +241,13 @@
 // transactions hold it shared, Close takes it exclusively once, so that
 // nothing starts after Close. It is taken before any of bbolt's locks. A
 // sender blocked on a full queue holds it shared; Close first closes the
-// quitting channel, which releases such senders, then takes it. The committer is the only
-// writer; the hook and done callbacks run on the notifier and must not block
-// or queue more work (they would wait for themselves when the queue is full).
+// quitting channel, which releases such senders, then takes it. The
+// committer is the only writer of the log, and it and the applier the only
+// writers of bbolt (bbolt serializes them). The tail's mutex guards the
+// tail and the list of segments; the committer and the applier wait on it
+// for each other (the committer for room or for the applier to catch up,
+// the applier for entries), never holding it during I/O. DB.direct is
+// taken after DB.mu and before the tail's mutex and bbolt's locks. The hook
+// and done callbacks run on the notifier and must not block or queue more
+// work (they would wait for themselves when the queue is full).
 package store

@@ -27,7 +27,8 @@ var (
 // checked by Open. formatV2 and formatV1 are the earlier formats, with a
 // bucket per topic; Open migrates them.
 const (
-	formatVersion = "brokerd-store/3"
+	formatVersion = "brokerd-store/4"
+	formatV3      = "brokerd-store/3"
 	formatV2      = "brokerd-store/2"
 	formatV1      = "brokerd-store/1"
 )

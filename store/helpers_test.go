@@ -210,15 +210,17 @@ func readAll(t testing.TB, db *DB, topic string) []broker.Record {
 func topicMeta(t testing.TB, db *DB, topic string) meta {
 	t.Helper()
 	var m meta
-	err := db.bolt.View(func(tx *bbolt.Tx) error {
+	// On the committer, once bbolt holds everything logged.
+	o := newOp(opView)
+	o.fn = func(tx *bbolt.Tx) error {
 		tt, err := loadTopic(tx, topic)
 		if err != nil {
 			return err
 		}
 		m = tt.m
 		return nil
-	})
-	if err != nil {
+	}
+	if err := db.runSync(o); err != nil {
 		t.Fatal(err)
 	}
 	return m

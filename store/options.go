@@ -111,6 +111,12 @@ type Options struct {
 	// For tests and benchmarks only.
 	NoSync bool
 
+	// MaxTailBytes bounds the memory of records that the write-ahead log
+	// holds and the data file does not have yet (served to readers from
+	// memory). When the data file falls this far behind, commits wait for
+	// it, and appenders block (backpressure). Default DefaultMaxTailBytes.
+	MaxTailBytes int64
+
 	// Now returns the current time; records are stamped with it and
 	// retention and idempotency measure age with it. Default time.Now.
 	Now func() time.Time
@@ -118,11 +124,18 @@ type Options struct {
 	// Logger receives the store's operational logs. Default slog.Default().
 	Logger *slog.Logger
 
-	// OnCommit, when set, observes every committed write transaction: the
-	// number of appends and consumer commits it carried and how long it
-	// took, fsync included (for metrics). It runs on the committer
-	// goroutine and must not block.
+	// OnCommit, when set, observes every group commit: a log entry or a
+	// bbolt write transaction of the committer, with the number of appends
+	// and consumer commits it carried and how long it took, its sync
+	// included (for metrics). It runs on the committer goroutine and must
+	// not block.
 	OnCommit func(ops int, took time.Duration)
+
+	// OnApply, when set, observes every transaction that brings the data
+	// file up to date from the write-ahead log: the puts it carried and
+	// how long it took, fsync included. It runs on the applier goroutine
+	// and must not block.
+	OnApply func(puts int, took time.Duration)
 }
 
 // withDefaults returns a copy of o (nil is the zero Options) with every zero
@@ -161,6 +174,9 @@ func (o *Options) withDefaults() (Options, error) {
 	if r.RetentionInterval == 0 {
 		r.RetentionInterval = DefaultRetentionInterval
 	}
+	if r.MaxTailBytes == 0 {
+		r.MaxTailBytes = DefaultMaxTailBytes
+	}
 	if r.Now == nil {
 		r.Now = time.Now
 	}
@@ -176,6 +192,8 @@ func (o *Options) withDefaults() (Options, error) {
 		return r, fmt.Errorf("store: options: MaxBatchBytes %d is negative", r.MaxBatchBytes)
 	case r.MaxRecordBytes < 0 || r.MaxRecordBytes > maxRecordLimit:
 		return r, fmt.Errorf("store: options: MaxRecordBytes %d is outside 1..%d", r.MaxRecordBytes, maxRecordLimit)
+	case r.MaxTailBytes < 0:
+		return r, fmt.Errorf("store: options: MaxTailBytes %d is negative", r.MaxTailBytes)
 	case r.DedupMaxKeys < 0:
 		return r, fmt.Errorf("store: options: DedupMaxKeys %d is negative", r.DedupMaxKeys)
 	case r.DedupMaxKeysTotal < 0:

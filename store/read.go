@@ -3,6 +3,8 @@ package store
 import (
 	"bytes"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 
 	"go.etcd.io/bbolt"
@@ -75,15 +77,30 @@ func (db *DB) Read(topic string, from uint64, max, maxBytes int) ([]broker.Recor
 		return nil, err
 	}
 	defer db.mu.RUnlock()
+	db.direct.RLock()
+	defer db.direct.RUnlock()
+	// The tail first: what leaves it is in bbolt by then, so a read
+	// transaction begun afterwards has it.
+	tt, inTail := db.tailState(topic)
+	first := tt.m.head + 1 // the first offset only the tail has
+	if len(tt.recs) > 0 {
+		first = tt.recs[0].Offset
+	}
+	if inTail && from >= first {
+		return tailRecords(tt.recs, from, max, maxBytes, nil, 0, 0), nil
+	}
 	var out []broker.Record
 	err := db.bolt.View(func(tx *bbolt.Tx) error {
-		v := tx.Bucket(metaName).Get([]byte(topic))
-		if v == nil {
-			return fmt.Errorf("%w: %q", broker.ErrTopicNotFound, topic)
-		}
-		m, err := decodeMeta(v)
-		if err != nil {
-			return fmt.Errorf("topic %q: %w", topic, err)
+		m := tt.m
+		if !inTail {
+			v := tx.Bucket(metaName).Get([]byte(topic))
+			if v == nil {
+				return fmt.Errorf("%w: %q", broker.ErrTopicNotFound, topic)
+			}
+			var err error
+			if m, err = decodeMeta(v); err != nil {
+				return fmt.Errorf("topic %q: %w", topic, err)
+			}
 		}
 		sp := kvPool.Get().(*[]kv)
 		seen := (*sp)[:0]
@@ -95,17 +112,23 @@ func (db *DB) Read(topic string, from uint64, max, maxBytes int) ([]broker.Recor
 		var seek [recordKeySize]byte
 		c := tx.Bucket(recordsName).Cursor()
 		dataBytes, keyBytes := 0, 0
-		for k, v := c.Seek(putRecordKey(seek[:], m.id, from)); k != nil && keyID(k) == m.id && len(seen) < max; k, v = c.Next() {
+		full := false // a limit stopped the scan before the tail's records
+		for k, v := c.Seek(putRecordKey(seek[:], m.id, from)); k != nil && keyID(k) == m.id && (!inTail || keyOffset(k) < first); k, v = c.Next() {
 			_, key, data, err := decodeRecord(v)
 			if err != nil {
 				return fmt.Errorf("topic %q offset %d: %w", topic, keyOffset(k), err)
 			}
-			if len(seen) > 0 && dataBytes+len(data) > maxBytes {
+			if len(seen) == max || len(seen) > 0 && dataBytes+len(data) > maxBytes {
+				full = true
 				break
 			}
 			seen = append(seen, kv{k, v})
 			dataBytes += len(data)
 			keyBytes += len(key)
+		}
+		if inTail && !full {
+			out = tailRecords(tt.recs, first, max, maxBytes, seen, dataBytes, keyBytes)
+			return nil
 		}
 		if len(seen) == 0 {
 			out = []broker.Record{}
@@ -142,12 +165,61 @@ func (db *DB) Read(topic string, from uint64, max, maxBytes int) ([]broker.Recor
 	return out, nil
 }
 
+// tailRecords returns copies of the records seen in bbolt (with their data
+// and key bytes) followed by those of recs (the tail's, consecutive
+// offsets) from offset from, within max records and about maxBytes of data
+// (at least one record when there is one), in one allocation for all data
+// and one string for all keys, like Read.
+func tailRecords(recs []broker.Record, from uint64, max, maxBytes int, seen []kv, dataBytes, keyBytes int) []broker.Record {
+	if len(recs) > 0 && from > recs[0].Offset {
+		recs = recs[min(from-recs[0].Offset, uint64(len(recs))):]
+	}
+	n := 0
+	for n < len(recs) && len(seen)+n < max {
+		if len(seen)+n > 0 && dataBytes+len(recs[n].Data) > maxBytes {
+			break
+		}
+		dataBytes += len(recs[n].Data)
+		keyBytes += len(recs[n].Key)
+		n++
+	}
+	recs = recs[:n]
+	out := make([]broker.Record, 0, len(seen)+n)
+	arena := make([]byte, 0, dataBytes)
+	keyBuf := make([]byte, 0, keyBytes)
+	for _, e := range seen {
+		ms, key, data, _ := decodeRecord(e.v)
+		at := len(arena)
+		arena = append(arena, data...)
+		keyBuf = append(keyBuf, key...)
+		out = append(out, broker.Record{Offset: keyOffset(e.k), Time: ms, Data: arena[at:len(arena):len(arena)], Key: string(key)})
+	}
+	for _, r := range recs {
+		at := len(arena)
+		arena = append(arena, r.Data...)
+		keyBuf = append(keyBuf, r.Key...)
+		out = append(out, broker.Record{Offset: r.Offset, Time: r.Time, Data: arena[at:len(arena):len(arena)], Key: r.Key})
+	}
+	if keyBytes > 0 {
+		keys, at := string(keyBuf), 0
+		for i := range out {
+			k := len(out[i].Key)
+			out[i].Key = keys[at : at+k]
+			at += k
+		}
+	}
+	return out
+}
+
 // Topic returns a topic's metadata; ok is false when it has no log.
 func (db *DB) Topic(topic string) (info broker.TopicInfo, ok bool, err error) {
 	if err := db.rlock(); err != nil {
 		return info, false, err
 	}
 	defer db.mu.RUnlock()
+	if tt, ok := db.tailState(topic); ok {
+		return topicInfo(topic, &tt.m), true, nil
+	}
 	err = db.bolt.View(func(tx *bbolt.Tx) error {
 		m, found, err := loadMeta(tx.Bucket(metaName), tx.Bucket(recordsName), topic)
 		if err != nil || !found {
@@ -177,6 +249,9 @@ func (db *DB) Topics(after string, max int) ([]broker.TopicInfo, error) {
 		return nil, err
 	}
 	defer db.mu.RUnlock()
+	// Topics the log created may not be in bbolt yet: take them from the
+	// tail first (one that leaves it meanwhile is in bbolt by then).
+	created := db.tailCreated(after, max)
 	var out []broker.TopicInfo
 	err := db.bolt.View(func(tx *bbolt.Tx) error {
 		c := tx.Bucket(metaName).Cursor()
@@ -200,5 +275,46 @@ func (db *DB) Topics(after string, max int) ([]broker.TopicInfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: topics: %w", err)
 	}
-	return out, nil
+	// The tail's state is newer than bbolt's.
+	db.tail.mu.Lock()
+	for i := range out {
+		if tt := db.tail.topics[out[i].Topic]; tt != nil {
+			out[i] = topicInfo(out[i].Topic, &tt.m)
+		}
+	}
+	db.tail.mu.Unlock()
+	if len(created) == 0 {
+		return out, nil
+	}
+	merged := make([]broker.TopicInfo, 0, min(len(out)+len(created), max))
+	for len(merged) < max && (len(out) > 0 || len(created) > 0) {
+		switch {
+		case len(created) == 0 || len(out) > 0 && out[0].Topic < created[0].Topic:
+			merged, out = append(merged, out[0]), out[1:]
+		case len(out) == 0 || created[0].Topic < out[0].Topic:
+			merged, created = append(merged, created[0]), created[1:]
+		default: // in both: the tail's state is the newer
+			merged, out, created = append(merged, created[0]), out[1:], created[1:]
+		}
+	}
+	return merged, nil
+}
+
+// tailCreated returns the first max topics after the name after that the
+// log created and the tail still holds, in name order.
+func (db *DB) tailCreated(after string, max int) []broker.TopicInfo {
+	tl := &db.tail
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	if tl.created == 0 {
+		return nil
+	}
+	var out []broker.TopicInfo
+	for name, tt := range tl.topics {
+		if tt.created && name > after {
+			out = append(out, topicInfo(name, &tt.m))
+		}
+	}
+	slices.SortFunc(out, func(a, b broker.TopicInfo) int { return strings.Compare(a.Topic, b.Topic) })
+	return out[:min(len(out), max)]
 }

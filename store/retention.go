@@ -14,14 +14,21 @@ const maintScanPage = 256
 
 // RunRetention forgets expired idempotency keys and applies retention to
 // every topic, then returns. The background loop calls it every
-// RetentionInterval; tests call it directly. Work is done by the committer
-// in transactions of at most 1,024 deletions per topic, which share their
-// fsync with the appends queued at the same time, so appends keep flowing.
+// RetentionInterval; tests call it directly. It first waits until bbolt
+// holds what the write-ahead log held when it was called, then work is done
+// by the committer in bbolt transactions of at most 1,024 deletions per
+// topic, grouped with the other direct writes queued at the same time;
+// appends logged meanwhile wait for each such transaction.
 // Trimming advances a topic's earliest offset, never its head; a topic
 // trimmed empty keeps its head and has earliest = head+1. Trimming does not
 // forget keys: a duplicate of a trimmed record still gets its offset, until
 // the key expires (or the store is reopened, see the package documentation).
 func (db *DB) RunRetention() error {
+	// The candidates are read from bbolt: first let it take what the
+	// write-ahead log holds.
+	if err := db.waitApplied(); err != nil {
+		return err
+	}
 	after := ""
 	for {
 		todo, last, err := db.maintCandidates(after)

@@ -1,7 +1,9 @@
 package store
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 
 	"go.etcd.io/bbolt"
 
@@ -19,13 +21,46 @@ func (db *DB) OffsetAt(topic string, ms int64) (offset uint64, earliestTime int6
 		return 0, 0, err
 	}
 	defer db.mu.RUnlock()
+	db.direct.RLock()
+	defer db.direct.RUnlock()
+	// The tail first (see Read): bbolt holds the records before its first.
+	tt, inTail := db.tailState(topic)
+	var tailFrom uint64 // with inTail: search bbolt below it, then the tail
+	if inTail {
+		tailFrom = tt.m.head + 1
+		if len(tt.recs) > 0 {
+			tailFrom = tt.recs[0].Offset
+		}
+	}
 	err = db.bolt.View(func(tx *bbolt.Tx) error {
-		m, found, err := loadMeta(tx.Bucket(metaName), tx.Bucket(recordsName), topic)
-		if err != nil {
-			return fmt.Errorf("topic %q: %w", topic, err)
+		m, found := tt.m, inTail
+		if !inTail {
+			var err error
+			if m, found, err = loadMeta(tx.Bucket(metaName), tx.Bucket(recordsName), topic); err != nil {
+				return fmt.Errorf("topic %q: %w", topic, err)
+			}
 		}
 		if !found {
 			return fmt.Errorf("%w: %q", broker.ErrTopicNotFound, topic)
+		}
+		head := m.head
+		if inTail {
+			// Search bbolt's part; if nothing there is at or after ms,
+			// the tail's records.
+			m.head = tailFrom - 1
+			defer func() {
+				if offset != tailFrom {
+					return
+				}
+				i, _ := slices.BinarySearchFunc(tt.recs, ms, func(r broker.Record, ms int64) int { return cmp.Compare(r.Time, ms) })
+				offset = head + 1
+				if i < len(tt.recs) {
+					offset = tt.recs[i].Offset
+				}
+				if earliestTime == 0 && len(tt.recs) > 0 {
+					earliestTime = tt.recs[0].Time
+				}
+			}()
 		}
 		c := tx.Bucket(recordsName).Cursor()
 		var seek [recordKeySize]byte
