@@ -159,7 +159,8 @@ func TestEveryFlagHasEnv(t *testing.T) {
 	env := map[string]string{}
 	// The three key options exclude each other: the secret stands for them
 	// here, TestKeyOptionsFromEnv covers the other two.
-	skip := map[string]bool{"jwt-secret-file": true, "jwt-public-key": true}
+	// So do the two admin token options: TestAdminTokenOptions covers the file.
+	skip := map[string]bool{"jwt-secret-file": true, "jwt-public-key": true, "admin-token-file": true}
 	for name := range helpFlags {
 		if skip[name] {
 			continue
@@ -187,8 +188,8 @@ func TestEveryFlagHasEnv(t *testing.T) {
 	gv, dv := reflect.ValueOf(*got), reflect.ValueOf(def)
 	for i := range gv.NumField() {
 		f := gv.Type().Field(i)
-		if !f.IsExported() || f.Name == "JWTSecretFile" || f.Name == "JWTPublicKey" {
-			continue // TestKeyOptionsFromEnv
+		if !f.IsExported() || f.Name == "JWTSecretFile" || f.Name == "JWTPublicKey" || f.Name == "AdminTokenFile" {
+			continue // TestKeyOptionsFromEnv, TestAdminTokenOptions
 		}
 		if reflect.DeepEqual(gv.Field(i).Interface(), dv.Field(i).Interface()) {
 			t.Errorf("config field %s kept its default %v: no environment variable reached it", f.Name, gv.Field(i))
@@ -276,5 +277,52 @@ func TestConfigFile(t *testing.T) {
 	}
 	if _, err := parseConfig([]string{"--config", filepath.Join(dir, "missing.yaml")}, func(string) string { return "" }); err == nil {
 		t.Error("a missing config file was accepted")
+	}
+}
+
+// TestAdminTokenOptions: the admin token comes from --admin-token or a
+// file (flag or environment), at least 16 bytes, not both at once.
+func TestAdminTokenOptions(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "admin.token")
+	if err := os.WriteFile(file, []byte("  from-the-file-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	short := filepath.Join(t.TempDir(), "short.token")
+	if err := os.WriteFile(short, []byte("short\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		want    string
+		wantErr string
+	}{
+		{"off", nil, nil, "", ""},
+		{"flag", []string{"--admin-token", "from-the-flag-0123456789"}, nil, "from-the-flag-0123456789", ""},
+		{"env", nil, map[string]string{"BROKERD_ADMIN_TOKEN": "from-the-env-0123456789"}, "from-the-env-0123456789", ""},
+		{"file from env", nil, map[string]string{"BROKERD_ADMIN_TOKEN_FILE": file}, "from-the-file-0123456789", ""},
+		{"file flag", []string{"--admin-token-file", file}, nil, "from-the-file-0123456789", ""},
+		{"short", []string{"--admin-token", "short"}, nil, "", "at least 16 bytes"},
+		{"short file", []string{"--admin-token-file", short}, nil, "", "at least 16 bytes"},
+		{"missing file", []string{"--admin-token-file", file + ".none"}, nil, "", "--admin-token-file"},
+		{"both", []string{"--admin-token", "from-the-flag-0123456789", "--admin-token-file", file}, nil, "", "give one of --admin-token and --admin-token-file"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := parseConfig(c.args, func(k string) string { return c.env[k] })
+			var tok string
+			if err == nil {
+				tok, err = cfg.adminToken()
+			}
+			if c.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+					t.Fatalf("err %v, want one saying %q", err, c.wantErr)
+				}
+				return
+			}
+			if err != nil || tok != c.want {
+				t.Fatalf("token %q, %v; want %q", tok, err, c.want)
+			}
+		})
 	}
 }
