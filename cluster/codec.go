@@ -134,3 +134,68 @@ func (r *reader) consumer() broker.ConsumerOffset {
 	co.Updated = time.Unix(0, r.varint())
 	return co
 }
+
+func encodeRepl(from string, es []replEntry) []byte {
+	size := 16 + len(from)
+	for i := range es {
+		size += 64 + len(es[i].topic) + len(es[i].epoch) + len(es[i].consumer)
+		for j := range es[i].recs {
+			size += recBytes(&es[i].recs[j])
+		}
+	}
+	b := make([]byte, 0, size)
+	b = putString(b, from)
+	b = putUvarint(b, uint64(len(es)))
+	for i := range es {
+		e := &es[i]
+		b = putString(b, e.topic)
+		b = putUvarint(b, e.term)
+		b = putString(b, e.epoch)
+		b = append(b, e.flags)
+		b = putUvarint(b, e.head)
+		if e.flags&rfConsumer != 0 {
+			b = putString(b, e.consumer)
+		}
+		b = putUvarint(b, uint64(len(e.recs)))
+		for j := range e.recs {
+			b = putRecord(b, &e.recs[j])
+		}
+	}
+	return b
+}
+
+// decodeRepl reads a request encodeRepl made. It never panics and never
+// allocates much more than the message holds, whatever the bytes.
+func decodeRepl(b []byte) ([]replEntry, error) {
+	r := &reader{b: b}
+	_ = r.string() // the sender, for debugging
+	k := r.uvarint()
+	if k > uint64(len(r.b)) {
+		r.fail()
+	}
+	var es []replEntry
+	for i := uint64(0); i < k && r.err == nil; i++ {
+		e := replEntry{topic: r.string(), term: r.uvarint(), epoch: r.string(), flags: r.byte(), head: r.uvarint()}
+		if e.flags&rfConsumer != 0 {
+			e.consumer = r.string()
+		}
+		c := r.uvarint()
+		if c > uint64(len(r.b)) {
+			r.fail()
+			break
+		}
+		e.recs = make([]broker.Record, 0, min(c, 1024)) // c is a claim: grow past it only as records decode
+		for range c {
+			if rec := r.record(); r.err == nil {
+				e.recs = append(e.recs, rec)
+			} else {
+				break
+			}
+		}
+		es = append(es, e)
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	return es, nil
+}

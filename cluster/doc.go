@@ -53,10 +53,17 @@
 //   - sim/: a deterministic simulator that runs core's decisions for many
 //     nodes over a fake lease bucket and network, with faults, and checks
 //     the invariants (make sim).
-//   - node.go: Node, its configuration and its life (start, Drain,
-//     Close); lease.go: the lease pass, renewals, heartbeats, take-over
-//     and hand-back; repl.go: replication (the protocol is described
-//     there); rpc.go: requests to a topic's owner; live.go: the live
-//     fan-out; claims.go: durable consumers' claims; store.go: the
-//     broker.Store the broker sees; codec.go: the replication messages.
+//   - node.go: Node and its life (start, Drain, Close); config.go.
+//   - lease.go: the lease pass (who holds what, take-over, claim,
+//     acquire); lease_renew.go: renewals, heartbeats, the live nodes and
+//     blindness; lease_handover.go: rebalancing and hand-back;
+//     terms.go: the terms file beside the store.
+//   - repl.go: the replication protocol (its description) and its
+//     types; repl_followers.go: a partition's followers and their
+//     bring-up; repl_ack.go: the owner's side, from a commit to the
+//     acknowledgement; repl_send.go: sending, resending and catch-up;
+//     repl_follow.go: the follower's side; codec.go: the messages.
+//   - rpc.go: requests to a topic's owner; live.go: the live fan-out;
+//     claims.go: durable consumers' claims; store.go: the broker.Store
+//     the broker sees.
 package cluster

@@ -6,9 +6,14 @@ import (
 	"github.com/brokerd/brokerd/cluster/core"
 )
 
-// need is how many copies an acknowledgement needs besides the owner's
-// (cluster.Config.followerCount with a fixed Replicas).
-func (n *node) need() int { return n.w.cfg.Replicas - 1 }
+// followerCount is how many followers a partition has
+// (cluster.Config.followerCount).
+func (n *node) followerCount() int {
+	if n.w.cfg.Auto {
+		return min(1, max(len(n.members)-1, 0))
+	}
+	return n.w.cfg.Replicas - 1
+}
 
 // setFollowers makes the followers of held partition p those of the
 // members (cluster.Node.setFollowers): make before break, a follower no
@@ -19,7 +24,7 @@ func (n *node) setFollowers(p int) {
 	if !st.mine || st.renew {
 		return
 	}
-	target := core.FollowersFor(p, n.name, n.members, n.need())
+	target := core.FollowersFor(p, n.name, n.members, n.followerCount())
 	if st.synced == nil {
 		st.synced, st.syncing, st.counted = map[string]bool{}, map[string]bool{}, map[string]bool{}
 	}
@@ -245,7 +250,10 @@ func (n *node) advance(p int) {
 			insync = append(insync, f)
 		}
 	}
-	need := n.need()
+	need := n.followerCount()
+	if n.w.cfg.Auto {
+		need = min(need, len(insync))
+	}
 	if len(st.want) < need || !n.holds(p, rs.term) {
 		return
 	}

@@ -21,7 +21,7 @@ var (
 // shapes are the cluster shapes a seed may run.
 func shape(seed uint64) Config {
 	c := Config{Seed: seed}
-	switch seed % 4 {
+	switch seed % 6 {
 	case 0:
 		c.Nodes, c.Partitions, c.Replicas = 3, 2, 2
 	case 1:
@@ -30,6 +30,10 @@ func shape(seed uint64) Config {
 		c.Nodes, c.Partitions, c.Replicas = 4, 4, 2
 	case 3:
 		c.Nodes, c.Partitions, c.Replicas = 5, 4, 3
+	case 4:
+		c.Nodes, c.Partitions, c.Auto = 3, 3, true
+	case 5:
+		c.Nodes, c.Partitions, c.Auto = 2, 2, true
 	}
 	return c
 }

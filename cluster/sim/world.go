@@ -45,6 +45,7 @@ type Config struct {
 	Nodes      int           // 3 by default
 	Partitions int           // 2 by default
 	Replicas   int           // copies of each record, owner included; 2 by default
+	Auto       bool          // automatic replicas (the cluster's default): two copies while another node is alive and in sync
 	TTL        core.Duration // the lease TTL; 1 s by default
 	Length     core.Duration // virtual time simulated; 12×TTL by default
 	Rules      core.Rules    // core.Safe() unless a test turns a rule off
