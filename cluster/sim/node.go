@@ -21,20 +21,22 @@ type plog struct {
 
 // part is a node's view of one partition's lease (cluster.part).
 type part struct {
-	owner   string
-	term    uint64
-	w       core.Watch
-	mine    bool
-	ready   bool
-	taking  bool // a take or claim is in flight
-	sent    core.Time
-	unsure  core.Time
-	renew   bool // a renewal is in flight
-	listed  []string
-	want    []string
-	synced  map[string]bool
-	counted map[string]bool
-	syncing map[string]bool
+	owner     string
+	term      uint64
+	w         core.Watch
+	mine      bool
+	ready     bool
+	taking    bool   // a take or claim is in flight
+	releasing bool   // being handed back: not renewed any more
+	extra     string // a node under its share made a follower, to hand the partition to once listed
+	sent      core.Time
+	unsure    core.Time
+	renew     bool // a renewal is in flight
+	listed    []string
+	want      []string
+	synced    map[string]bool
+	counted   map[string]bool
+	syncing   map[string]bool
 }
 
 // rstate is an owner's replication state of a partition's topic
@@ -72,7 +74,9 @@ type node struct {
 	blind    core.Time
 	liveSeen []string
 	members  []string
-	late     bool // the last records taken were of a term older than one seen before
+	draining bool
+	tookAt   core.Time // when the last partition was taken
+	late     bool      // the last records taken were of a term older than one seen before
 }
 
 func newNode(w *world, name string) *node {
@@ -122,6 +126,7 @@ func (n *node) start() {
 	n.verified = make([]uint64, P)
 	n.repl = make([]*rstate, P)
 	n.blind, n.liveSeen, n.members = core.Time(minTime), nil, nil
+	n.draining, n.tookAt = false, core.Time(minTime)
 	ttl := n.w.cfg.TTL
 	n.every(ttl/6, n.pass)
 	n.every(ttl/12, n.renewDue)
@@ -168,6 +173,9 @@ func (n *node) reconnected() {
 }
 
 func (n *node) heartbeat() {
+	if n.draining {
+		return
+	}
 	n.w.kvOp(n, func() any {
 		n.w.beats[n.name] = n.w.now + core.Time(n.w.cfg.TTL)
 		return nil
@@ -244,7 +252,7 @@ func (n *node) pass() {
 		if err != nil {
 			return
 		}
-		if n.replicated() {
+		if n.replicated() && !n.draining {
 			n.members = slices.Sorted(slices.Values(live))
 			for p := range n.parts {
 				if n.parts[p].mine {
@@ -254,29 +262,38 @@ func (n *node) pass() {
 		}
 		share := (w.cfg.Partitions + max(len(live), 1) - 1) / max(len(live), 1)
 		start := w.rng.IntN(w.cfg.Partitions)
+		unsettled := false
 		for i := range w.cfg.Partitions {
 			p := (start + i) % w.cfg.Partitions
-			n.passOne(p, r.leases[p], r.found[p], live, share)
+			unsettled = n.passOne(p, r.leases[p], r.found[p], live, share) || unsettled
+		}
+		if n.draining || len(live) < 2 || !n.replicated() {
+			return
+		}
+		if !unsettled && n.clock()-n.tookAt >= core.Time(ttl) {
+			n.rebalance(live, share)
 		}
 	})
 }
 
-func (n *node) passOne(p int, e kvEntry, found bool, live []string, share int) {
+// passOne decides for one partition; it reports whether the lease is of
+// a dead owner.
+func (n *node) passOne(p int, e kvEntry, found bool, live []string, share int) bool {
 	w := n.w
 	st := &n.parts[p]
 	if !found {
 		if st.mine {
 			*st = part{}
 		}
-		if w.cfg.Rules.Pass(core.PassIn{Self: n.name, Under: n.owned() < share}).Action == core.Create && !st.taking {
+		if w.cfg.Rules.Pass(core.PassIn{Self: n.name, Draining: n.draining, Under: n.owned() < share}).Action == core.Create && !st.taking {
 			n.take(p, 0, false)
 		}
-		return
+		return false
 	}
 	l := core.ParseLease(e.val, e.rev)
 	st.w.Observe(e.rev, st.mine, n.clock())
 	in := core.PassIn{Self: n.name, Found: true, Lease: l, Mine: st.mine, MyRev: st.w.Rev,
-		Followed: n.followed[p], Held: n.dataTerm[p], TTL: w.cfg.TTL, Replicated: n.replicated(), Live: live,
+		Followed: n.followed[p], Held: n.dataTerm[p], TTL: w.cfg.TTL, Replicated: n.replicated(), Live: live, Draining: n.draining,
 		Unchanged: st.w.Unchanged(n.clock(), n.blind)}
 	if rs := n.repl[p]; rs != nil {
 		in.ReplTerm = rs.term
@@ -297,15 +314,15 @@ func (n *node) passOne(p int, e kvEntry, found bool, live []string, share int) {
 	if out.Check {
 		n.checkCopy(p, l)
 	}
-	if st.taking {
-		return
+	if !st.taking {
+		switch out.Action {
+		case core.Claim:
+			n.claim(p, out.Rev, out.Term)
+		case core.Take:
+			n.take(p, out.Rev, out.Keep)
+		}
 	}
-	switch out.Action {
-	case core.Claim:
-		n.claim(p, out.Rev, out.Term)
-	case core.Take:
-		n.take(p, out.Rev, out.Keep)
-	}
+	return out.Dead
 }
 
 // take writes a lease of p for this node (cluster.Node.take).
@@ -336,6 +353,7 @@ func (n *node) take(p int, rev uint64, keep bool) {
 		if keep {
 			w.res.Takeovers++
 		}
+		n.tookAt = n.clock()
 		w.tracef("%s takes p%d term %d keep=%v", n.name, p, nrev, keep)
 		n.acquire(p, nrev, nrev, sent, keep)
 	})
@@ -404,7 +422,7 @@ func (n *node) renewDue() {
 	ttl := n.w.cfg.TTL
 	for p := range n.parts {
 		st := &n.parts[p]
-		if !st.mine || st.renew {
+		if !st.mine || st.renew || st.releasing {
 			continue
 		}
 		l := n.w.cfg.Rules.Listing(st.want, st.synced)

@@ -25,6 +25,9 @@ func (n *node) setFollowers(p int) {
 		return
 	}
 	target := core.FollowersFor(p, n.name, n.members, n.followerCount())
+	if st.extra != "" && st.extra != n.name && slices.Contains(n.members, st.extra) && !slices.Contains(target, st.extra) {
+		target = append(target, st.extra)
+	}
 	if st.synced == nil {
 		st.synced, st.syncing, st.counted = map[string]bool{}, map[string]bool{}, map[string]bool{}
 	}

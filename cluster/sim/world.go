@@ -3,7 +3,8 @@
 // followers' term check, the followers a lease names, the acknowledgement
 // rule) over a fake lease bucket and a fake network, under virtual time.
 // One seed chooses everything: message delays, drops, duplicates and
-// reorderings, kill -9 and restarts, pauses past the lease (SIGSTOP),
+// reorderings, kill -9 and restarts, drains (SIGTERM) and rebalancing,
+// pauses past the lease (SIGSTOP),
 // suspends (the node's clock stops too, as a suspended virtual machine's
 // monotonic clock does), nodes cut off from NATS, and NATS itself down
 // and back (every heartbeat expiring at once, the lease bucket kept). A
@@ -15,11 +16,12 @@
 // it followed) survives kill -9; everything else is lost.
 //
 // What the simulator models of a node: the lease pass, renewals and
-// heartbeats of lease.go; the followers, their bring-up (a copy of the
-// owner's log, the agreement of repl.go reduced to "the follower's copy
-// becomes the owner's") and the acknowledgements of repl.go; one topic per
-// partition. Not modelled yet: drains and the rebalancing hand-over,
-// consumers, idempotency keys, subscribers.
+// heartbeats (lease.go, lease_renew.go), drains, hand-backs and
+// rebalancing (lease_handover.go), the followers, their bring-up (a copy
+// of the owner's log: the agreement of the cluster reduced to "the
+// follower's copy becomes the owner's") and the acknowledgements
+// (repl_*.go); one topic per partition. Not modelled yet: consumers,
+// idempotency keys, subscribers.
 package sim
 
 import (
@@ -376,7 +378,7 @@ func (w *world) scheduleFaults() {
 		t := core.Time(w.dur(ttl, end))
 		n := w.nodes[w.rng.IntN(len(w.nodes))]
 		long := w.dur(ttl/2, 3*ttl)
-		switch w.rng.IntN(6) {
+		switch w.rng.IntN(7) {
 		case 0, 1:
 			w.at(t, func() {
 				if !n.up {
@@ -410,6 +412,18 @@ func (w *world) scheduleFaults() {
 				w.fault("%s cut off from NATS for %v", n.name, long)
 				n.cut = true
 				w.after(long, func() { w.fault("%s reaches NATS again", n.name); n.cut = false; n.reconnected() })
+			})
+		case 6:
+			w.at(t, func() {
+				if !n.up || n.paused() || n.draining {
+					return
+				}
+				w.fault("SIGTERM %s (drain), restart after %v", n.name, long)
+				n.drain(func() {
+					w.tracef("%s drained", n.name)
+					n.kill()
+					w.after(long, func() { w.fault("restart %s", n.name); n.start() })
+				})
 			})
 		case 5:
 			w.at(t, func() {
