@@ -56,6 +56,12 @@ type Config struct {
 	// and 1013 close reasons; each client gets a random value in
 	// [ShutdownRetryAfter/10, ShutdownRetryAfter] (default 5s).
 	ShutdownRetryAfter time.Duration
+	// TopicIdle is how long a topic that holds no record and has no
+	// subscriber on this node is kept, counted from its last record or
+	// its creation, before it is deleted (when the Store is a
+	// Reclaimer; default 10 minutes; negative: never). A later publish or
+	// sub creates it again, with a new epoch.
+	TopicIdle time.Duration
 	// Auth verifies tokens; nil turns auth off: every client may publish
 	// and subscribe to everything.
 	Auth Authenticator
@@ -117,6 +123,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.AuthTimeout == 0 {
 		c.AuthTimeout = 5 * time.Second
+	}
+	if c.TopicIdle == 0 {
+		c.TopicIdle = 10 * time.Minute
 	}
 	if c.ShutdownRetryAfter == 0 {
 		c.ShutdownRetryAfter = 5 * time.Second

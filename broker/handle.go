@@ -188,6 +188,8 @@ func storeError(id uint64, err error) *subproto.Error {
 	switch {
 	case errors.Is(err, ErrTooLarge):
 		return &subproto.Error{Code: subproto.CodeMessageTooLarge, ID: id, Message: err.Error()}
+	case errors.Is(err, ErrTooManyTopics):
+		return &subproto.Error{Code: subproto.CodeTooManyTopics, ID: id, Message: "no new topic can be created: " + err.Error()}
 	case errors.Is(err, ErrUnavailable):
 		return &subproto.Error{Code: subproto.CodeUnavailable, ID: id, Message: "unavailable now, retry: " + err.Error()}
 	case errors.Is(err, ErrClosed):
@@ -206,7 +208,11 @@ func (s *Session) consumerKey(name string) string {
 	return s.user + "\x1f" + name
 }
 
-func (s *Session) handleSub(cmd *subproto.Command) {
+func (s *Session) handleSub(cmd *subproto.Command) { s.subOnce(cmd, 1) }
+
+// subOnce runs a sub; retries bounds how often it starts over when the
+// topic's log is deleted as idle while it is being set up.
+func (s *Session) subOnce(cmd *subproto.Command, retries int) {
 	id, topic := cmd.ID, cmd.Topic
 	s.mu.Lock()
 	_, dup := s.subs[topic]
@@ -230,6 +236,7 @@ func (s *Session) handleSub(cmd *subproto.Command) {
 		s.replyErr(consumerTooLong(id, s.user), nil)
 		return
 	}
+	gen := s.srv.reclaimGen.Load()
 	info, exists, err := s.srv.store.Topic(topic)
 	if err == nil && !exists {
 		// A sub the empty log would refuse creates nothing.
@@ -278,6 +285,13 @@ func (s *Session) handleSub(cmd *subproto.Command) {
 	t, err := s.srv.acquireTopic(topic)
 	if err != nil {
 		s.replyErr(storeError(id, err), nil)
+		return
+	}
+	if retries > 0 && s.srv.subStale(topic, info.Epoch, gen) {
+		// The log read above was deleted as idle before the topic state
+		// was taken: read it again (see Server.reclaim).
+		s.srv.releaseTopic(t)
+		s.subOnce(cmd, retries-1)
 		return
 	}
 	sub.t = t

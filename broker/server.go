@@ -61,11 +61,17 @@ type Server struct {
 	closers  sync.WaitGroup // sessions whose transport close is in progress
 
 	stats Stats
+	// reclaimGen counts the starts and ends of deletions of idle topics
+	// (odd while one runs; they run one at a time, see reclaim).
+	reclaimGen atomic.Uint64
 }
 
 type topicShard struct {
 	mu     sync.RWMutex
 	topics map[string]*topicState
+	// reclaiming: topics being deleted as idle (see reclaim), each with a
+	// channel closed when the deletion ends; nil until the first.
+	reclaiming map[string]chan struct{}
 }
 
 // topicState tracks the live subscribers of one exact topic.
@@ -118,6 +124,10 @@ func New(cfg Config, st Store) (*Server, error) {
 	}
 	srv.wg.Add(1)
 	go srv.heartbeatLoop()
+	if r, ok := st.(Reclaimer); ok && cfg.TopicIdle > 0 {
+		srv.wg.Add(1)
+		go srv.reclaimLoop(r)
+	}
 	return srv, nil
 }
 
@@ -158,6 +168,11 @@ func (srv *Server) acquireTopic(topic string) (*topicState, error) {
 	sh := srv.shard(topic)
 	for {
 		sh.mu.Lock()
+		if wait := sh.reclaimWait(topic); wait != nil {
+			sh.mu.Unlock()
+			<-wait // the topic is being deleted as idle: take the state after
+			continue
+		}
 		t := sh.topics[topic]
 		if t != nil {
 			t.refs++
@@ -538,6 +553,7 @@ type Stats struct {
 	RateLimited      atomic.Int64 // connections closed with 4029
 	PendingWaits     atomic.Int64 // times a publisher waited for MaxPendingBytes or PendingBytes
 	StorageErrors    atomic.Int64 // store writes that failed (full disk, I/O error)
+	TopicsReclaimed  atomic.Int64 // idle topics deleted (Config.TopicIdle)
 	Errors           sync.Map     // subproto.Code → *atomic.Int64
 }
 

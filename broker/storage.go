@@ -31,7 +31,7 @@ const (
 // isStorageFailure reports whether err, from a store write, is the
 // storage failing rather than a refusal of the request.
 func isStorageFailure(err error) bool {
-	return err != nil && !errors.Is(err, ErrTooLarge) && !errors.Is(err, ErrUnavailable) &&
+	return err != nil && !errors.Is(err, ErrTooLarge) && !errors.Is(err, ErrTooManyTopics) && !errors.Is(err, ErrUnavailable) &&
 		!errors.Is(err, ErrClosed) && !errors.Is(err, ErrTopicNotFound)
 }
 

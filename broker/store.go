@@ -58,6 +58,9 @@ var (
 	ErrTopicNotFound = errors.New("store: topic not found")
 	// ErrTooLarge is returned for a record over the store's size limit.
 	ErrTooLarge = errors.New("store: record too large")
+	// ErrTooManyTopics is returned for an append or Ensure that would
+	// create a topic beyond the store's bound on topics.
+	ErrTooManyTopics = errors.New("store: too many topics")
 )
 
 // Store is the durable log the broker stands on.

@@ -189,7 +189,10 @@ func (db *DB) DeleteTopic(topic string) error {
 			return err
 		}
 		return tx.Bucket(metaName).Delete([]byte(topic))
-	}, func() { db.keys.drop(topic) })
+	}, func() {
+		db.keys.drop(topic)
+		db.topicN.Add(-1)
+	})
 	if err != nil {
 		return fmt.Errorf("store: delete %q: %w", topic, err)
 	}

@@ -97,6 +97,9 @@ func (db *DB) topicOrCreate(b *batch, topic string) (*topicTx, error) {
 	if err != nil || t != nil {
 		return t, err
 	}
+	if err := db.admitTopic(b); err != nil {
+		return nil, err
+	}
 	epoch, err := newEpochString()
 	if err != nil {
 		return nil, err

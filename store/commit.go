@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -189,6 +190,7 @@ type batch struct {
 	order   []*topicTx // topics touched, in first-touch order
 	recs    []pending  // appended records, in append order
 	dead    [][]byte   // records retention removes, deleted just before commit
+	created int        // topics created (see topics.go)
 }
 
 // pending is a record appended in the open transaction.
@@ -264,9 +266,12 @@ func (b *batch) create(name, epoch string) (*topicTx, error) {
 			return nil, fmt.Errorf("create topic %q: %w", name, err)
 		}
 	}
-	t := &topicTx{name: name, m: meta{id: id, epoch: epoch, earliest: 1}, dirty: true, created: true}
+	// A new topic's last time is its creation's, until it has a record
+	// (DeleteIdle measures idleness from it).
+	t := &topicTx{name: name, m: meta{id: id, epoch: epoch, earliest: 1, lastTime: b.nowMs}, dirty: true, created: true}
 	t.m.empty()
 	b.add(t)
+	b.created++
 	return t, nil
 }
 
@@ -437,6 +442,7 @@ func (db *DB) runGrouped(b *batch) (carry *op) {
 		return carry
 	}
 	db.nextID = max(db.nextID, seq)
+	db.topicN.Add(int64(b.created))
 	if db.opts.OnCommit != nil {
 		db.opts.OnCommit(b.writes(), time.Since(began))
 	}
@@ -501,6 +507,7 @@ func (db *DB) runLogged(b *batch) (carry *op) {
 	if len(b.puts) > 0 {
 		db.logged(b, end)
 	}
+	db.topicN.Add(int64(b.created))
 	b.puts = nil
 	if db.opts.OnCommit != nil {
 		db.opts.OnCommit(b.writes(), time.Since(began))
@@ -565,6 +572,10 @@ func (db *DB) apply(b *batch, ops []*op) error {
 			err = db.applyEnsure(b, o)
 		case opMaint:
 			err = db.applyMaint(b, o)
+		}
+		if errors.Is(err, broker.ErrTooManyTopics) {
+			o.err = err // refused before it wrote anything
+			continue
 		}
 		if err != nil {
 			return err

@@ -53,9 +53,10 @@ type DB struct {
 
 	beforeApply func() // tests: runs on the applier before each transaction
 
-	queue  chan *op    // operations waiting for the committer
-	keys   *keyIndex   // idempotency keys; the committer's alone (see keyIndex)
-	notify chan *batch // finished batches, in commit order
+	queue  chan *op     // operations waiting for the committer
+	keys   *keyIndex    // idempotency keys; the committer's alone (see keyIndex)
+	topicN atomic.Int64 // topics with a log (see topics.go)
+	notify chan *batch  // finished batches, in commit order
 	hook   atomic.Pointer[func([]broker.Committed)]
 
 	// mu guards closed. Senders to queue and readers of bolt hold it
@@ -137,6 +138,11 @@ func Open(dir string, opts *Options) (*DB, error) {
 	}
 	db.tail.segs, db.tail.applied, db.tail.end = []uint64{pos}, pos, pos
 	if err := db.rebuildKeys(); err != nil {
+		_ = db.wal.close()
+		_ = bdb.Close()
+		return nil, explainOpen(dir, path, err)
+	}
+	if err := db.countTopics(); err != nil {
 		_ = db.wal.close()
 		_ = bdb.Close()
 		return nil, explainOpen(dir, path, err)

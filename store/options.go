@@ -97,6 +97,12 @@ type Options struct {
 	DedupMaxKeys      int
 	DedupMaxKeysTotal int
 
+	// MaxTopics bounds the topics with a log: an append or Ensure that
+	// would create one more fails with broker.ErrTooManyTopics (AppendAt,
+	// which stores what another node created, is not bounded). Zero or
+	// negative: no limit.
+	MaxTopics int
+
 	// Retention is the default retention of every topic (see Retention);
 	// SetRetention overrides it per topic.
 	Retention Retention

@@ -57,7 +57,7 @@ var codes = [...]CodeInfo{
 	{CodeSlow, "Unsubbed only, from servers before v1.1: a live-only pattern subscription fell too far behind and was ended. A v1.1 server feeds slow pattern subscriptions from the topic logs instead."},
 	{CodeTopicDeleted, "Unsubbed only: the topic was deleted."},
 	{CodeNotFound, "HTTP API only: the topic has no log."},
-	{CodeTooManyTopics, "A pattern sub would replay more topics (topics it has a position for, or that hold messages at or after since) than the broker allows (--max-pattern-topics). Narrow the pattern, or resume with fewer positions."},
+	{CodeTooManyTopics, "A pattern sub would replay more topics (topics it has a position for, or that hold messages at or after since) than the broker allows (--max-pattern-topics): narrow the pattern, or resume with fewer positions. Or a pub or sub would create a topic while the broker holds as many as it may (--max-topics)."},
 }
 
 // Codes returns every error code with its description, in a stable order.

@@ -38,6 +38,8 @@ type config struct {
 	MaxMessageBytes  int
 	MaxSubscriptions int
 	MaxPatternTopics int
+	MaxTopics        int
+	TopicIdle        time.Duration
 	MaxCommands      int
 	QueueMessages    int
 	QueueBytes       int
@@ -116,6 +118,8 @@ func parseConfig(args []string, getenv func(string) string) (*config, error) {
 	fs.IntVar(&c.MaxMessageBytes, "max-message-bytes", 1<<20, "largest published data in bytes (larger: err message_too_large)")
 	fs.IntVar(&c.MaxSubscriptions, "max-subscriptions", 512, "subscriptions per connection")
 	fs.IntVar(&c.MaxPatternTopics, "max-pattern-topics", 10000, "topics one pattern subscription may replay (with since or positions; more: err too_many_topics)")
+	fs.IntVar(&c.MaxTopics, "max-topics", 1_000_000, "topics the store may hold: a pub or sub that would create one more gets err too_many_topics (HTTP 507); 0 turns the limit off")
+	fs.DurationVar(&c.TopicIdle, "topic-idle", 10*time.Minute, "a topic holding no message and no subscriber on this node is deleted after this long since its creation or last message (a later pub or sub creates it again, with a new epoch); 0 keeps them. Not in a cluster")
 	fs.IntVar(&c.MaxCommands, "max-commands-per-frame", 1000, "commands one frame may carry")
 	fs.IntVar(&c.QueueMessages, "queue-messages", 1024, "outbound queue length per connection, in messages")
 	fs.IntVar(&c.QueueBytes, "queue-bytes", 4<<20, "outbound queue size per connection, in bytes")
@@ -304,6 +308,9 @@ func (c *config) validate() error {
 	if c.PendingBytes <= 0 {
 		errs = append(errs, fmt.Errorf("%s must be positive, got %d", c.optName("pending-bytes"), c.PendingBytes))
 	}
+	if c.MaxTopics < 0 || c.TopicIdle < 0 {
+		errs = append(errs, fmt.Errorf("%s and %s must not be negative (0 turns them off)", c.optName("max-topics"), c.optName("topic-idle")))
+	}
 	if c.RetentionBytes <= 0 || c.RetentionMsgs <= 0 {
 		errs = append(errs, errors.New("--retention-max-bytes and --retention-max-messages must be positive"))
 	}
@@ -336,6 +343,7 @@ func (c *config) brokerConfig(log *slog.Logger, a broker.Authenticator, m *metri
 		Heartbeat:           c.Heartbeat,
 		MaxSubscriptions:    c.MaxSubscriptions,
 		MaxPatternTopics:    c.MaxPatternTopics,
+		TopicIdle:           idleOrOff(c.TopicIdle),
 		MaxCommandsPerFrame: c.MaxCommands,
 		MaxMessageBytes:     c.MaxMessageBytes,
 		QueueMessages:       c.QueueMessages,
@@ -393,6 +401,7 @@ func (c *config) storeOptions(log *slog.Logger, m *metrics.Metrics) *store.Optio
 	return &store.Options{
 		Logger:         log,
 		MaxRecordBytes: c.MaxMessageBytes,
+		MaxTopics:      c.MaxTopics,
 		DedupWindow:    c.DedupWindow,
 		Retention: store.Retention{
 			MaxAge:      c.RetentionAge,
@@ -452,4 +461,12 @@ func printUsage(w io.Writer, fs *flag.FlagSet) {
 	fs.VisitAll(func(f *flag.Flag) {
 		fmt.Fprintf(w, "  --%s (env %s, default %q)\n      %s\n", f.Name, envName(f.Name), f.DefValue, f.Usage)
 	})
+}
+
+// idleOrOff maps --topic-idle's 0 (keep topics) onto the broker's negative.
+func idleOrOff(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }

@@ -24,6 +24,8 @@ func defaultConfig() config {
 		MaxMessageBytes:  1 << 20,
 		MaxSubscriptions: 512,
 		MaxPatternTopics: 10000,
+		MaxTopics:        1_000_000,
+		TopicIdle:        10 * time.Minute,
 		MaxCommands:      1000,
 		QueueMessages:    1024,
 		QueueBytes:       4 << 20,
@@ -172,7 +174,7 @@ func TestEveryFlagHasEnv(t *testing.T) {
 		}[name]
 		if env[envName(name)] == "" {
 			env[envName(name)] = "3" // an int
-			if strings.HasSuffix(name, "timeout") || name == "heartbeat" || strings.HasSuffix(name, "window") || strings.HasSuffix(name, "age") || strings.HasSuffix(name, "ttl") || strings.HasSuffix(name, "after") {
+			if strings.HasSuffix(name, "timeout") || name == "heartbeat" || strings.HasSuffix(name, "window") || strings.HasSuffix(name, "age") || strings.HasSuffix(name, "ttl") || strings.HasSuffix(name, "after") || strings.HasSuffix(name, "idle") {
 				env[envName(name)] = "3s"
 			}
 		}

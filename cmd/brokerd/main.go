@@ -99,7 +99,7 @@ func run(cfg *config) error {
 	if err != nil {
 		return err
 	}
-	src := metrics.Sources{Broker: b, StoreBytes: st.Size, ReadPanics: edge.ReadPanics, Rejected: edge.Rejected, Edge: edge}
+	src := metrics.Sources{Broker: b, StoreBytes: st.Size, Topics: st.TopicCount, ReadPanics: edge.ReadPanics, Rejected: edge.Rejected, Edge: edge}
 	if node != nil {
 		src.Cluster = node.Stats
 	}

@@ -188,6 +188,8 @@ var helpFlags = map[string]string{
 	"max-message-bytes":      "1048576",
 	"max-subscriptions":      "512",
 	"max-pattern-topics":     "10000",
+	"max-topics":             "1000000",
+	"topic-idle":             "10m0s",
 	"max-commands-per-frame": "1000",
 	"queue-messages":         "1024",
 	"queue-bytes":            "4194304",

@@ -74,6 +74,7 @@ func (m *Metrics) ObserveRenewLateness(d time.Duration) { m.renewLateness.Observ
 type Sources struct {
 	Broker     *broker.Server
 	StoreBytes func() int64 // size of the store file
+	Topics     func() int64 // topics the store holds
 	ReadPanics func() int64 // panics recovered in WebSocket readers
 	Rejected   func() (connLimit, rateLimit int64)
 	Cluster    func() cluster.Stats // set when the node is in a cluster
@@ -119,6 +120,10 @@ func (m *Metrics) Register(src Sources) {
 	if src.StoreBytes != nil {
 		gauge("store_bytes", "Size of the store file.", func() float64 { return float64(src.StoreBytes()) })
 	}
+	if src.Topics != nil {
+		gauge("topics", "Topics the store holds (bounded by --max-topics).", func() float64 { return float64(src.Topics()) })
+	}
+	counter("topics_reclaimed_total", "Topics deleted after --topic-idle holding no message and no subscriber.", func() float64 { return float64(st.TopicsReclaimed.Load()) })
 	if src.ReadPanics != nil {
 		counter("ws_reader_panics_total", "Panics recovered in WebSocket readers (the connection was closed with 1002).", func() float64 { return float64(src.ReadPanics()) })
 	}

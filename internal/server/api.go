@@ -49,6 +49,8 @@ func httpStatus(code subproto.Code) int {
 		return http.StatusTooManyRequests
 	case subproto.CodeUnavailable:
 		return http.StatusServiceUnavailable
+	case subproto.CodeTooManyTopics:
+		return http.StatusInsufficientStorage
 	}
 	return http.StatusInternalServerError
 }
@@ -206,6 +208,8 @@ func publishErr(err error) (subproto.Code, string) {
 	switch {
 	case errors.Is(err, broker.ErrTooLarge):
 		return subproto.CodeMessageTooLarge, err.Error()
+	case errors.Is(err, broker.ErrTooManyTopics):
+		return subproto.CodeTooManyTopics, "no new topic can be created: " + err.Error()
 	case errors.Is(err, broker.ErrUnavailable):
 		return subproto.CodeUnavailable, "unavailable now; retry with the same Idempotency-Key"
 	case errors.Is(err, broker.ErrClosed):

@@ -27,7 +27,7 @@ export const ErrorCodes = Object.freeze({
   slow: "Unsubbed only, from servers before v1.1: a live-only pattern subscription fell too far behind and was ended. A v1.1 server feeds slow pattern subscriptions from the topic logs instead.",
   topic_deleted: "Unsubbed only: the topic was deleted.",
   not_found: "HTTP API only: the topic has no log.",
-  too_many_topics: "A pattern sub would replay more topics (topics it has a position for, or that hold messages at or after since) than the broker allows (--max-pattern-topics). Narrow the pattern, or resume with fewer positions.",
+  too_many_topics: "A pattern sub would replay more topics (topics it has a position for, or that hold messages at or after since) than the broker allows (--max-pattern-topics): narrow the pattern, or resume with fewer positions. Or a pub or sub would create a topic while the broker holds as many as it may (--max-topics).",
 });
 
 /** The WebSocket close codes the server uses, by number, with their names. */
