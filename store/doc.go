@@ -211,10 +211,35 @@
 // most MaxBatchRecords deletions and other direct writes in all); they
 // never remove a record stored by the same transaction, so every record
 // reported to the hook was readable when it was committed. TruncateAfter,
-// ResetTopic, DeleteTopic and SetRetention run alone in a transaction of
-// their own, in queue order with the appends around them. Check runs
-// between transactions, once the applier has caught up, while no writer is
-// active.
+// ResetTopic, DeleteTopic, DeleteIdle and SetRetention run alone in a
+// transaction of their own, in queue order with the appends around them.
+// Check runs between transactions, once the applier has caught up, while
+// no writer is active.
+//
+// A retention pass first finds the topics with work in read transactions
+// of 256 topics: per topic it decodes the metadata (not the epoch) and seeks
+// the oldest retained record, and the last one only when the oldest is not
+// also the last. BenchmarkRetentionPass measures it: about 260 ns of CPU a
+// topic of one record (300,000 topics: about 80 ms a pass, 0.16 s a minute
+// at the default RetentionInterval of 30 s), against about 530 ns when
+// every topic took two seeks and an allocated epoch.
+//
+// # Topics as a resource
+//
+// TopicCount is kept in memory: counted from meta when the store opens
+// (after the log is replayed), raised once a batch that created topics is
+// committed (logged or written to bbolt), lowered when DeleteTopic or
+// DeleteIdle commits. With Options.MaxTopics, an append or Ensure that
+// would create a topic beyond it fails with broker.ErrTooManyTopics and
+// leaves the batch as it was (AppendAt is not bounded: it stores what
+// another node created). A new topic's stored last time is its creation's.
+// IdleTopics lists the topics that hold no record and whose last record, or
+// creation, is older than a time (one seek a topic in bbolt; topics in the
+// log's tail are skipped); DeleteIdle deletes those of a list that are
+// still so, in one transaction of the committer once the applier has
+// caught up, so that an append committed before it keeps its topic and one
+// committed after creates a new log with a new epoch. The broker decides
+// which idle topics may go (none with a subscriber).
 //
 // Reads (Read, Topic, Topics, Consumer, Consumers) are short bbolt read
 // transactions on their own goroutines; Read copies at most one page of

@@ -197,14 +197,21 @@ func (m *meta) encode() []byte {
 
 // decodeMeta decodes the stored part of a topic's metadata; head, count,
 // bytes and total are those of an empty log.
-func decodeMeta(b []byte) (meta, error) {
+func decodeMeta(b []byte) (meta, error) { return decodeMetaEpoch(b, true) }
+
+// decodeMetaEpoch is decodeMeta, leaving the epoch empty unless withEpoch
+// is set: a pass over every topic that does not need it saves an
+// allocation per topic.
+func decodeMetaEpoch(b []byte, withEpoch bool) (meta, error) {
 	var m meta
 	if len(b) < 10 || b[0] != metaVersion || len(b) != 10+int(b[9])+6*8 {
 		return m, fmt.Errorf("%w: bad topic metadata", ErrCorrupt)
 	}
 	m.id = binary.BigEndian.Uint64(b[1:])
 	n := 10 + int(b[9])
-	m.epoch = string(b[10:n])
+	if withEpoch {
+		m.epoch = string(b[10:n])
+	}
 	u := func(i int) uint64 { return binary.BigEndian.Uint64(b[n+8*i:]) }
 	m.earliest, m.cumBase, m.lastTime = u(0), u(1), int64(u(2))
 	m.ret = Retention{MaxAge: time.Duration(u(3)), MaxBytes: int64(u(4)), MaxMessages: int64(u(5))}

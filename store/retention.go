@@ -91,22 +91,23 @@ func (db *DB) maintCandidates(after string) (todo []string, last string, err err
 		if k != nil && after != "" && string(k) == after {
 			k, v = c.Next()
 		}
+		var prev []byte
 		for n := 0; k != nil && n < maintScanPage; k, v = c.Next() {
-			n++
-			last = string(k)
-			m, err := decodeMeta(v)
-			if err == nil {
-				err = m.derive(rc)
-			}
+			n, prev = n+1, k
+			m, err := decodeMetaEpoch(v, false)
 			if err != nil {
 				return fmt.Errorf("topic %q: %w", k, err)
 			}
-			if db.needsMaint(&topicTx{name: last, m: m}, rc, nowMs) {
-				todo = append(todo, last)
+			due, err := db.oldestDue(&m, rc, nowMs)
+			if err != nil {
+				return fmt.Errorf("topic %q: %w", k, err)
+			}
+			if due {
+				todo = append(todo, string(k))
 			}
 		}
-		if k == nil {
-			last = ""
+		if k != nil {
+			last = string(prev)
 		}
 		return nil
 	})
@@ -124,15 +125,29 @@ func (db *DB) limits(t *topicTx, nowMs int64) (r Retention, ageCut int64) {
 	return r, ageCut
 }
 
-// needsMaint reports whether the topic's oldest record is due.
-func (db *DB) needsMaint(t *topicTx, rc *bbolt.Cursor, nowMs int64) bool {
-	if t.m.count == 0 {
-		return false
-	}
-	r, ageCut := db.limits(t, nowMs)
+// oldestDue reports whether the oldest record of the topic whose stored
+// metadata is m is due, deriving m's head, count and bytes on the way. It
+// seeks the oldest record, and the last one only when the oldest is not
+// also the last: a topic of one record costs one seek (a retention pass
+// inspects every topic).
+func (db *DB) oldestDue(m *meta, rc *bbolt.Cursor, nowMs int64) (bool, error) {
 	var seek [recordKeySize]byte
-	k, v := rc.Seek(putRecordKey(seek[:], t.m.id, t.m.earliest))
-	return k != nil && keyID(k) == t.m.id && db.recordDue(t, r, ageCut, v)
+	k, v := rc.Seek(putRecordKey(seek[:], m.id, m.earliest))
+	if k == nil || keyID(k) != m.id {
+		return false, nil // nothing retained
+	}
+	first, lk, lv := v, k, v
+	if nk, _ := rc.Next(); nk != nil && keyID(nk) == m.id {
+		if k, v := lastRecord(rc, m.id); k != nil {
+			lk, lv = k, v
+		}
+	}
+	if err := m.last(keyOffset(lk), lv); err != nil {
+		return false, err
+	}
+	t := topicTx{m: *m}
+	r, ageCut := db.limits(&t, nowMs)
+	return db.recordDue(&t, r, ageCut, first), nil
 }
 
 // recordDue reports whether the oldest record, v, must go.

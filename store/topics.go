@@ -64,7 +64,7 @@ func (db *DB) IdleTopics(after string, max int, before time.Time) (idle []broker
 		var prev []byte
 		for n := 0; k != nil && n < max; k, v = c.Next() {
 			n, prev = n+1, k
-			m, err := decodeMeta(v)
+			m, err := decodeMetaEpoch(v, false)
 			if err != nil {
 				return fmt.Errorf("topic %q: %w", k, err)
 			}
@@ -76,6 +76,9 @@ func (db *DB) IdleTopics(after string, max int, before time.Time) (idle []broker
 			}
 			if db.inTail(k) {
 				continue // it has records in the log, not yet in bbolt
+			}
+			if m, err = decodeMeta(v); err != nil {
+				return fmt.Errorf("topic %q: %w", k, err)
 			}
 			idle = append(idle, topicInfo(string(k), &m))
 		}
