@@ -36,6 +36,7 @@ type part struct {
 	want      []string
 	synced    map[string]bool
 	counted   map[string]bool
+	csync     map[string]bool // counted followers sent the consumer's position
 	syncing   map[string]bool
 }
 
@@ -64,6 +65,7 @@ type node struct {
 	queued []func()
 
 	logs     []plog
+	cons     []cpos
 	dataTerm []uint64
 	followed []uint64
 
@@ -81,7 +83,7 @@ type node struct {
 
 func newNode(w *world, name string) *node {
 	P := w.cfg.Partitions
-	return &node{w: w, name: name, logs: make([]plog, P), dataTerm: make([]uint64, P), followed: make([]uint64, P)}
+	return &node{w: w, name: name, logs: make([]plog, P), cons: make([]cpos, P), dataTerm: make([]uint64, P), followed: make([]uint64, P)}
 }
 
 // clock is the node's monotonic clock: it stops while the node is
@@ -407,6 +409,7 @@ func (n *node) acquire(p int, rev, term uint64, sent core.Time, keep bool) {
 		w.nextEpoch++
 		w.tracef("%s: p%d starts epoch %d (term %d)", n.name, p, w.nextEpoch, term)
 		n.logs[p] = plog{epoch: w.nextEpoch}
+		n.cons[p] = cpos{epoch: w.nextEpoch}
 		n.dataTerm[p] = term
 	}
 	n.verified[p] = term

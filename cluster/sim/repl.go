@@ -29,7 +29,7 @@ func (n *node) setFollowers(p int) {
 		target = append(target, st.extra)
 	}
 	if st.synced == nil {
-		st.synced, st.syncing, st.counted = map[string]bool{}, map[string]bool{}, map[string]bool{}
+		st.synced, st.syncing, st.counted, st.csync = map[string]bool{}, map[string]bool{}, map[string]bool{}, map[string]bool{}
 	}
 	want, drop := core.Want(target, st.want, st.synced, n.members, st.listed)
 	term := st.term
@@ -39,7 +39,7 @@ func (n *node) setFollowers(p int) {
 			return
 		}
 		st.want = want
-		for _, m := range []map[string]bool{st.synced, st.counted} {
+		for _, m := range []map[string]bool{st.synced, st.counted, st.csync} {
 			for f := range m {
 				if !slices.Contains(want, f) {
 					delete(m, f)
@@ -93,8 +93,12 @@ func (n *node) syncFollower(p int, term uint64, f string) {
 			}
 			st.syncing[f] = false
 			if slices.Contains(st.want, f) {
+				// It holds the history: acknowledgements wait for it
+				// from now on, and the consumer positions go to it
+				// after this moment (cluster.Node.syncConsumers).
 				st.counted[f] = true
 				n.confirm(p, term, snap.epoch, f, held, late)
+				n.syncConsumer(p, term, f)
 			}
 		})
 	})
@@ -233,7 +237,7 @@ func (n *node) confirm(p int, term uint64, epoch int, f string, off uint64, late
 			}
 		}
 	}
-	if st.counted[f] && !st.synced[f] && rs.conf[f] >= rs.acked {
+	if st.counted[f] && st.csync[f] && !st.synced[f] && rs.conf[f] >= rs.acked {
 		st.synced[f] = true // the next renewal names it
 	}
 	n.advance(p)

@@ -20,8 +20,9 @@
 // rebalancing (lease_handover.go), the followers, their bring-up (a copy
 // of the owner's log: the agreement of the cluster reduced to "the
 // follower's copy becomes the owner's") and the acknowledgements
-// (repl_*.go); one topic per partition. Not modelled yet: consumers,
-// idempotency keys, subscribers.
+// (repl_*.go), a durable consumer's positions (replicateConsumer,
+// syncConsumers); one topic and one consumer per partition. Not modelled
+// yet: idempotency keys, subscribers.
 package sim
 
 import (
@@ -135,6 +136,9 @@ type world struct {
 	// acked: every record acknowledged to a client, per partition and
 	// epoch, by offset (index offset-1; 0: none acknowledged there).
 	acked []map[int][]uint64
+	// consAcked: per partition, the consumer's highest position answered
+	// ok, in its epoch.
+	consAcked []cpos
 
 	res Result
 }
@@ -155,6 +159,7 @@ func Run(cfg Config) Result {
 		beats:  map[string]core.Time{},
 	}
 	w.res.Seed = cfg.Seed
+	w.consAcked = make([]cpos, cfg.Partitions)
 	w.acked = make([]map[int][]uint64, cfg.Partitions)
 	for p := range w.acked {
 		w.acked[p] = map[int][]uint64{}
@@ -169,6 +174,7 @@ func Run(cfg Config) Result {
 	}
 	w.scheduleFaults()
 	w.schedulePublishes()
+	w.scheduleAcks()
 	w.every(10*ms, w.checkAll)
 	for len(w.q) > 0 && w.res.Violation == "" {
 		e := heap.Pop(&w.q).(*event)
@@ -514,6 +520,7 @@ func (w *world) checkAll() {
 // checkHolds checks that node n's log of p holds every acknowledged
 // record, in its epoch and at its offset.
 func (w *world) checkHolds(n *node, p int, who string) {
+	w.checkConsumer(n, p, who)
 	lg := &n.logs[p]
 	for _, epoch := range slices.Sorted(maps.Keys(w.acked[p])) {
 		a := w.acked[p][epoch]
