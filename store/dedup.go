@@ -29,6 +29,25 @@ type keyIndex struct {
 	topics map[string]*topicKeys
 	keys   map[topicKey]uint64 // → sequence number of the key's queue entry
 	heap   keyHeap             // topics with a non-empty queue, oldest front first
+
+	// The most keys and topics held since the maps were last built: Go's
+	// maps keep their room when entries go, so once they hold less than a
+	// quarter of it they are built again (see shrink).
+	peakKeys, peakTopics int
+}
+
+// shrinkMin is the fewest entries of a map worth building again.
+const shrinkMin = 4096
+
+// rebuilt returns a copy of m sized for what it holds (maps.Clone may keep
+// the room). Building it after its size fell to a quarter costs O(1) per
+// entry removed since.
+func rebuilt[K comparable, V any](m map[K]V) map[K]V {
+	c := make(map[K]V, len(m))
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
 }
 
 // topicKey is a key of one topic, as the index's map holds it.
@@ -82,6 +101,10 @@ func (x *keyIndex) remove(tk *topicKeys, key string, seq uint64, all bool) bool 
 	if cur, ok := x.keys[k]; ok && (all || cur == seq) {
 		delete(x.keys, k)
 		tk.live--
+		if x.peakKeys >= shrinkMin && len(x.keys) < x.peakKeys/4 {
+			x.keys = rebuilt(x.keys)
+			x.peakKeys = len(x.keys)
+		}
 		return true
 	}
 	return false
@@ -111,8 +134,10 @@ func (x *keyIndex) add(topic, key string, off uint64, ms int64, maxTopic, maxTot
 		name := strings.Clone(topic)
 		tk = &topicKeys{name: name, hi: -1}
 		x.topics[name] = tk
+		x.peakTopics = max(x.peakTopics, len(x.topics))
 	}
 	x.keys[topicKey{tk, key}] = tk.q.push(keyEntry{key: key, off: off, ms: ms})
+	x.peakKeys = max(x.peakKeys, len(x.keys))
 	tk.live++
 	if tk.hi < 0 {
 		heap.Push(&x.heap, tk)
@@ -147,6 +172,10 @@ func (x *keyIndex) fixed(tk *topicKeys) {
 		}
 		if x.topics[tk.name] == tk {
 			delete(x.topics, tk.name)
+			if x.peakTopics >= shrinkMin && len(x.topics) < x.peakTopics/4 {
+				x.topics = rebuilt(x.topics)
+				x.peakTopics = len(x.topics)
+			}
 		}
 	}
 }
@@ -326,6 +355,9 @@ func (h *keyHeap) Pop() any {
 	old[len(old)-1] = nil
 	tk.hi = -1
 	*h = old[:len(old)-1]
+	if cap(old) >= shrinkMin && len(*h) < cap(old)/4 {
+		*h = append(keyHeap(nil), *h...) // give the room of a burst back
+	}
 	return tk
 }
 

@@ -160,7 +160,10 @@
 // keys thus bounds the index at roughly 140–260 MB whatever the number of
 // topics; it only grows that far with a million distinct keys within
 // DedupWindow. (Before, a topic's own map and a ring of at least 16 entries
-// made a key alone in its topic cost about 940 bytes.)
+// made a key alone in its topic cost about 940 bytes.) Go's maps keep their
+// room when entries go: the index builds its maps and heap again once they
+// hold less than a quarter of their peak, so the memory of a burst of keys
+// is given back as they expire (TestDedupKeyMemoryReleased).
 //
 // The index belongs to the committer goroutine: lookups and changes happen
 // only in operations the committer runs (and in Open before it starts), so
