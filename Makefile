@@ -79,6 +79,7 @@ fuzz:
 	cd subproto && $(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) .
 	cd clients/go && $(GO) test -run='^$$' -fuzz='^FuzzParseEvent$$' -fuzztime=$(FUZZTIME) .
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeRepl$$' -fuzztime=$(FUZZTIME) ./cluster/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseLease$$' -fuzztime=$(FUZZTIME) ./cluster/core/
 
 # The suite under a CPU hog (stress-ng --cpu 2, from Debian): make test
 # STRESS_RUNS times in a row, then the cluster package STRESS_COUNT times.
