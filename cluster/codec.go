@@ -151,9 +151,9 @@ func encodeRepl(from string, es []replEntry) []byte {
 		b = putString(b, e.topic)
 		b = putUvarint(b, e.term)
 		b = putString(b, e.epoch)
-		b = append(b, e.flags)
+		b = append(b, e.flags())
 		b = putUvarint(b, e.head)
-		if e.flags&rfConsumer != 0 {
+		if e.kind == kindConsumer {
 			b = putString(b, e.consumer)
 		}
 		b = putUvarint(b, uint64(len(e.recs)))
@@ -175,8 +175,10 @@ func decodeRepl(b []byte) ([]replEntry, error) {
 	}
 	var es []replEntry
 	for i := uint64(0); i < k && r.err == nil; i++ {
-		e := replEntry{topic: r.string(), term: r.uvarint(), epoch: r.string(), flags: r.byte(), head: r.uvarint()}
-		if e.flags&rfConsumer != 0 {
+		e := replEntry{topic: r.string(), term: r.uvarint(), epoch: r.string()}
+		e.kind, e.base = kindOf(r.byte())
+		e.head = r.uvarint()
+		if e.kind == kindConsumer {
 			e.consumer = r.string()
 		}
 		c := r.uvarint()
@@ -198,4 +200,41 @@ func decodeRepl(b []byte) ([]replEntry, error) {
 		return nil, r.err
 	}
 	return es, nil
+}
+
+// flags returns the wire byte of e's kind.
+func (e *replEntry) flags() byte {
+	switch e.kind {
+	case kindProbe:
+		return rfProbe
+	case kindAgree:
+		return rfProbe | rfAgree
+	case kindCheck:
+		return rfCheck
+	case kindConsumer:
+		return rfConsumer
+	case kindCreate:
+		return rfCreate
+	}
+	if e.base {
+		return rfBase
+	}
+	return 0
+}
+
+// kindOf reads an entry's kind from its wire byte.
+func kindOf(f byte) (replKind, bool) {
+	switch {
+	case f&rfConsumer != 0:
+		return kindConsumer, false
+	case f&rfCreate != 0:
+		return kindCreate, false
+	case f&rfCheck != 0:
+		return kindCheck, false
+	case f&rfProbe != 0 && f&rfAgree != 0:
+		return kindAgree, false
+	case f&rfProbe != 0:
+		return kindProbe, false
+	}
+	return kindRecords, f&rfBase != 0
 }

@@ -15,10 +15,10 @@ func FuzzDecodeRepl(f *testing.F) {
 	for _, es := range [][]replEntry{
 		nil,
 		{{topic: "orders.eu", term: 42, epoch: "9b2e41c7-0d7f-4f3a-8c55-61e0a3b9d214", recs: recs}},
-		{{term: 3, flags: rfProbe, head: 5}},
-		{{topic: "t", term: 9, epoch: "e", flags: rfProbe | rfAgree, head: 100}, {topic: "u", term: 9, epoch: "e", flags: rfCheck, recs: recs[:1]}},
-		{{topic: "t", term: 9, epoch: "e", flags: rfConsumer, head: 12, consumer: "billing"}},
-		{{topic: "t", term: 9, epoch: "e", flags: rfCreate}, {topic: "t", term: 9, epoch: "e", flags: rfBase, recs: recs}},
+		{{term: 3, kind: kindProbe, head: 5}},
+		{{topic: "t", term: 9, epoch: "e", kind: kindAgree, head: 100}, {topic: "u", term: 9, epoch: "e", kind: kindCheck, recs: recs[:1]}},
+		{{topic: "t", term: 9, epoch: "e", kind: kindConsumer, head: 12, consumer: "billing"}},
+		{{topic: "t", term: 9, epoch: "e", kind: kindCreate}, {topic: "t", term: 9, epoch: "e", base: true, recs: recs}},
 	} {
 		f.Add(encodeRepl("n1", es))
 	}
@@ -48,4 +48,29 @@ func FuzzDecodeRepl(f *testing.F) {
 			t.Fatalf("round trip changed the request:\n%+v\n%+v", es, again)
 		}
 	})
+}
+
+// TestReplKindWire keeps each kind's byte on the wire what it has been,
+// so that nodes of the previous release and of this one understand each
+// other during a rolling upgrade.
+func TestReplKindWire(t *testing.T) {
+	for _, tc := range []struct {
+		e    replEntry
+		wire byte
+	}{
+		{replEntry{kind: kindRecords}, 0},
+		{replEntry{kind: kindRecords, base: true}, 1},
+		{replEntry{kind: kindProbe}, 2},
+		{replEntry{kind: kindAgree}, 6},
+		{replEntry{kind: kindCheck}, 8},
+		{replEntry{kind: kindConsumer}, 16},
+		{replEntry{kind: kindCreate}, 32},
+	} {
+		if got := tc.e.flags(); got != tc.wire {
+			t.Errorf("kind %d (base %v) is %d on the wire, want %d", tc.e.kind, tc.e.base, got, tc.wire)
+		}
+		if k, base := kindOf(tc.wire); k != tc.e.kind || base != tc.e.base {
+			t.Errorf("%d reads as kind %d base %v, want %d %v", tc.wire, k, base, tc.e.kind, tc.e.base)
+		}
+	}
 }

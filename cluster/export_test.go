@@ -58,7 +58,7 @@ func (n *Node) SendReplica(node, topic string, term uint64, epoch string, recs [
 // topic agrees with the owner's up to head, and returns its answer as
 // SendReplica does.
 func (n *Node) SendAgreement(node, topic string, term uint64, epoch string, head uint64) (string, uint64, error) {
-	res, err := n.replCall(node, replEntry{topic: topic, term: term, epoch: epoch, flags: rfProbe | rfAgree, head: head})
+	res, err := n.replCall(node, replEntry{topic: topic, term: term, epoch: epoch, kind: kindAgree, head: head})
 	if err != nil {
 		return "", 0, err
 	}

@@ -113,14 +113,26 @@ const (
 	rsVerify // the follower's copy is not known to agree with the owner's in this term: agree first
 )
 
-// Flags of a replicated run of records.
+// replKind tells the entries of a replication request apart.
+type replKind byte
+
 const (
-	rfBase     byte = 1 << iota // the run starts at the owner's earliest retained offset
-	rfProbe                     // no records: the owner's head, to compare with
-	rfAgree                     // with rfProbe: head is where the copies agree; the follower drops what follows and accepts records
-	rfCheck                     // one record: does the follower hold the very same at its offset?
-	rfConsumer                  // no records: consumer's position in topic is head
-	rfCreate                    // no records: create the topic, empty, in epoch where the follower has no copy of that epoch; nothing else
+	kindRecords  replKind = iota // a run of records (base: it starts at the owner's earliest retained offset)
+	kindProbe                    // no records: the owner's head, to compare with; with no topic, a probe of partition head
+	kindAgree                    // no records: head is where the copies agree; the follower drops what follows and accepts records
+	kindCheck                    // one record: does the follower hold the very same at its offset?
+	kindConsumer                 // no records: consumer's position in topic is head
+	kindCreate                   // no records: create the topic, empty, in epoch where the follower has no copy of that epoch; nothing else
+)
+
+// On the wire an entry's kind is a byte of flags (codec.go).
+const (
+	rfBase     byte = 1 << iota // kindRecords with base
+	rfProbe                     // kindProbe; with rfAgree, kindAgree
+	rfAgree                     //
+	rfCheck                     // kindCheck
+	rfConsumer                  // kindConsumer
+	rfCreate                    // kindCreate
 )
 
 // replEntry is one topic's run of records in a replication request. An
@@ -129,11 +141,12 @@ type replEntry struct {
 	topic string
 	term  uint64
 	epoch string
-	flags byte
-	head  uint64 // rfProbe: the owner's head; rfConsumer: the offset
+	kind  replKind
+	base  bool   // kindRecords: the run starts at the owner's earliest retained offset
+	head  uint64 // kindProbe, kindAgree: the owner's head (or the partition); kindConsumer: the offset
 	recs  []broker.Record
 
-	consumer string // rfConsumer
+	consumer string // kindConsumer
 }
 
 type replResult struct {

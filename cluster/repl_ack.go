@@ -452,7 +452,7 @@ func (n *Node) capInfo(ti broker.TopicInfo) broker.TopicInfo {
 
 // sendConsumer sends a consumer position to follower f and waits for it.
 func (n *Node) sendConsumer(f string, p int, term uint64, co broker.ConsumerOffset) error {
-	res, err := n.replCall(f, replEntry{topic: co.Topic, term: term, epoch: co.Epoch, flags: rfConsumer, head: co.Offset, consumer: co.Consumer})
+	res, err := n.replCall(f, replEntry{topic: co.Topic, term: term, epoch: co.Epoch, kind: kindConsumer, head: co.Offset, consumer: co.Consumer})
 	if err == nil && res.st != rsOK {
 		err = fmt.Errorf("cluster: follower %s refused consumer %s of %s: %s", f, co.Consumer, co.Topic, res.msg)
 	}
@@ -480,7 +480,7 @@ func (n *Node) replicateConsumer(p int, term uint64, co broker.ConsumerOffset, d
 		missing  = len(insync)
 		answered bool
 	)
-	e := replEntry{topic: co.Topic, term: term, epoch: co.Epoch, flags: rfConsumer, head: co.Offset, consumer: co.Consumer}
+	e := replEntry{topic: co.Topic, term: term, epoch: co.Epoch, kind: kindConsumer, head: co.Offset, consumer: co.Consumer}
 	for _, f := range want {
 		in := slices.Contains(insync, f)
 		n.sendRepl(f, []replEntry{e}, func(res []replResult, err error) {

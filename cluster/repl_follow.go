@@ -84,7 +84,7 @@ func (n *Node) admit(p int, term uint64) bool {
 func (n *Node) follow(e *replEntry) replResult {
 	fail := func(err error) replResult { return replResult{st: rsError, msg: err.Error()} }
 	gap := func(off uint64) replResult { return replResult{st: rsGap, off: off} }
-	if e.flags&rfConsumer != 0 {
+	if e.kind == kindConsumer {
 		return n.followConsumer(e)
 	}
 	ti, ok, err := n.local.Topic(e.topic)
@@ -99,15 +99,15 @@ func (n *Node) follow(e *replEntry) replResult {
 		n.log.Info("cluster: follower copy of another epoch dropped", "topic", e.topic, "epoch", ti.Epoch, "owner_epoch", e.epoch)
 		ok = false
 	}
-	switch {
-	case e.flags&rfCreate != 0:
+	switch e.kind {
+	case kindCreate:
 		if !ok {
 			if err := n.local.AppendAt(e.topic, e.epoch, nil); err != nil {
 				return fail(err)
 			}
 		}
 		return replResult{st: rsOK}
-	case e.flags&rfCheck != 0:
+	case kindCheck:
 		if len(e.recs) != 1 || !ok {
 			return gap(1)
 		}
@@ -120,7 +120,7 @@ func (n *Node) follow(e *replEntry) replResult {
 			return gap(r.Offset)
 		}
 		return replResult{st: rsOK, off: r.Offset}
-	case e.flags&rfProbe != 0:
+	case kindProbe, kindAgree:
 		switch {
 		case !ok && e.head == 0:
 			if err := n.local.AppendAt(e.topic, e.epoch, nil); err != nil {
@@ -139,7 +139,7 @@ func (n *Node) follow(e *replEntry) replResult {
 				return fail(err)
 			}
 		}
-		if e.flags&rfAgree != 0 {
+		if e.kind == kindAgree {
 			n.setVerified(e.topic, e.term)
 		}
 		return replResult{st: rsOK, off: e.head}
@@ -161,17 +161,17 @@ func (n *Node) follow(e *replEntry) replResult {
 	// the owner's first or earliest, or the copy would start past a hole
 	// that a later page below it could never fill.
 	empty := !ok || ti.Head == 0
-	fresh := empty && (first == 1 || e.flags&rfBase != 0)
+	fresh := empty && (first == 1 || e.base)
 	if !fresh && !n.isVerified(e.topic, e.term) {
 		// A copy of an earlier term may hold records the owner replaced.
 		return replResult{st: rsVerify}
 	}
-	if empty && first > 1 && e.flags&rfBase == 0 {
+	if empty && first > 1 && !e.base {
 		return gap(1)
 	}
 	err = n.local.AppendAt(e.topic, e.epoch, e.recs)
 	switch {
-	case errors.Is(err, store.ErrGap) && e.flags&rfBase != 0:
+	case errors.Is(err, store.ErrGap) && e.base:
 		// The owner's retention removed what this copy misses: start
 		// again from the owner's earliest record.
 		if err = n.local.DeleteTopic(e.topic); err == nil {

@@ -238,7 +238,7 @@ func (n *Node) topicEpoch(topic string) string {
 func (n *Node) syncTopics(p int, term uint64, f string) error {
 	// First the partition alone, so that a follower of a partition
 	// without topics records the term it follows too.
-	res, err := n.replCall(f, replEntry{term: term, flags: rfProbe, head: uint64(p)})
+	res, err := n.replCall(f, replEntry{term: term, kind: kindProbe, head: uint64(p)})
 	if err == nil && res.st != rsOK {
 		err = fmt.Errorf("cluster: follower %s refused partition %d: %s", f, p, res.msg)
 	}
@@ -340,7 +340,7 @@ func (n *Node) ensureFollowers(ti broker.TopicInfo) {
 	if term == 0 {
 		return
 	}
-	e := replEntry{topic: ti.Topic, term: term, epoch: ti.Epoch, flags: rfCreate}
+	e := replEntry{topic: ti.Topic, term: term, epoch: ti.Epoch, kind: kindCreate}
 	var wg sync.WaitGroup
 	for _, f := range want {
 		wg.Add(1)

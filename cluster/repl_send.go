@@ -159,7 +159,7 @@ func (n *Node) catchUp(topic, node string, p int, term uint64, epoch string, fro
 		}
 		e.recs = recs
 		if recs[0].Offset > from || recs[0].Offset == 1 {
-			e.flags = rfBase
+			e.base = true
 		}
 		res, err := n.replCall(node, e)
 		if err != nil {
@@ -196,7 +196,7 @@ func (n *Node) catchUp(topic, node string, p int, term uint64, epoch string, fro
 // is compared first (one round trip when nothing differs), then a binary
 // search finds where the two logs part.
 func (n *Node) agree(topic, node string, term uint64, ti broker.TopicInfo) (uint64, error) {
-	probe := replEntry{topic: topic, term: term, epoch: ti.Epoch, flags: rfProbe, head: ti.Head}
+	probe := replEntry{topic: topic, term: term, epoch: ti.Epoch, kind: kindProbe, head: ti.Head}
 	res, err := n.replCall(node, probe)
 	if err != nil {
 		return 0, err
@@ -215,7 +215,7 @@ func (n *Node) agree(topic, node string, term uint64, ti broker.TopicInfo) (uint
 		if err != nil || len(recs) == 0 || recs[0].Offset != off {
 			return false, err // below the owner's earliest: cannot compare
 		}
-		res, err := n.replCall(node, replEntry{topic: topic, term: term, epoch: ti.Epoch, flags: rfCheck, recs: recs[:1]})
+		res, err := n.replCall(node, replEntry{topic: topic, term: term, epoch: ti.Epoch, kind: kindCheck, recs: recs[:1]})
 		return err == nil && res.st == rsOK, err
 	}
 	if h > 0 {
@@ -240,7 +240,7 @@ func (n *Node) agree(topic, node string, term uint64, ti broker.TopicInfo) (uint
 			h = lo
 		}
 	}
-	probe.flags, probe.head = rfProbe|rfAgree, h
+	probe.kind, probe.head = kindAgree, h
 	if res, err = n.replCall(node, probe); err != nil {
 		return 0, err
 	}
