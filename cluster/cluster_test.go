@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/brokerd/brokerd/broker"
+	"github.com/brokerd/brokerd/store"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -398,5 +400,42 @@ func TestLiveRepairAfterReconnectPattern(t *testing.T) {
 		if off != uint64(i+1) {
 			t.Fatalf("offsets %v", msgs(evs, "quietpat.>"))
 		}
+	}
+}
+
+// TestTooManyTopicsTravels: the owner's store refuses a new topic past its
+// limit; a node that forwarded the publish gets the same refusal, not
+// unavailable.
+func TestTooManyTopicsTravels(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t)
+	var nodes []*testNode
+	for _, name := range []string{"n1", "n2"} {
+		st, err := store.Open(t.TempDir(), &store.Options{Logger: quiet, RetentionInterval: -1, NoSync: true, MaxTopics: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = st.Close() })
+		nodes = append(nodes, startNodeOn(t, url, "cap", name, 1, st))
+	}
+	waitSpread(t, nodes)
+	a, b := nodes[0], nodes[1]
+	// Topics b owns, published through a until b's store is full.
+	owned := map[int]bool{}
+	for _, p := range b.Node.Owned() {
+		owned[p] = true
+	}
+	var refused error
+	for i := 0; i < 1000 && refused == nil; i++ {
+		topic := fmt.Sprintf("cap.%d", i)
+		if owned[b.Node.Partition(topic)] {
+			_, refused = a.Node.Append(t.Context(), topic, []byte(`1`), "")
+		}
+	}
+	if !errors.Is(refused, broker.ErrTooManyTopics) {
+		t.Fatalf("a publish forwarded to a full owner: %v, want ErrTooManyTopics", refused)
+	}
+	if n := b.Store.TopicCount(); n != 2 {
+		t.Fatalf("the owner holds %d topics, want 2", n)
 	}
 }

@@ -37,6 +37,7 @@ const (
 	stTooLarge
 	stClosed
 	stError
+	stTooManyTopics // the owner's store holds as many topics as it may (added last: the values are on the wire)
 )
 
 // call is a request in flight awaiting its answer on the node's inbox.
@@ -147,6 +148,8 @@ func answer(m *nats.Msg) (*reader, error) {
 		return nil, fmt.Errorf("%w: %s", broker.ErrTooLarge, msg)
 	case stClosed:
 		return nil, fmt.Errorf("%w: %s", ErrUnavailable, msg)
+	case stTooManyTopics:
+		return nil, fmt.Errorf("%w: %s", broker.ErrTooManyTopics, msg)
 	default:
 		return nil, fmt.Errorf("cluster: remote: %s", msg)
 	}
@@ -239,6 +242,8 @@ func respondErr(m *nats.Msg, err error) {
 		st = stNotFound
 	case errors.Is(err, broker.ErrTooLarge):
 		st = stTooLarge
+	case errors.Is(err, broker.ErrTooManyTopics):
+		st = stTooManyTopics
 	case errors.Is(err, broker.ErrClosed), errors.Is(err, broker.ErrUnavailable):
 		st = stClosed // the requester retries later: unavailable
 	}

@@ -118,7 +118,7 @@ func parseConfig(args []string, getenv func(string) string) (*config, error) {
 	fs.IntVar(&c.MaxMessageBytes, "max-message-bytes", 1<<20, "largest published data in bytes (larger: err message_too_large)")
 	fs.IntVar(&c.MaxSubscriptions, "max-subscriptions", 512, "subscriptions per connection")
 	fs.IntVar(&c.MaxPatternTopics, "max-pattern-topics", 10000, "topics one pattern subscription may replay (with since or positions; more: err too_many_topics)")
-	fs.IntVar(&c.MaxTopics, "max-topics", 1_000_000, "topics the store may hold: a pub or sub that would create one more gets err too_many_topics (HTTP 507); 0 turns the limit off. Not in a cluster yet")
+	fs.IntVar(&c.MaxTopics, "max-topics", 1_000_000, "topics the store may hold: a pub or sub that would create one more gets err too_many_topics (HTTP 507); 0 turns the limit off. In a cluster each node's store is bounded")
 	fs.DurationVar(&c.TopicIdle, "topic-idle", 10*time.Minute, "a topic holding no message and no subscriber on this node is deleted after this long since its creation or last message (a later pub or sub creates it again, with a new epoch); 0 keeps them. Not in a cluster")
 	fs.IntVar(&c.MaxCommands, "max-commands-per-frame", 1000, "commands one frame may carry")
 	fs.IntVar(&c.QueueMessages, "queue-messages", 1024, "outbound queue length per connection, in messages")
@@ -401,7 +401,7 @@ func (c *config) storeOptions(log *slog.Logger, m *metrics.Metrics) *store.Optio
 	return &store.Options{
 		Logger:         log,
 		MaxRecordBytes: c.MaxMessageBytes,
-		MaxTopics:      c.storeMaxTopics(),
+		MaxTopics:      c.MaxTopics,
 		DedupWindow:    c.DedupWindow,
 		Retention: store.Retention{
 			MaxAge:      c.RetentionAge,
@@ -410,17 +410,6 @@ func (c *config) storeOptions(log *slog.Logger, m *metrics.Metrics) *store.Optio
 		},
 		OnCommit: m.ObserveCommit,
 	}
-}
-
-// storeMaxTopics is --max-topics for a node alone. In a cluster it is not
-// applied yet: the owner's refusal does not travel back to the node that
-// forwarded the publish, which would answer unavailable and count a storage
-// error.
-func (c *config) storeMaxTopics() int {
-	if c.NATS != "" {
-		return 0
-	}
-	return c.MaxTopics
 }
 
 func (c *config) serverConfig(log *slog.Logger) server.Config {

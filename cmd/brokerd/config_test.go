@@ -332,20 +332,20 @@ func TestAdminTokenOptions(t *testing.T) {
 // TestMaxTopicsAlone: --max-topics bounds the store of a node alone, not
 // yet a cluster node's (the owner's refusal would reach a forwarding node
 // as a storage error).
-func TestMaxTopicsAlone(t *testing.T) {
+func TestMaxTopicsFlag(t *testing.T) {
 	for _, c := range []struct {
 		args []string
 		want int
 	}{
 		{nil, 1_000_000},
 		{[]string{"--max-topics", "7"}, 7},
-		{[]string{"--max-topics", "7", "--nats", "nats://127.0.0.1:4222"}, 0},
+		{[]string{"--max-topics", "7", "--nats", "nats://127.0.0.1:4222"}, 7},
 	} {
 		cfg, err := parseConfig(c.args, func(string) string { return "" })
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := cfg.storeMaxTopics(); got != c.want {
+		if got := cfg.storeOptions(nil, nil).MaxTopics; got != c.want {
 			t.Errorf("%v: the store's MaxTopics is %d, want %d", c.args, got, c.want)
 		}
 	}
