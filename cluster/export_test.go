@@ -111,3 +111,21 @@ func (n *Node) Serving(topic string) bool {
 // MarkBeforeAppend does what an append on the owner does before it
 // reaches the local store.
 func (n *Node) MarkBeforeAppend(topic string) { n.markBeforeAppend(topic) }
+
+// TakeCutShort writes the lease of topic's partition for this node as a
+// take with its data would, and stops there, as when the answer was lost
+// or the node was killed before its data was made ready.
+func (n *Node) TakeCutShort(topic string) error {
+	p := n.partition(topic)
+	ctx, cancel := n.opCtx()
+	defer cancel()
+	e, err := n.leases.Get(ctx, leaseKey(p))
+	if err != nil {
+		return err
+	}
+	if err := n.setIntent(p, e.Revision(), true); err != nil {
+		return err
+	}
+	_, err = n.leases.Update(ctx, leaseKey(p), leaseValue(n.cfg.Node, 0, nil), e.Revision())
+	return err
+}

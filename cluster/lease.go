@@ -171,7 +171,7 @@ func (n *Node) pass() {
 			continue
 		}
 		l := parseLease(e)
-		followed, held := n.followed(p), n.dataTerm(p)
+		followed, held, intent := n.followed(p), n.dataTerm(p), n.intent(p)
 		n.mu.Lock()
 		st := &n.parts[p]
 		w := core.Watch{Rev: st.rev, Seen: ct(st.seen)}
@@ -180,7 +180,7 @@ func (n *Node) pass() {
 			st.rev, st.seen = w.Rev, now
 		}
 		in := core.PassIn{Self: n.cfg.Node, Found: true, Lease: l, Mine: st.mine, MyRev: st.rev,
-			Followed: followed, Held: held, TTL: core.Duration(ttl), Unclean: core.Duration(n.cfg.UncleanTakeoverAfter),
+			Followed: followed, Held: held, Intent: intent, TTL: core.Duration(ttl), Unclean: core.Duration(n.cfg.UncleanTakeoverAfter),
 			Draining: draining, Replicated: n.cfg.replicated(), Live: live,
 			Unchanged: w.Unchanged(ct(now), ct(n.blindAt()))}
 		if t, ok := replTerms[p]; ok {
@@ -205,7 +205,7 @@ func (n *Node) pass() {
 		}
 		switch out.Action {
 		case core.Claim:
-			n.claim(p, out.Rev, out.Term)
+			n.claim(p, out.Rev, out.Term, out.Keep)
 		case core.Take:
 			if out.Unclean {
 				n.log.Warn("cluster: unclean takeover: no node holding the partition's history came back within --unclean-takeover-after; its topics start a new epoch",
@@ -294,6 +294,12 @@ func (n *Node) owned() int {
 // the stale lease, so its local data holds every acknowledged record and
 // is kept, epochs included. It reports whether the lease was taken.
 func (n *Node) take(p int, rev uint64, keep bool) bool {
+	// On disk first: should the answer be lost, or the node stop before
+	// its data is ready, the lease naming it is known for its own take.
+	if err := n.setIntent(p, rev, keep); err != nil {
+		n.log.Error("cluster: recording a take", "partition", p, "err", err)
+		return false
+	}
 	ctx, cancel := n.opCtx()
 	defer cancel()
 	sent := time.Now()
@@ -317,8 +323,9 @@ func (n *Node) take(p int, rev uint64, keep bool) bool {
 	return true
 }
 
-// claim takes back a lease that names this node.
-func (n *Node) claim(p int, rev, term uint64) {
+// claim takes back a lease that names this node; keep: its take was cut
+// short before its data was made ready, and it was with the data.
+func (n *Node) claim(p int, rev, term uint64, keep bool) {
 	ctx, cancel := n.opCtx()
 	defer cancel()
 	sent := time.Now()
@@ -336,7 +343,7 @@ func (n *Node) claim(p int, rev, term uint64) {
 	if err != nil {
 		return
 	}
-	n.acquire(p, nrev, term, sent, false)
+	n.acquire(p, nrev, term, sent, keep)
 }
 
 // acquire makes a lease just written by this node its own, and gets the
@@ -385,6 +392,7 @@ func (n *Node) prepare(p int, term uint64, keep bool) error {
 	same := n.terms.Terms[p] == term
 	if keep && !same {
 		n.terms.Terms[p] = term
+		delete(n.terms.Taking, p)
 		err := n.terms.save(n.termsPath)
 		n.tmu.Unlock()
 		return err
@@ -408,6 +416,7 @@ func (n *Node) prepare(p int, term uint64, keep bool) error {
 	n.tmu.Lock()
 	defer n.tmu.Unlock()
 	n.terms.Terms[p] = term
+	delete(n.terms.Taking, p)
 	return n.terms.save(n.termsPath)
 }
 

@@ -383,6 +383,7 @@ func (n *Node) checkBucket(ctx context.Context) error {
 				"was", n.terms.Bucket, "now", id)
 			clear(n.terms.Terms)
 			clear(n.terms.Followed)
+			clear(n.terms.Taking)
 		}
 		n.terms.Bucket = id
 		if err := n.terms.save(n.termsPath); err != nil {

@@ -311,3 +311,35 @@ func TestStatsFollowReplication(t *testing.T) {
 		t.Fatalf("%s after the takeover: %+v, want epoch %s head %d", topic, ti, ap.Epoch, ap.Offset)
 	}
 }
+
+// TestTakeCutShortIsTakenUp: a follower writes the lease of a dead
+// owner's partition and is killed before its data is made ready for the
+// new term. Restarted, it is the only node the lease names, and it must
+// take the partition up with its data (same epoch, every record): without
+// the take recorded on disk first it would not know the lease for its own
+// and the partition would wait for good.
+func TestTakeCutShortIsTakenUp(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t)
+	nodes := startClusterR(t, url, "intent", 2, 0)
+	a := nodes[0]
+	topic := topicOwnedBy(t, a, "cut.")
+	b := waitListed(t, nodes, a, topic)
+	fill(t, a, topic, 20)
+	ti, _, _ := a.Store.Topic(topic)
+	a.kill()
+	if err := b.Node.TakeCutShort(topic); err != nil {
+		t.Fatal(err)
+	}
+	b.kill()
+	b2 := restartNode(t, url, "intent", b, 0)
+	var ap broker.Appended
+	waitFor(t, "the restarted node serves the partition", func() bool {
+		var err error
+		ap, err = b2.Node.Append(t.Context(), topic, []byte(`"after"`), "")
+		return err == nil
+	})
+	if ap.Epoch != ti.Epoch || ap.Offset != ti.Head+1 {
+		t.Fatalf("after the take cut short: %+v, want epoch %s offset %d", ap, ti.Epoch, ti.Head+1)
+	}
+}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/brokerd/brokerd/cluster/core"
 )
 
 // dataTerm returns the term the local data of p belongs to as its owner.
@@ -25,13 +27,40 @@ type terms struct {
 	// Followed: with replication, the term of the owner whose records
 	// this node last accepted as a follower, per partition.
 	Followed map[int]uint64 `json:"followed,omitempty"`
+	// Taking: the take of a partition this node set out to do, written
+	// before the lease and removed once the data is ready for its term
+	// (see core.Intent).
+	Taking map[int]core.Intent `json:"taking,omitempty"`
 	// Bucket identifies the lease bucket the terms are revisions of (its
 	// creation time): a bucket made anew starts its revisions over.
 	Bucket string `json:"bucket,omitempty"`
 }
 
+// intent returns the take of p this node set out to do and whose data
+// was not made ready since, if any.
+func (n *Node) intent(p int) *core.Intent {
+	n.tmu.Lock()
+	defer n.tmu.Unlock()
+	if i, ok := n.terms.Taking[p]; ok {
+		return &i
+	}
+	return nil
+}
+
+// setIntent records durably, before the lease is written, that this node
+// sets out to take p against revision rev, with its data or not.
+func (n *Node) setIntent(p int, rev uint64, keep bool) error {
+	n.tmu.Lock()
+	defer n.tmu.Unlock()
+	if i, ok := n.terms.Taking[p]; ok && i == (core.Intent{Rev: rev, Keep: keep}) {
+		return nil
+	}
+	n.terms.Taking[p] = core.Intent{Rev: rev, Keep: keep}
+	return n.terms.save(n.termsPath)
+}
+
 func loadTerms(path, cluster string, partitions int) (*terms, error) {
-	t := &terms{Cluster: cluster, Partitions: partitions, Terms: map[int]uint64{}, Followed: map[int]uint64{}}
+	t := &terms{Cluster: cluster, Partitions: partitions, Terms: map[int]uint64{}, Followed: map[int]uint64{}, Taking: map[int]core.Intent{}}
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return t, nil
@@ -47,6 +76,9 @@ func loadTerms(path, cluster string, partitions int) (*terms, error) {
 		t.Terms, t.Bucket = f.Terms, f.Bucket
 		if f.Followed != nil {
 			t.Followed = f.Followed
+		}
+		if f.Taking != nil {
+			t.Taking = f.Taking
 		}
 	}
 	return t, nil

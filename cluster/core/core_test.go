@@ -175,3 +175,34 @@ func TestFollowers(t *testing.T) {
 		t.Errorf("Listing = %v", got)
 	}
 }
+
+// TestPassIntent: a lease naming this node in a term its data was never
+// made ready for is its own take cut short; it takes it up as it set out
+// to, and without the record the partition would wait for good.
+func TestPassIntent(t *testing.T) {
+	const ttl = Duration(1000)
+	mine := Lease{Owner: "n1", Term: 30, Rev: 30}
+	in := PassIn{Self: "n1", Found: true, Lease: mine, Held: 12, Followed: 12, TTL: ttl, Unchanged: 5000, Replicated: true}
+	if got := Safe().Pass(in); got.Action != None || !got.Waiting {
+		t.Fatalf("without the intent: %+v, want waiting", got)
+	}
+	in.Intent = &Intent{Rev: 25, Keep: true}
+	if got := Safe().Pass(in); got.Action != Claim || !got.Keep || got.Term != 30 {
+		t.Fatalf("with a keep intent: %+v, want a claim with the data", got)
+	}
+	in.Intent = &Intent{Rev: 0}
+	if got := Safe().Pass(in); got.Action != Claim || got.Keep {
+		t.Fatalf("with a create intent: %+v, want a claim in new epochs", got)
+	}
+	in.Intent = &Intent{Rev: 31, Keep: true}
+	if got := Safe().Pass(in); got.Action == Claim {
+		t.Fatalf("an intent older than the lease's take: %+v", got)
+	}
+	// Handed back by a drain before the data was ready.
+	in.Lease = Lease{Free: true, Prev: "n1", Term: 30, Rev: 33}
+	in.Intent = &Intent{Rev: 25, Keep: true}
+	in.Under = true
+	if got := Safe().Pass(in); got.Action != Take || !got.Keep || got.Unclean {
+		t.Fatalf("handed back before ready: %+v, want a take with the data", got)
+	}
+}

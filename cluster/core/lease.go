@@ -191,6 +191,7 @@ type PassIn struct {
 	MyRev      uint64
 	Followed   uint64   // the term of the owner whose records this node last accepted for the partition
 	Held       uint64   // the term the local data belongs to as owner
+	Intent     *Intent  // the take of the partition this node last set out to do, when its data was not made ready for it since
 	ReplTerm   uint64   // the term of this node's replication state for the partition (0: none)
 	Unchanged  Duration // how long the lease has not changed (Watch.Unchanged)
 	TTL        Duration
@@ -201,10 +202,36 @@ type PassIn struct {
 	Live       []string // the live nodes, as this pass decides with them
 }
 
+// Intent is a take of a partition a node records on disk before it
+// writes the lease, and forgets once its data is ready for the new term.
+// A lease naming the node in a term its data is not ready for is then
+// known to be its own take whose answer was lost, or that a crash or a
+// drain cut short: the node never served that term, so its data is what
+// it was when it took the lease, and it takes it up again the way it set
+// out to (Keep: with its data; else in new epochs). Without the record
+// such a lease would name a holder that does not know it holds it, and
+// the partition would wait for good.
+type Intent struct {
+	Rev  uint64 // the revision the take was written against (0: a create)
+	Keep bool   // with the local data
+}
+
+// of tells whether the lease l is the take the intent recorded: written
+// by the node after revision Rev.
+func (i *Intent) of(l Lease) bool { return i != nil && l.Term > i.Rev }
+
+// intent returns in's intent, unless the TakeIntent rule is off.
+func (r Rules) intent(in PassIn) *Intent {
+	if !r.On(TakeIntent) {
+		return nil
+	}
+	return in.Intent
+}
+
 // PassOut is what to do with one partition.
 type PassOut struct {
 	Action Action
-	Keep   bool   // Take: with the local data and its epochs
+	Keep   bool   // Take, Claim: with the local data and its epochs (Claim without Keep: the data is the term's already, or starts new epochs)
 	Term   uint64 // Claim: the term to claim under
 	Rev    uint64 // Claim, Take: the revision to write against (0 with Create)
 
@@ -247,18 +274,30 @@ func (r Rules) Pass(in PassIn) PassOut {
 		if !in.Draining {
 			out.Action, out.Term, out.Rev = Claim, l.Term, l.Rev
 		}
+	case l.Owner == in.Self && r.intent(in).of(l):
+		// This node's own take, whose answer was lost or whose data a
+		// crash kept from being made ready: take it up as it set out to.
+		if !in.Draining {
+			out.Action, out.Term, out.Rev, out.Keep = Claim, l.Term, l.Rev, in.Intent.Keep
+		}
 	case out.Stale && !in.Draining:
 		c := TakeCase{Free: l.Free, Prev: l.Prev, Owner: l.Owner, Listed: l.Listed,
 			Waited: Waited(in.Unchanged, in.TTL), Under: in.Under, Replicated: in.Replicated}
+		intent := l.Free && l.Prev == in.Self && in.Held != l.Term && r.intent(in).of(l)
 		if in.Replicated {
 			c.Keep = slices.Contains(l.Listed, in.Self) && in.Followed == l.Term ||
-				l.Free && l.Prev == in.Self && in.Held == l.Term
+				l.Free && l.Prev == in.Self && in.Held == l.Term || intent
 			c.Unclean = in.Unclean > 0 && in.Unchanged >= in.Unclean
 		}
 		take, keep := r.Decide(c, in.Self, in.Live)
+		if intent && take {
+			// Handed back before its data was made ready (a drain cut
+			// the take short): taken up the way it was set out.
+			keep = in.Intent.Keep
+		}
 		if take {
 			out.Action, out.Keep, out.Rev = Take, keep, l.Rev
-			out.Unclean = !keep && in.Replicated
+			out.Unclean = !keep && in.Replicated && !intent
 		} else if !c.Keep && in.Replicated {
 			out.Waiting = true
 		}

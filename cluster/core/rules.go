@@ -18,6 +18,10 @@ const (
 	// WaitCopies: a record is acknowledged only once the followers in
 	// sync, and at least the required number of followers, hold it.
 	WaitCopies
+	// TakeIntent: a node records on disk the take it sets out to do
+	// before it writes the lease, and takes up a lease naming it in a term
+	// its data was never made ready for as it set out to (Intent).
+	TakeIntent
 	numRules
 )
 
@@ -31,6 +35,8 @@ func (r Rule) String() string {
 		return "lease names followers in sync only"
 	case WaitCopies:
 		return "wait for copies before ok"
+	case TakeIntent:
+		return "take intent on disk"
 	}
 	return "unknown rule"
 }
@@ -54,4 +60,4 @@ func (r Rules) Without(rule Rule) Rules {
 func (r Rules) On(rule Rule) bool { return !r.off[rule] }
 
 // AllRules lists every rule, for simulations that turn them off in turn.
-func AllRules() []Rule { return []Rule{HolderOnly, TermCheck, ListSynced, WaitCopies} }
+func AllRules() []Rule { return []Rule{HolderOnly, TermCheck, ListSynced, WaitCopies, TakeIntent} }

@@ -68,6 +68,7 @@ type node struct {
 	cons     []cpos
 	dataTerm []uint64
 	followed []uint64
+	intent   []*core.Intent // the take set out to, until its data is ready (on disk)
 
 	parts    []part
 	fence    []uint64
@@ -83,7 +84,7 @@ type node struct {
 
 func newNode(w *world, name string) *node {
 	P := w.cfg.Partitions
-	return &node{w: w, name: name, logs: make([]plog, P), cons: make([]cpos, P), dataTerm: make([]uint64, P), followed: make([]uint64, P)}
+	return &node{w: w, name: name, logs: make([]plog, P), cons: make([]cpos, P), dataTerm: make([]uint64, P), followed: make([]uint64, P), intent: make([]*core.Intent, P)}
 }
 
 // clock is the node's monotonic clock: it stops while the node is
@@ -295,7 +296,7 @@ func (n *node) passOne(p int, e kvEntry, found bool, live []string, share int) b
 	l := core.ParseLease(e.val, e.rev)
 	st.w.Observe(e.rev, st.mine, n.clock())
 	in := core.PassIn{Self: n.name, Found: true, Lease: l, Mine: st.mine, MyRev: st.w.Rev,
-		Followed: n.followed[p], Held: n.dataTerm[p], TTL: w.cfg.TTL, Replicated: n.replicated(), Live: live, Draining: n.draining,
+		Followed: n.followed[p], Held: n.dataTerm[p], Intent: n.intent[p], TTL: w.cfg.TTL, Replicated: n.replicated(), Live: live, Draining: n.draining,
 		Unchanged: st.w.Unchanged(n.clock(), n.blind)}
 	if rs := n.repl[p]; rs != nil {
 		in.ReplTerm = rs.term
@@ -319,7 +320,7 @@ func (n *node) passOne(p int, e kvEntry, found bool, live []string, share int) b
 	if !st.taking {
 		switch out.Action {
 		case core.Claim:
-			n.claim(p, out.Rev, out.Term)
+			n.claim(p, out.Rev, out.Term, out.Keep)
 		case core.Take:
 			n.take(p, out.Rev, out.Keep)
 		}
@@ -333,6 +334,7 @@ func (n *node) take(p int, rev uint64, keep bool) {
 	st := &n.parts[p]
 	st.taking = true
 	sent := n.clock()
+	n.intent[p] = &core.Intent{Rev: rev, Keep: keep} // on disk before the lease is written
 	w.kvOp(n, func() any {
 		var nrev uint64
 		var err error
@@ -362,7 +364,7 @@ func (n *node) take(p int, rev uint64, keep bool) {
 }
 
 // claim takes back a lease that names this node.
-func (n *node) claim(p int, rev, term uint64) {
+func (n *node) claim(p int, rev, term uint64, keep bool) {
 	w := n.w
 	st := &n.parts[p]
 	var listed []string
@@ -382,8 +384,8 @@ func (n *node) claim(p int, rev, term uint64) {
 		if err != nil || res.(uint64) == 0 {
 			return
 		}
-		w.tracef("%s claims p%d term %d", n.name, p, term)
-		n.acquire(p, res.(uint64), term, sent, false)
+		w.tracef("%s claims p%d term %d keep=%v", n.name, p, term, keep)
+		n.acquire(p, res.(uint64), term, sent, keep)
 	})
 }
 
@@ -412,6 +414,7 @@ func (n *node) acquire(p int, rev, term uint64, sent core.Time, keep bool) {
 		n.cons[p] = cpos{epoch: w.nextEpoch}
 		n.dataTerm[p] = term
 	}
+	n.intent[p] = nil
 	n.verified[p] = term
 	st.ready = true
 	if n.replicated() {

@@ -50,7 +50,7 @@ type Config struct {
 	Replicas   int           // copies of each record, owner included; 2 by default
 	Auto       bool          // automatic replicas (the cluster's default): two copies while another node is alive and in sync
 	TTL        core.Duration // the lease TTL; 1 s by default
-	Length     core.Duration // virtual time simulated; 12×TTL by default
+	Length     core.Duration // virtual time simulated; 16×TTL by default: faults in the first half, then the cluster must settle
 	Rules      core.Rules    // core.Safe() unless a test turns a rule off
 	Trace      bool          // keep a trace of every step (Result.Trace)
 }
@@ -69,7 +69,7 @@ func (c Config) withDefaults() Config {
 		c.TTL = 1000 * ms
 	}
 	if c.Length == 0 {
-		c.Length = 12 * c.TTL
+		c.Length = 16 * c.TTL
 	}
 	return c
 }
@@ -184,6 +184,10 @@ func Run(cfg Config) Result {
 		w.now = e.at
 		w.res.Steps++
 		e.fn()
+	}
+	if w.res.Violation == "" {
+		w.now = core.Time(cfg.Length)
+		w.checkSettled()
 	}
 	return w.res
 }
@@ -374,11 +378,11 @@ func (w *world) lease(p int) (core.Lease, bool) {
 }
 
 // scheduleFaults draws the run's faults from the seed: a few of them, at
-// random moments of its first three quarters, so that the last quarter
-// shows the cluster settled.
+// random moments of its first half; every fault is over 3×TTL later, and
+// the cluster must have settled by the end (checkSettled).
 func (w *world) scheduleFaults() {
 	k := 1 + w.rng.IntN(5)
-	end := core.Duration(w.cfg.Length) * 3 / 4
+	end := core.Duration(w.cfg.Length) / 2
 	ttl := w.cfg.TTL
 	for range k {
 		t := core.Time(w.dur(ttl, end))
@@ -538,6 +542,27 @@ func (w *world) checkHolds(n *node, p int, who string) {
 				w.violate("partition %d: %s %s holds record %d at offset %d, where record %d was acknowledged", p, who, n.name, lg.recs[off-1].val, off, v)
 				return
 			}
+		}
+	}
+}
+
+// checkSettled checks, at the end of a run, that the cluster came back
+// from its faults: every partition is served by the owner its lease
+// names. A partition nobody may take (its holders lost the proof that
+// they hold its history) is a violation too: it would stay unavailable
+// for good.
+func (w *world) checkSettled() {
+	for p := range w.cfg.Partitions {
+		l, ok := w.lease(p)
+		if !ok {
+			w.violate("partition %d: no lease at the end", p)
+			return
+		}
+		o := w.node(l.Owner)
+		if l.Free || o == nil || !o.up || !o.parts[p].mine || !o.parts[p].ready || o.parts[p].term != l.Term {
+			w.violate("partition %d: not served at the end, %v after the last fault (lease %q term %d, listed %v)", p,
+				core.Duration(w.cfg.Length)/2, l.Holder(), l.Term, l.Listed)
+			return
 		}
 	}
 }
