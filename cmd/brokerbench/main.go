@@ -3,7 +3,9 @@
 //
 // It runs each scenario for a bounded time against a running brokerd
 // (--url) or one it starts in-process on a temporary directory
-// (--embedded), prints one JSON line per scenario result and a table at
+// (--embedded); with --sub-urls the subscribers connect to other nodes of
+// the same cluster in turn while publishers use --url, to measure
+// delivery across nodes. It prints one JSON line per scenario result and a table at
 // the end. With --baseline nats it runs the same scenarios against a NATS
 // server started in-process with its WebSocket listener (JetStream file
 // store for publish and replay), driven through nats.go over ws://, and
@@ -49,6 +51,7 @@ import (
 
 type config struct {
 	URL             string
+	SubURLs         []string
 	Embedded        bool
 	PID             int
 	Scenarios       []string
@@ -74,7 +77,8 @@ type config struct {
 func parseFlags(args []string) (*config, error) {
 	cfg := &config{}
 	fs := flag.NewFlagSet("brokerbench", flag.ContinueOnError)
-	fs.StringVar(&cfg.URL, "url", "", "WebSocket URL of a running brokerd, e.g. ws://localhost:8080/ws")
+	fs.StringVar(&cfg.URL, "url", "", "WebSocket URL of a running brokerd, e.g. ws://localhost:8080/ws; publishers connect there")
+	subURLs := fs.String("sub-urls", "", "comma-separated WebSocket URLs subscribers connect to in turn (other nodes of the --url's cluster); default: --url")
 	fs.BoolVar(&cfg.Embedded, "embedded", false, "start brokerd in this process on a temporary directory")
 	fs.IntVar(&cfg.PID, "pid", 0, "process id of the external brokerd, for the idle scenario's RSS")
 	scen := fs.String("scenarios", strings.Join(scenarioOrder, ","), "comma-separated scenarios to run")
@@ -102,6 +106,14 @@ func parseFlags(args []string) (*config, error) {
 	}
 	if (cfg.URL == "") == !cfg.Embedded {
 		return nil, errors.New("give either --url or --embedded")
+	}
+	for _, u := range strings.Split(*subURLs, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			cfg.SubURLs = append(cfg.SubURLs, u)
+		}
+	}
+	if len(cfg.SubURLs) > 0 && cfg.Embedded {
+		return nil, errors.New("--sub-urls needs --url: a cluster's nodes")
 	}
 	if cfg.Baseline != "" && cfg.Baseline != "nats" {
 		return nil, fmt.Errorf("--baseline %q: only nats is supported", cfg.Baseline)
@@ -194,7 +206,7 @@ func run(ctx context.Context, cfg *config) ([]*result, error) {
 		case cfg.Embedded:
 			t, err = startEmbedded(cfg.NoDedup)
 		default:
-			t = &brokerdTarget{url: cfg.URL, pid: cfg.PID}
+			t = &brokerdTarget{url: cfg.URL, subURLs: cfg.SubURLs, pid: cfg.PID}
 		}
 		if err != nil {
 			return results, fmt.Errorf("starting %s: %w", name, err)

@@ -113,3 +113,39 @@ func TestHist(t *testing.T) {
 		t.Fatalf("sentAt = %v %v", at, ok)
 	}
 }
+
+// TestSubURLs runs the latency scenario with subscribers spread over
+// --sub-urls (here two URLs of one broker) and checks the flag's rules.
+func TestSubURLs(t *testing.T) {
+	if _, err := parseFlags([]string{"--embedded", "--sub-urls", "ws://a/ws"}); err == nil {
+		t.Fatal("--sub-urls with --embedded accepted")
+	}
+	emb, err := startEmbedded(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer emb.Close()
+	var out bytes.Buffer
+	cfg, err := parseFlags([]string{"--url", emb.url, "--sub-urls", emb.url + ", " + emb.url,
+		"--scenarios", "latency", "--duration", "300ms", "--drain", "10s", "--subscribers", "6", "--rate", "100"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.SubURLs) != 2 {
+		t.Fatalf("sub URLs %q", cfg.SubURLs)
+	}
+	cfg.Out = &out
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	results, err := run(ctx, cfg)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	if len(results) != 1 || !strings.Contains(out.String(), `"latency"`) {
+		t.Fatalf("results %+v\n%s", results, out.String())
+	}
+	tg := &brokerdTarget{url: "u", subURLs: []string{"a", "b"}}
+	if got := []string{tg.subURL(), tg.subURL(), tg.subURL()}; strings.Join(got, ",") != "a,b,a" {
+		t.Fatalf("subscribers connect to %v, want a,b,a", got)
+	}
+}

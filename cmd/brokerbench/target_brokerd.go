@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/brokerd/brokerd/broker"
@@ -26,8 +27,10 @@ var quiet = slog.New(slog.DiscardHandler)
 // brokerdTarget drives a brokerd through clients/go: an external one at
 // url, or one started in this process on a temporary directory.
 type brokerdTarget struct {
-	url string
-	pid int // external broker's pid for RSS, 0 when unknown
+	url     string
+	subURLs []string // where subscribers connect, in turn (--sub-urls); empty: url
+	next    atomic.Uint64
+	pid     int // external broker's pid for RSS, 0 when unknown
 
 	// embedded only
 	dir string
@@ -80,9 +83,18 @@ func (t *brokerdTarget) Name() string { return "brokerd" }
 // dial connects a client. An external brokerd limits the rate of new
 // connections per IP: a refusal (HTTP 429, or a 1013 close) is retried
 // for up to a minute.
-func (t *brokerdTarget) dial(ctx context.Context, opts ...client.Option) (*client.Client, error) {
+func (t *brokerdTarget) dial(ctx context.Context, url string, opts ...client.Option) (*client.Client, error) {
 	opts = append([]client.Option{client.WithLogger(quiet), client.WithBackoff(50*time.Millisecond, 2*time.Second)}, opts...)
-	return retryRefused(ctx, func() (*client.Client, error) { return client.Dial(ctx, t.url, opts...) })
+	return retryRefused(ctx, func() (*client.Client, error) { return client.Dial(ctx, url, opts...) })
+}
+
+// subURL returns where the next subscriber connects: the --sub-urls in
+// turn, or the broker's URL.
+func (t *brokerdTarget) subURL() string {
+	if len(t.subURLs) == 0 {
+		return t.url
+	}
+	return t.subURLs[(t.next.Add(1)-1)%uint64(len(t.subURLs))]
 }
 
 func retryRefused[T any](ctx context.Context, f func() (T, error)) (T, error) {
@@ -108,7 +120,7 @@ type closerFunc func() error
 func (f closerFunc) Close() error { return f() }
 
 func (t *brokerdTarget) Subscriber(ctx context.Context, topic string, fromStart bool, fn func([]byte)) (io.Closer, error) {
-	c, err := t.dial(ctx)
+	c, err := t.dial(ctx, t.subURL())
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +138,7 @@ func (t *brokerdTarget) Subscriber(ctx context.Context, topic string, fromStart 
 type brokerdPublisher struct{ c *client.Client }
 
 func (t *brokerdTarget) Publisher(ctx context.Context, window int, _ bool) (publisher, error) {
-	c, err := t.dial(ctx, client.WithPublishWindow(window))
+	c, err := t.dial(ctx, t.url, client.WithPublishWindow(window))
 	if err != nil {
 		return nil, err
 	}
@@ -145,7 +157,7 @@ func (t *brokerdTarget) Idle(ctx context.Context, topic string) (io.Closer, erro
 		br *bufio.Reader
 	}
 	r, err := retryRefused(ctx, func() (raw, error) {
-		c, br, err := rawDial(t.url, subproto.Subprotocol)
+		c, br, err := rawDial(t.subURL(), subproto.Subprotocol)
 		return raw{c, br}, err
 	})
 	if err != nil {
