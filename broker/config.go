@@ -74,6 +74,10 @@ type Config struct {
 	// limit off.
 	CommandRate  float64
 	CommandBurst int
+	// Policies set retention (applied by the store), limits and pattern
+	// replay per topic pattern (default: one default policy, no limits of
+	// its own). SetPolicies replaces them while the server runs.
+	Policies *Policies
 	// OnPublish, when set, observes the time from receiving each publish
 	// to its durable ok (for metrics). It must not block.
 	OnPublish func(time.Duration)

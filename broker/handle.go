@@ -100,9 +100,14 @@ func (s *Session) ok(id uint64) {
 }
 
 func (s *Session) handlePub(cmd *subproto.Command) {
-	if len(cmd.Data) > s.srv.cfg.MaxMessageBytes {
+	pol := s.srv.Policy(cmd.Topic)
+	if limit := s.srv.maxMessageBytes(pol); len(cmd.Data) > limit {
 		s.replyErr(&subproto.Error{Code: subproto.CodeMessageTooLarge, ID: cmd.ID,
-			Message: fmt.Sprintf("data is %d bytes, the limit is %d", len(cmd.Data), s.srv.cfg.MaxMessageBytes)}, nil)
+			Message: fmt.Sprintf("data is %d bytes, the limit is %d", len(cmd.Data), limit)}, nil)
+		return
+	}
+	if e, ctx := s.publishAllowed(cmd.ID, pol); e != nil {
+		s.replyErr(e, ctx)
 		return
 	}
 	select {
@@ -158,7 +163,7 @@ func (s *Session) handlePub(cmd *subproto.Command) {
 // Publish appends data to topic and returns once it is durable. It is the
 // entry point for publishers that are not sessions (the HTTP API).
 func (srv *Server) Publish(ctx context.Context, topic string, data []byte, key string) (Appended, error) {
-	if len(data) > srv.cfg.MaxMessageBytes {
+	if len(data) > srv.maxMessageBytes(srv.Policy(topic)) {
 		return Appended{}, ErrTooLarge
 	}
 	n, ok := srv.pending.acquire(int64(len(data)), ctx.Done(), &srv.stats.PendingWaits)

@@ -129,7 +129,7 @@ func (s *Session) offerPattern(sub *subscription, topic, epoch string, off uint6
 		// First seen live: from this record on, or from since when the
 		// sub gave it.
 		pt = &patTopic{name: topic, epoch: epoch, next: off}
-		if p.hasSince {
+		if p.hasSince && !s.srv.Policy(topic).NoPatternReplay {
 			pt.next = 0
 		}
 		p.topics[topic] = pt
@@ -351,6 +351,9 @@ func (s *Session) planPattern(cmd *subproto.Command) ([]planEntry, *subproto.Err
 	given := make(map[string]bool, len(cmd.Positions))
 	for _, pos := range cmd.Positions {
 		given[pos.Topic] = true
+		if s.srv.Policy(pos.Topic).NoPatternReplay {
+			continue // live only: delivered from what is appended after the ok
+		}
 		info, ok, err := st.Topic(pos.Topic)
 		if err != nil {
 			return nil, nil, err
@@ -381,7 +384,8 @@ func (s *Session) planPattern(cmd *subproto.Command) ([]planEntry, *subproto.Err
 			if !strings.HasPrefix(info.Topic, prefix) {
 				return plan, nil, nil
 			}
-			if given[info.Topic] || !subproto.Match(cmd.Topic, info.Topic) || info.Earliest > info.Head {
+			if given[info.Topic] || !subproto.Match(cmd.Topic, info.Topic) || info.Earliest > info.Head ||
+				s.srv.Policy(info.Topic).NoPatternReplay {
 				continue
 			}
 			e, err := planTopic(st, info, StartRequest{Since: cmd.Since, HasSince: true, IfGone: cmd.IfGone != ""})

@@ -55,6 +55,8 @@ type Server struct {
 	smu      sync.Mutex
 	sessions map[*Session]struct{} // guarded by smu
 
+	policies atomic.Pointer[Policies]
+
 	draining atomic.Bool
 	stop     chan struct{}
 	wg       sync.WaitGroup
@@ -117,6 +119,11 @@ func New(cfg Config, st Store) (*Server, error) {
 		srv.shards[i].topics = make(map[string]*topicState)
 	}
 	srv.pending = &budget{max: cfg.PendingBytes}
+	ps := cfg.Policies
+	if ps == nil {
+		ps, _ = NewPolicies(Policy{}, nil)
+	}
+	srv.policies.Store(ps)
 	srv.storage.init()
 	st.SetCommitHook(srv.onCommit)
 	if cl, ok := st.(Claims); ok {

@@ -39,7 +39,11 @@ type Session struct {
 	user      string // authenticated subject, "" without auth
 	authTimer *time.Timer
 	limiter   *rate.Limiter // nil when unlimited
-	onAuth    func() bool   // ConnInfo.OnAuthenticated
+	// pubLimits: the publish rate limiters of this connection, one per
+	// policy of pubGen that has a rate (see publishAllowed).
+	pubLimits map[*Policy]*rate.Limiter
+	pubGen    *Policies
+	onAuth    func() bool // ConnInfo.OnAuthenticated
 	// consumerEpochs: the epoch of this connection's latest subscription
 	// of each consumer and topic. The ack command has no epoch; an ack for
 	// offsets of an older epoch is refused instead of landing in a new

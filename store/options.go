@@ -107,6 +107,13 @@ type Options struct {
 	// SetRetention overrides it per topic.
 	Retention Retention
 
+	// RetentionOf, when set, gives a topic's retention by its name (a
+	// policy chosen by topic pattern); its zero fields inherit Retention,
+	// and a topic's own SetRetention overrides it field by field. It is
+	// called by the retention pass for every topic and must be fast, safe
+	// for concurrent use, and must not call the DB.
+	RetentionOf func(topic string) Retention
+
 	// RetentionInterval is how often the background loop applies retention
 	// and expires idempotency keys (which every commit expires as well). Negative turns the loop off; call
 	// RunRetention yourself then.

@@ -98,7 +98,7 @@ func (db *DB) maintCandidates(after string) (todo []string, last string, err err
 			if err != nil {
 				return fmt.Errorf("topic %q: %w", k, err)
 			}
-			due, err := db.oldestDue(&m, rc, nowMs)
+			due, err := db.oldestDue(k, &m, rc, nowMs)
 			if err != nil {
 				return fmt.Errorf("topic %q: %w", k, err)
 			}
@@ -115,9 +115,15 @@ func (db *DB) maintCandidates(after string) (todo []string, last string, err err
 }
 
 // limits returns the topic's effective retention and its age cut-off:
-// records with time < ageCut are due.
+// records with time < ageCut are due. The topic's own retention
+// (SetRetention) wins over Options.RetentionOf's, which wins over
+// Options.Retention, field by field.
 func (db *DB) limits(t *topicTx, nowMs int64) (r Retention, ageCut int64) {
-	r = t.m.ret.over(db.opts.Retention)
+	base := db.opts.Retention
+	if f := db.opts.RetentionOf; f != nil {
+		base = f(t.name).over(base)
+	}
+	r = t.m.ret.over(base)
 	ageCut = math.MinInt64
 	if r.MaxAge > 0 {
 		ageCut = nowMs - r.MaxAge.Milliseconds()
@@ -125,12 +131,12 @@ func (db *DB) limits(t *topicTx, nowMs int64) (r Retention, ageCut int64) {
 	return r, ageCut
 }
 
-// oldestDue reports whether the oldest record of the topic whose stored
-// metadata is m is due, deriving m's head, count and bytes on the way. It
+// oldestDue reports whether the oldest record of the topic name whose
+// stored metadata is m is due, deriving m's head, count and bytes on the way. It
 // seeks the oldest record, and the last one only when the oldest is not
 // also the last: a topic of one record costs one seek (a retention pass
 // inspects every topic).
-func (db *DB) oldestDue(m *meta, rc *bbolt.Cursor, nowMs int64) (bool, error) {
+func (db *DB) oldestDue(name []byte, m *meta, rc *bbolt.Cursor, nowMs int64) (bool, error) {
 	var seek [recordKeySize]byte
 	k, v := rc.Seek(putRecordKey(seek[:], m.id, m.earliest))
 	if k == nil || keyID(k) != m.id {
@@ -146,6 +152,9 @@ func (db *DB) oldestDue(m *meta, rc *bbolt.Cursor, nowMs int64) (bool, error) {
 		return false, err
 	}
 	t := topicTx{m: *m}
+	if db.opts.RetentionOf != nil {
+		t.name = string(name) // only RetentionOf needs it: no copy otherwise
+	}
 	r, ageCut := db.limits(&t, nowMs)
 	return db.recordDue(&t, r, ageCut, first), nil
 }

@@ -85,6 +85,9 @@ type config struct {
 	Replicas   int
 	Unclean    time.Duration
 
+	// policyList comes from the config file's policies key only.
+	policyList []broker.Policy
+
 	// fromEnv maps the name of each flag whose value came from the
 	// environment to its variable, so that errors name what the user set.
 	fromEnv map[string]string
@@ -186,8 +189,12 @@ func parseConfig(args []string, getenv func(string) string) (*config, error) {
 	var file map[string]string
 	if c.ConfigFile != "" {
 		var err error
-		if file, err = readConfigFile(c.ConfigFile, fs); err != nil {
+		var policies any
+		if file, policies, err = readConfigFile(c.ConfigFile, fs); err != nil {
 			return nil, err
+		}
+		if c.policyList, err = parsePolicies(policies); err != nil {
+			return nil, fmt.Errorf("config file %s: %w", c.ConfigFile, err)
 		}
 	}
 	fs.VisitAll(func(f *flag.Flag) {
@@ -316,6 +323,11 @@ func (c *config) validate() error {
 	}
 	if c.NATS != "" {
 		errs = append(errs, c.validateCluster()...)
+	}
+	if len(errs) == 0 {
+		if _, err := c.policies(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if c.Heartbeat > 0 && c.Heartbeat < time.Second {
 		errs = append(errs, fmt.Errorf("%s must be at least 1s, got %v", c.optName("heartbeat"), c.Heartbeat))

@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/brokerd/brokerd/broker"
@@ -71,9 +72,19 @@ func run(cfg *config) error {
 		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 
+	policies, err := cfg.policies()
+	if err != nil {
+		return err
+	}
+	// The store's retention pass asks for each topic's policy: it reads
+	// the current set, which a reload replaces.
+	var curPolicies atomic.Pointer[broker.Policies]
+	curPolicies.Store(policies)
 	m := metrics.New()
 	m.SetBuildInfo(version)
-	st, err := store.Open(cfg.Data, cfg.storeOptions(log, m))
+	so := cfg.storeOptions(log, m)
+	so.RetentionOf = retentionOf(curPolicies.Load)
+	st, err := store.Open(cfg.Data, so)
 	if err != nil {
 		return fmt.Errorf("data directory %s: %w", cfg.Data, err)
 	}
@@ -88,7 +99,9 @@ func run(cfg *config) error {
 		defer node.Close()
 		bst = node
 	}
-	b, err := broker.New(cfg.brokerConfig(log, authn, m), bst)
+	bc := cfg.brokerConfig(log, authn, m)
+	bc.Policies = policies
+	b, err := broker.New(bc, bst)
 	if err != nil {
 		return err
 	}

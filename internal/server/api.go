@@ -438,6 +438,7 @@ type apiTopic struct {
 	Count       int64  `json:"count"`
 	Bytes       int64  `json:"bytes"`
 	Subscribers int    `json:"subscribers"`
+	Policy      string `json:"policy"`
 }
 
 // serveTopics: GET /v1/topics?after=name&limit=M.
@@ -475,7 +476,7 @@ scan:
 				continue
 			}
 			out = append(out, apiTopic{Topic: ti.Topic, Epoch: ti.Epoch, Earliest: ti.Earliest, Head: ti.Head,
-				Count: ti.Count, Bytes: ti.Bytes, Subscribers: s.broker.Subscribers(ti.Topic)})
+				Count: ti.Count, Bytes: ti.Bytes, Subscribers: s.broker.Subscribers(ti.Topic), Policy: s.broker.Policy(ti.Topic).Name})
 		}
 		if len(list) < limit {
 			break

@@ -1,0 +1,232 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/brokerd/brokerd/subproto"
+	"golang.org/x/time/rate"
+)
+
+// MaxPolicies bounds the policies of one Policies: a topic's policy is
+// found by trying them in turn.
+const MaxPolicies = 1000
+
+// DefaultPolicyName names the policy of topics no other policy matches.
+const DefaultPolicyName = "default"
+
+// Retention bounds a topic's retained history (see store.Retention): the
+// oldest records go first until every limit holds. Zero fields inherit the
+// default policy's.
+type Retention struct {
+	MaxAge      time.Duration
+	MaxBytes    int64
+	MaxMessages int64
+}
+
+// Policy is how the broker treats the topics matching a pattern.
+type Policy struct {
+	// Name is shown in topic listings (default: Match; the default
+	// policy's is DefaultPolicyName).
+	Name string
+	// Match is the topic pattern ('*' one segment, '>' one or more
+	// trailing segments); "" for the default policy.
+	Match string
+	// Retention of these topics; zero fields inherit the default policy's.
+	Retention Retention
+	// MaxMessageBytes bounds the data of one publish to these topics; 0
+	// (or more than Config.MaxMessageBytes) leaves Config.MaxMessageBytes.
+	MaxMessageBytes int
+	// PublishRate bounds the publishes per second one connection may make
+	// to the topics of this policy (all together), with bursts up to
+	// PublishBurst (default: the rate, at least 1); past it a pub gets err
+	// rate_limited. 0: no limit.
+	PublishRate  float64
+	PublishBurst int
+	// NoPatternReplay: pattern subscriptions deliver these topics live
+	// only: their positions and since are ignored for them.
+	NoPatternReplay bool
+}
+
+// Policies is an immutable set of policies: For finds a topic's.
+type Policies struct {
+	list []*Policy // most specific first
+	def  *Policy
+}
+
+// NewPolicies checks list and returns the set; def is the default policy
+// (its Match is ignored). Errors name the policy (policies[i], counted
+// from 0 in list) and the field, for an operator to read. The order of list does not matter: a topic gets
+// the most specific policy that matches it (see For).
+func NewPolicies(def Policy, list []Policy) (*Policies, error) {
+	if len(list) > MaxPolicies {
+		return nil, fmt.Errorf("policies: %d of them, more than %d", len(list), MaxPolicies)
+	}
+	def.Match = ""
+	if def.Name == "" {
+		def.Name = DefaultPolicyName
+	}
+	var errs []error
+	if err := def.check(); err != nil {
+		errs = append(errs, fmt.Errorf("default policy: %w", err))
+	}
+	ps := &Policies{def: &def, list: make([]*Policy, 0, len(list))}
+	names := map[string]bool{def.Name: true}
+	matches := map[string]bool{}
+	for i := range list {
+		p := list[i]
+		if p.Name == "" {
+			p.Name = p.Match
+		}
+		where := fmt.Sprintf("policies[%d] (match %q)", i, p.Match)
+		switch {
+		case !subproto.ValidPattern(p.Match):
+			errs = append(errs, fmt.Errorf("%s: match: %q is not a topic or pattern", where, p.Match))
+			continue
+		case matches[p.Match]:
+			errs = append(errs, fmt.Errorf("%s: match: another policy matches %q already", where, p.Match))
+			continue
+		case names[p.Name]:
+			errs = append(errs, fmt.Errorf("%s: name: %q is taken", where, p.Name))
+			continue
+		}
+		if err := p.check(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", where, err))
+			continue
+		}
+		matches[p.Match], names[p.Name] = true, true
+		ps.list = append(ps.list, &p)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	slices.SortStableFunc(ps.list, func(a, b *Policy) int { return compareSpecific(a.Match, b.Match) })
+	return ps, nil
+}
+
+func (p *Policy) check() error {
+	switch {
+	case len(p.Name) > subproto.MaxTopicLen:
+		return fmt.Errorf("name is longer than %d bytes", subproto.MaxTopicLen)
+	case p.Retention.MaxAge < 0:
+		return fmt.Errorf("retention max-age must be positive, got %v", p.Retention.MaxAge)
+	case p.Retention.MaxBytes < 0:
+		return fmt.Errorf("retention max-bytes must be positive, got %d", p.Retention.MaxBytes)
+	case p.Retention.MaxMessages < 0:
+		return fmt.Errorf("retention max-messages must be positive, got %d", p.Retention.MaxMessages)
+	case p.MaxMessageBytes < 0:
+		return fmt.Errorf("max-message-bytes must be positive, got %d", p.MaxMessageBytes)
+	case p.PublishRate < 0:
+		return fmt.Errorf("publish-rate must not be negative (0 turns it off), got %v", p.PublishRate)
+	case p.PublishBurst < 0:
+		return fmt.Errorf("publish-burst must be positive, got %d", p.PublishBurst)
+	}
+	if p.PublishRate > 0 && p.PublishBurst == 0 {
+		p.PublishBurst = max(1, int(p.PublishRate))
+	}
+	return nil
+}
+
+// compareSpecific orders patterns most specific first: segment by segment
+// from the left, a literal before '*', and '*' before '>'; at the first
+// difference in kind the more specific wins. Patterns of the same kinds
+// throughout: the longer first, then by name, so the order is total.
+func compareSpecific(a, b string) int {
+	as, bs := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; i < len(as) && i < len(bs); i++ {
+		if d := segKind(as[i]) - segKind(bs[i]); d != 0 {
+			return d
+		}
+	}
+	if d := len(bs) - len(as); d != 0 {
+		return d
+	}
+	return strings.Compare(a, b)
+}
+
+func segKind(s string) int {
+	switch s {
+	case ">":
+		return 2
+	case "*":
+		return 1
+	}
+	return 0
+}
+
+// For returns the policy of topic: the most specific policy whose pattern
+// matches it, else the default policy. Never nil.
+func (ps *Policies) For(topic string) *Policy {
+	for _, p := range ps.list {
+		if subproto.Match(p.Match, topic) {
+			return p
+		}
+	}
+	return ps.def
+}
+
+// Default returns the default policy.
+func (ps *Policies) Default() *Policy { return ps.def }
+
+// List returns the policies, most specific first, the default one last.
+func (ps *Policies) List() []Policy {
+	out := make([]Policy, 0, len(ps.list)+1)
+	for _, p := range ps.list {
+		out = append(out, *p)
+	}
+	return append(out, *ps.def)
+}
+
+// SetPolicies replaces the server's policies; publishes and subscriptions
+// from then on follow them. Connections stay open; a connection's publish
+// rate limits start afresh.
+func (srv *Server) SetPolicies(ps *Policies) {
+	if ps != nil {
+		srv.policies.Store(ps)
+	}
+}
+
+// Policies returns the server's current policies.
+func (srv *Server) Policies() *Policies { return srv.policies.Load() }
+
+// Policy returns topic's policy.
+func (srv *Server) Policy(topic string) *Policy { return srv.policies.Load().For(topic) }
+
+// maxMessageBytes is the largest data a publish to a topic of p may carry.
+func (srv *Server) maxMessageBytes(p *Policy) int {
+	if p.MaxMessageBytes > 0 && p.MaxMessageBytes < srv.cfg.MaxMessageBytes {
+		return p.MaxMessageBytes
+	}
+	return srv.cfg.MaxMessageBytes
+}
+
+// publishAllowed applies p's publish rate to this connection; when it
+// refuses, it returns the error for the client. Called from the reader.
+func (s *Session) publishAllowed(id uint64, p *Policy) (*subproto.Error, *subproto.ErrContext) {
+	if p.PublishRate <= 0 {
+		return nil, nil
+	}
+	if cur := s.srv.policies.Load(); s.pubGen != cur {
+		// New policies: forget the limiters of the old ones, so the map
+		// holds at most one per policy.
+		s.pubGen, s.pubLimits = cur, nil
+	}
+	lim := s.pubLimits[p]
+	if lim == nil {
+		if s.pubLimits == nil {
+			s.pubLimits = make(map[*Policy]*rate.Limiter)
+		}
+		lim = rate.NewLimiter(rate.Limit(p.PublishRate), p.PublishBurst)
+		s.pubLimits[p] = lim
+	}
+	if lim.Allow() {
+		return nil, nil
+	}
+	retry := int(1000/p.PublishRate) + 1
+	return &subproto.Error{Code: subproto.CodeRateLimited, ID: id,
+			Message: fmt.Sprintf("more than %g publishes per second to topics of policy %s from this connection", p.PublishRate, p.Name)},
+		&subproto.ErrContext{RetryAfterMs: retry}
+}
