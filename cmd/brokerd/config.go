@@ -88,6 +88,14 @@ type config struct {
 	// policyList comes from the config file's policies key only.
 	policyList []broker.Policy
 
+	// values holds every flag's value as parsed, by flag name (a reload
+	// compares them).
+	values map[string]string
+	// args and getenv are what the configuration was parsed from; a
+	// reload parses them again.
+	args   []string
+	getenv func(string) string
+
 	// fromEnv maps the name of each flag whose value came from the
 	// environment to its variable, so that errors name what the user set.
 	fromEnv map[string]string
@@ -226,6 +234,9 @@ func parseConfig(args []string, getenv func(string) string) (*config, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
+	c.args, c.getenv = args, getenv
+	c.values = make(map[string]string)
+	fs.VisitAll(func(f *flag.Flag) { c.values[f.Name] = f.Value.String() })
 	return c, c.validate()
 }
 

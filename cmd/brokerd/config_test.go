@@ -142,7 +142,7 @@ func TestParseConfig(t *testing.T) {
 			want := defaultConfig()
 			tt.want(&want)
 			g := *got
-			g.fromEnv = nil
+			g.fromEnv, g.values, g.args, g.getenv = nil, nil, nil, nil
 			if !reflect.DeepEqual(g, want) {
 				t.Errorf("config\n got %+v\nwant %+v", g, want)
 			}

@@ -54,10 +54,20 @@ func run(cfg *config) error {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sig)
+	// SIGHUP reloads the configuration (once the server runs: until then
+	// it waits here, instead of killing the process).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 
 	authn, err := cfg.authenticator()
 	if err != nil {
 		return err
+	}
+	var live *liveAuth // a reload changes the keys inside
+	if authn != nil {
+		live = newLiveAuth(authn)
+		authn = live
 	}
 	adminTok, err := cfg.adminToken()
 	if err != nil {
@@ -142,11 +152,19 @@ func run(cfg *config) error {
 	}
 	log.Info("brokerd listening", "addr", ln.Addr().String(), "scheme", scheme, "data", cfg.Data, "auth", authMode, "version", version)
 
-	select {
-	case err := <-serveErr:
-		return fmt.Errorf("serve: %w", err)
-	case s := <-sig:
-		log.Info("draining", "signal", s.String(), "timeout", cfg.ShutdownTimeout)
+	rl := &reloader{args: cfg.args, getenv: cfg.getenv, log: log, boot: cfg, observe: m.ObserveReload,
+		policies: &curPolicies, broker: b, edge: edge, auth: live}
+wait:
+	for {
+		select {
+		case err := <-serveErr:
+			return fmt.Errorf("serve: %w", err)
+		case <-hup:
+			_ = rl.reload() // logged and counted
+		case s := <-sig:
+			log.Info("draining", "signal", s.String(), "timeout", cfg.ShutdownTimeout)
+			break wait
+		}
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)

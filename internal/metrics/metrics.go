@@ -25,6 +25,7 @@ type Metrics struct {
 	commitRecords prometheus.Histogram
 	commitSeconds prometheus.Histogram
 	renewLateness prometheus.Histogram // registered in a cluster only
+	reloads       *prometheus.CounterVec
 }
 
 // New returns Metrics with its histograms; call Register once the broker
@@ -52,8 +53,14 @@ func New() *Metrics {
 			Help:    "How late each renewal of a partition lease this node holds was answered, from when it was due (a third of the lease TTL after the last one). Values near the lease TTL mean leases are about to be lost.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14), // 1ms .. 8s
 		}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "config_reloads_total",
+			Help: "Reloads of the configuration (SIGHUP), by result: ok, or error when the new configuration was refused and the old one kept.",
+		}, []string{"result"}),
 	}
-	m.reg.MustRegister(m.publishAck, m.commitRecords, m.commitSeconds,
+	m.reloads.WithLabelValues("ok")
+	m.reloads.WithLabelValues("error")
+	m.reg.MustRegister(m.reloads, m.publishAck, m.commitRecords, m.commitSeconds,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -65,6 +72,16 @@ func (m *Metrics) ObservePublish(d time.Duration) { m.publishAck.Observe(d.Secon
 func (m *Metrics) ObserveCommit(ops int, d time.Duration) {
 	m.commitRecords.Observe(float64(ops))
 	m.commitSeconds.Observe(d.Seconds())
+}
+
+// ObserveReload counts one configuration reload; err is why it was
+// refused, nil when it was applied.
+func (m *Metrics) ObserveReload(err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.reloads.WithLabelValues(result).Inc()
 }
 
 // ObserveRenewLateness records how late one lease renewal was.

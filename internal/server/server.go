@@ -167,8 +167,7 @@ type Server struct {
 	upgrader    *gws.Upgrader
 	wsHandler   *wsHandler
 	mux         *http.ServeMux
-	anyOrigin   bool
-	origins     map[string]struct{}
+	origins     atomic.Pointer[originSet] // SetAllowedOrigins replaces it
 	readTimeout time.Duration
 	readPanics  atomic.Int64
 	admit       *admission
@@ -188,23 +187,10 @@ func New(cfg Config, b *broker.Server) (*Server, error) {
 		broker:      b,
 		log:         cfg.Logger,
 		mux:         http.NewServeMux(),
-		origins:     make(map[string]struct{}),
 		readTimeout: b.Config().Heartbeat + cfg.PongTimeout,
 	}
-	for _, o := range cfg.AllowedOrigins {
-		o = strings.TrimSpace(o)
-		if o == "" {
-			continue
-		}
-		if o == "*" {
-			s.anyOrigin = true
-			continue
-		}
-		u, err := url.Parse(o)
-		if err != nil || u.Scheme == "" || u.Host == "" || (u.Path != "" && u.Path != "/") {
-			return nil, fmt.Errorf("server: allowed origin %q is not scheme://host[:port]", o)
-		}
-		s.origins[strings.ToLower(u.Scheme+"://"+u.Host)] = struct{}{}
+	if err := s.SetAllowedOrigins(cfg.AllowedOrigins); err != nil {
+		return nil, err
 	}
 	s.http.init(cfg)
 	s.admit = newAdmission(cfg.MaxConnections, cfg.ConnRatePerIP, cfg.ConnBurstPerIP, 65536)
@@ -319,3 +305,34 @@ func methodNotAllowed(allow ...string) http.Handler {
 type gwsLogger struct{ l *slog.Logger }
 
 func (g gwsLogger) Error(v ...any) { g.l.Error("websocket", "detail", fmt.Sprint(v...)) }
+
+// originSet is the parsed list of allowed origins.
+type originSet struct {
+	any bool                // "*" was listed
+	m   map[string]struct{} // scheme://host[:port], lower case
+}
+
+// SetAllowedOrigins replaces the allowed origins (Config.AllowedOrigins)
+// while the server runs: upgrades and HTTP publishes from then on are
+// checked against them; open connections stay. A malformed origin is an
+// error and changes nothing.
+func (s *Server) SetAllowedOrigins(origins []string) error {
+	set := &originSet{m: make(map[string]struct{})}
+	for _, o := range origins {
+		o = strings.TrimSpace(o)
+		if o == "" {
+			continue
+		}
+		if o == "*" {
+			set.any = true
+			continue
+		}
+		u, err := url.Parse(o)
+		if err != nil || u.Scheme == "" || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			return fmt.Errorf("server: allowed origin %q is not scheme://host[:port]", o)
+		}
+		set.m[strings.ToLower(u.Scheme+"://"+u.Host)] = struct{}{}
+	}
+	s.origins.Store(set)
+	return nil
+}

@@ -210,15 +210,16 @@ func (s *Server) checkOrigin(r *http.Request) bool {
 	if origin == "" {
 		return true
 	}
-	if s.anyOrigin {
+	set := s.origins.Load()
+	if set.any {
 		return true
 	}
 	o := strings.ToLower(strings.TrimSuffix(origin, "/"))
-	if len(s.origins) == 0 {
+	if len(set.m) == 0 {
 		_, host, ok := strings.Cut(o, "://")
 		return ok && host == strings.ToLower(r.Host)
 	}
-	_, ok := s.origins[o]
+	_, ok := set.m[o]
 	return ok
 }
 

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// tokenFor signs a token allowing everything with the secret in
+// secretFile, as brokerd token does.
+func tokenFor(t *testing.T, secretFile string) string {
+	t.Helper()
+	tok, err := mintToken("", secretFile, "", "", "u", []string{">"}, []string{">"}, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// postAs publishes over HTTP with a bearer token and an Origin.
+func postAs(t *testing.T, d *daemon, topic, body, token, origin string) int {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, d.url("/v1/topics/"+topic), strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Origin", origin)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// TestReload: SIGHUP reads the config file again; policies, allowed
+// origins and the JWT key change while a client stays connected; a bad
+// file, or one that turns auth off, is refused with a log line, the
+// running configuration stays, and brokerd_config_reloads_total counts
+// both outcomes.
+func TestReload(t *testing.T) {
+	dir := t.TempDir()
+	secretA, secretB := filepath.Join(dir, "a.secret"), filepath.Join(dir, "b.secret")
+	for f, s := range map[string]string{secretA: strings.Repeat("a", 40), secretB: strings.Repeat("b", 40)} {
+		if err := os.WriteFile(f, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	file := filepath.Join(dir, "brokerd.yaml")
+	write := func(origin, secret string, maxBytes int, extra string) {
+		t.Helper()
+		body := "allowed-origins: [\"" + origin + "\"]\njwt-secret-file: " + secret +
+			"\npolicies:\n  - match: \"small.>\"\n    max-message-bytes: " + itoa(maxBytes) + "\n" + extra
+		if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("https://a.example", secretA, 10, "")
+	d := startDaemon(t, t.TempDir(), "--config", file)
+	tokA, tokB := tokenFor(t, secretA), tokenFor(t, secretB)
+
+	c := mustDial(t, d.addr)
+	defer c.close()
+	if ev := c.request(t, 1, `{"op":"auth","id":1,"token":"`+tokA+`"}`); ev.Op != "ok" {
+		t.Fatalf("auth: %s", ev)
+	}
+	pubSmall := func(id uint64, n int) *event {
+		return c.request(t, id, pubCmd(id, "small.x", []byte(`"`+strings.Repeat("x", n-2)+`"`)))
+	}
+	if ev := pubSmall(2, 11); ev.Code != "message_too_large" {
+		t.Fatalf("11 bytes under max-message-bytes 10: %s", ev)
+	}
+	if code := postAs(t, d, "o", "1", tokA, "https://b.example"); code != http.StatusForbidden {
+		t.Fatalf("origin b before the reload: %d", code)
+	}
+	reloads := func(result string, n int) {
+		t.Helper()
+		want := `brokerd_config_reloads_total{result="` + result + `"} ` + itoa(n)
+		eventually(t, 15*time.Second, want, func() bool {
+			_, body := httpGet(t, d.url("/metrics"))
+			return strings.Contains(body, want+"\n")
+		})
+	}
+
+	write("https://b.example", secretB, 100, "")
+	d.signal(syscall.SIGHUP)
+	reloads("ok", 1)
+	if ev := pubSmall(3, 11); ev.Op != "ok" {
+		t.Fatalf("11 bytes after the reload to max-message-bytes 100: %s", ev)
+	}
+	if code := postAs(t, d, "o", "1", tokB, "https://b.example"); code != http.StatusOK {
+		t.Fatalf("origin b with a token of the new key: %d", code)
+	}
+	if code := postAs(t, d, "o", "1", tokA, "https://b.example"); code != http.StatusUnauthorized {
+		t.Fatalf("a token of the old key after the reload: %d", code)
+	}
+	if code := postAs(t, d, "o", "1", tokB, "https://a.example"); code != http.StatusForbidden {
+		t.Fatalf("origin a after the reload: %d", code)
+	}
+
+	// A bad policy: refused, the running configuration stays.
+	write("https://a.example", secretA, 10, "  - match: \"a..b\"\n")
+	d.signal(syscall.SIGHUP)
+	reloads("error", 1)
+	eventually(t, 15*time.Second, "the refusal's log line", func() bool {
+		s := d.stderr.String()
+		return strings.Contains(s, "configuration reload refused") && strings.Contains(s, `policies[1] (match \"a..b\"): match:`)
+	})
+	if ev := pubSmall(4, 100); ev.Op != "ok" {
+		t.Fatalf("100 bytes after a refused reload: %s", ev)
+	}
+	if ev := pubSmall(5, 101); ev.Code != "message_too_large" {
+		t.Fatalf("101 bytes after a refused reload: %s", ev)
+	}
+	if code := postAs(t, d, "o", "1", tokB, "https://b.example"); code != http.StatusOK {
+		t.Fatalf("after a refused reload: %d", code)
+	}
+
+	// Turning auth off takes a restart.
+	if err := os.WriteFile(file, []byte("policies: []\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.signal(syscall.SIGHUP)
+	reloads("error", 2)
+	if code := postAs(t, d, "o", "1", tokA, ""); code != http.StatusUnauthorized {
+		t.Fatalf("auth after a refused reload: %d", code)
+	}
+	if ev := c.request(t, 6, `{"op":"ping","id":6}`); ev.Op != "pong" {
+		t.Fatalf("the client after the reloads: %s", ev)
+	}
+	d.stop(15 * time.Second)
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
