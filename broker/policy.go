@@ -49,6 +49,10 @@ type Policy struct {
 	// NoPatternReplay: pattern subscriptions deliver these topics live
 	// only: their positions and since are ignored for them.
 	NoPatternReplay bool
+	// Ephemeral topics keep a bounded log in memory only (see
+	// ephemeralStore): Retention bounds it, with the DefaultEphemeral
+	// values for what it leaves out (not the default policy's).
+	Ephemeral bool
 }
 
 // Policies is an immutable set of policies: For finds a topic's.
@@ -182,11 +186,59 @@ func (ps *Policies) List() []Policy {
 
 // SetPolicies replaces the server's policies; publishes and subscriptions
 // from then on follow them. Connections stay open; a connection's publish
-// rate limits start afresh.
-func (srv *Server) SetPolicies(ps *Policies) {
-	if ps != nil {
-		srv.policies.Store(ps)
+// rate limits start afresh. Which topics are ephemeral is fixed at New:
+// when the server's policies or ps have an ephemeral policy, ps must have
+// the same patterns, each with the same storage, or SetPolicies refuses
+// it with an error and changes nothing.
+func (srv *Server) SetPolicies(ps *Policies) error {
+	if ps == nil {
+		return errors.New("broker: nil policies")
 	}
+	if err := srv.CheckPolicies(ps); err != nil {
+		return err
+	}
+	srv.policies.Store(ps)
+	return nil
+}
+
+// CheckPolicies returns the error SetPolicies(ps) would return, and
+// changes nothing.
+func (srv *Server) CheckPolicies(ps *Policies) error {
+	if ps == nil {
+		return errors.New("broker: nil policies")
+	}
+	return sameStorage(srv.policies.Load(), ps)
+}
+
+// HasEphemeral reports whether one of the policies is ephemeral.
+func (ps *Policies) HasEphemeral() bool {
+	for _, p := range ps.list {
+		if p.Ephemeral {
+			return true
+		}
+	}
+	return false
+}
+
+// sameStorage checks that going from old to ps changes no topic's
+// storage.
+func sameStorage(old, ps *Policies) error {
+	if !old.HasEphemeral() && !ps.HasEphemeral() {
+		return nil
+	}
+	if len(old.list) != len(ps.list) {
+		return errors.New("broker: with ephemeral policies, adding or removing a policy takes a restart (it may change which topics are ephemeral)")
+	}
+	for i, p := range ps.list {
+		o := old.list[i] // both sorted the same way: the same patterns match alike
+		if o.Match != p.Match {
+			return fmt.Errorf("broker: with ephemeral policies, changing the pattern %q takes a restart", o.Match)
+		}
+		if o.Ephemeral != p.Ephemeral {
+			return fmt.Errorf("broker: changing the storage of policy %q takes a restart", p.Name)
+		}
+	}
+	return nil
 }
 
 // Policies returns the server's current policies.

@@ -56,6 +56,7 @@ type Server struct {
 	sessions map[*Session]struct{} // guarded by smu
 
 	policies atomic.Pointer[Policies]
+	eph      *ephemeralStore // nil without ephemeral policies; then store is it
 
 	draining atomic.Bool
 	stop     chan struct{}
@@ -124,8 +125,17 @@ func New(cfg Config, st Store) (*Server, error) {
 		ps, _ = NewPolicies(Policy{}, nil)
 	}
 	srv.policies.Store(ps)
+	if ps.HasEphemeral() {
+		_, claims := st.(Claims)
+		_, interested := st.(Interested)
+		if claims || interested {
+			return nil, errEphemeralCluster
+		}
+		srv.eph = newEphemeralStore(st, srv.Policy, cfg.Now)
+		srv.store = srv.eph
+	}
 	srv.storage.init()
-	st.SetCommitHook(srv.onCommit)
+	srv.store.SetCommitHook(srv.onCommit)
 	if cl, ok := st.(Claims); ok {
 		cl.SetClaimHooks(srv.claimedElsewhere, srv.announceClaims)
 	}
@@ -468,7 +478,15 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 	}
 	done := make(chan struct{})
 	// Return once every close frame has been handed to the transport.
-	go func() { wg.Wait(); srv.wg.Wait(); srv.closers.Wait(); close(done) }()
+	go func() {
+		wg.Wait()
+		srv.wg.Wait()
+		srv.closers.Wait()
+		if srv.eph != nil {
+			srv.eph.close()
+		}
+		close(done)
+	}()
 	select {
 	case <-done:
 		return nil

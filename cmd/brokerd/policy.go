@@ -95,9 +95,10 @@ func parsePolicy(item any) (broker.Policy, error) {
 		case "durable":
 			return nil
 		case "ephemeral":
-			return errors.New("ephemeral is not supported by this version of brokerd (only durable)")
+			p.Ephemeral = true
+			return nil
 		}
-		return fmt.Errorf("%q: durable is expected", s)
+		return fmt.Errorf("%q: durable or ephemeral is expected", s)
 	})
 	field("max-message-bytes", func(v any) error { return asPositive(v, &p.MaxMessageBytes) })
 	field("publish-rate", func(v any) error {
@@ -204,6 +205,9 @@ func (c *config) policies() (*broker.Policies, error) {
 	for i, p := range c.policyList {
 		if p.MaxMessageBytes > c.MaxMessageBytes {
 			errs = append(errs, fmt.Errorf("policies[%d] (match %q): max-message-bytes %d is larger than %s %d", i, p.Match, p.MaxMessageBytes, c.optName("max-message-bytes"), c.MaxMessageBytes))
+		}
+		if p.Ephemeral && c.NATS != "" {
+			errs = append(errs, fmt.Errorf("policies[%d] (match %q): storage: ephemeral topics are not supported in a cluster (%s is set): make the policy durable or run a single node", i, p.Match, c.optName("nats")))
 		}
 	}
 	if _, err := broker.NewPolicies(def, c.policyList); err != nil {

@@ -70,12 +70,17 @@ func (r *reloader) apply() error {
 	if (a == nil) != (r.auth == nil) {
 		return errors.New("turning auth on or off takes a restart: the JWT options may change keys, not be added or removed")
 	}
+	if err := r.broker.CheckPolicies(ps); err != nil {
+		return err
+	}
 	// Applied in this order, the first step is the only one that may fail.
 	if err := r.edge.SetAllowedOrigins(splitList(c.AllowedOrigins)); err != nil {
 		return err
 	}
 	r.policies.Store(ps)
-	r.broker.SetPolicies(ps)
+	if err := r.broker.SetPolicies(ps); err != nil {
+		return err // checked above: not reached
+	}
 	if a != nil {
 		r.auth.set(a)
 	}

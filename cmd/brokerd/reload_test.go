@@ -138,3 +138,60 @@ func TestReload(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// TestEphemeralRestart: an ephemeral topic's history is gone after a
+// restart, in a new epoch, so a resume with the old epoch gets
+// epoch_mismatch; a durable topic resumes where it was.
+func TestEphemeralRestart(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "brokerd.yaml")
+	if err := os.WriteFile(file, []byte("policies:\n  - match: \"cursor.>\"\n    storage: ephemeral\n    retention: {max-messages: 100}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	data := t.TempDir()
+	d := startDaemon(t, data, "--config", file)
+	c := mustDial(t, d.addr)
+	epochs := map[string]string{}
+	for i, topic := range []string{"cursor.a", "orders.a"} {
+		for j := range 3 {
+			id := uint64(10*i + j + 1)
+			if ev := c.request(t, id, pubCmd(id, topic, []byte(`1`))); ev.Op != "ok" || ev.Offset != uint64(j+1) {
+				t.Fatalf("pub %s: %s", topic, ev)
+			}
+		}
+		id := uint64(100 + i)
+		ev := c.request(t, id, subCmd(id, topic, "", ""))
+		if ev.Op != "ok" || ev.Head != 3 {
+			t.Fatalf("sub %s: %s", topic, ev)
+		}
+		epochs[topic] = ev.Epoch
+	}
+	c.close()
+	d.stop(15 * time.Second)
+
+	d = startDaemon(t, data, "--config", file)
+	c = mustDial(t, d.addr)
+	defer c.close()
+	ev := c.request(t, 1, subCmd(1, "cursor.a", "2", epochs["cursor.a"]))
+	if ev.Op != "err" || ev.Code != "epoch_mismatch" {
+		t.Fatalf("resuming the ephemeral topic after a restart: %s, want epoch_mismatch", ev)
+	}
+	ev = c.request(t, 3, pubCmd(3, "cursor.b", []byte(`2`)))
+	if ev.Op != "ok" || ev.Offset != 1 {
+		t.Fatalf("an ephemeral topic after a restart: %s, want offset 1", ev)
+	}
+	ev = c.request(t, 4, subCmd(4, "cursor.a", "", ""))
+	if ev.Op != "ok" || ev.Epoch == epochs["cursor.a"] || ev.Epoch == "" || ev.Head != 0 {
+		t.Fatalf("the ephemeral topic's epoch after a restart: %s (was %s)", ev, epochs["cursor.a"])
+	}
+	ev = c.request(t, 5, subCmd(5, "orders.a", "2", epochs["orders.a"]))
+	if ev.Op != "ok" || ev.Epoch != epochs["orders.a"] || ev.Head != 3 {
+		t.Fatalf("resuming the durable topic after a restart: %s", ev)
+	}
+	d.stop(15 * time.Second)
+
+	// In a cluster: refused at start, naming the policy.
+	r := runBrokerd(t, 10*time.Second, nil, "--addr", "127.0.0.1:0", "--data", t.TempDir(), "--config", file, "--nats", "nats://127.0.0.1:1")
+	if r.code != 2 || !strings.Contains(r.stderr, `policies[0] (match "cursor.>"): storage: ephemeral topics are not supported in a cluster`) {
+		t.Fatalf("ephemeral with --nats: exit %d, stderr:\n%s", r.code, r.stderr)
+	}
+}

@@ -60,7 +60,9 @@ func TestPolicyLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts.Broker.SetPolicies(ps)
+	if err := ts.Broker.SetPolicies(ps); err != nil {
+		t.Fatal(err)
+	}
 	c.pub("small.a", `"123456789"`)
 	for range 5 {
 		c.pub("slow.a", `6`)
@@ -81,7 +83,9 @@ func TestPolicyLimits(t *testing.T) {
 			t.Fatalf("topic list: %s has policy %q, want %q: %s", k, got[k], v, body)
 		}
 	}
-	ts.Broker.SetPolicies(mustPolicies(t, broker.Policy{Match: "slow.*", Name: "slow-again"}))
+	if err := ts.Broker.SetPolicies(mustPolicies(t, broker.Policy{Match: "slow.*", Name: "slow-again"})); err != nil {
+		t.Fatal(err)
+	}
 	_, lm, body = getJSON(t, ts, "/v1/topics", nil)
 	for _, x := range lm["topics"].([]any) {
 		tm := x.(map[string]any)

@@ -1,0 +1,394 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Ephemeral topics (a policy with Ephemeral set) keep a bounded log in
+// memory instead of the store: offsets, an epoch, replay and resume as for
+// any topic, an ok with no disk write, and no history across a restart
+// (the topic starts again in a new epoch, so a resume with the old epoch
+// gets epoch_mismatch).
+//
+// ephemeralStore is the Store the server uses when its policies have an
+// ephemeral one: it keeps the ephemeral topics and hands everything else
+// to the durable store. Consumer positions are kept by the durable store
+// for every topic, with the epoch they belong to.
+
+// Bounds of an ephemeral topic whose policy gives none, and of them all.
+const (
+	DefaultEphemeralMaxMessages = 1000
+	DefaultEphemeralMaxBytes    = 1 << 20
+	DefaultEphemeralMaxAge      = time.Hour
+	// MaxEphemeralTopics bounds the ephemeral topics a server creates
+	// between two starts; beyond, a publish or subscription that would
+	// create one gets ErrTooManyTopics.
+	MaxEphemeralTopics = 10000
+)
+
+// ephemeralSweep is how often records past their age are dropped.
+const ephemeralSweep = time.Second
+
+type ephemeralStore struct {
+	Store                       // the durable store
+	policy func(string) *Policy // the current policy of a topic
+	now    func() time.Time
+
+	// hookMu makes the commit hook see one batch at a time, from the
+	// durable store's notifier or from run: the hook's contract.
+	hookMu sync.Mutex
+	hook   func([]Committed)
+
+	mu     sync.Mutex
+	topics map[string]*memLog // guarded by mu
+	// work carries appends to run, in the order their offsets were
+	// assigned: sent while mu is held.
+	work chan memDone
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// memLog is one ephemeral topic, guarded by ephemeralStore.mu.
+type memLog struct {
+	epoch string
+	head  uint64
+	recs  []Record // retained, ascending offsets, the last one is head
+	bytes int64
+}
+
+type memDone struct {
+	c    Committed // nil Records: a duplicate, nothing to hand to the hook
+	a    Appended
+	done func(Appended, error)
+}
+
+func newEphemeralStore(st Store, policy func(string) *Policy, now func() time.Time) *ephemeralStore {
+	e := &ephemeralStore{Store: st, policy: policy, now: now, topics: make(map[string]*memLog),
+		work: make(chan memDone, 4096), stop: make(chan struct{})}
+	e.wg.Add(2)
+	go e.run()
+	go e.sweep()
+	return e
+}
+
+// close stops the goroutines; appends from then on fail with ErrClosed.
+func (e *ephemeralStore) close() {
+	e.mu.Lock() // no append is between its check of stop and its send
+	close(e.stop)
+	e.mu.Unlock()
+	e.wg.Wait()
+}
+
+func (e *ephemeralStore) ephemeral(topic string) (*Policy, bool) {
+	p := e.policy(topic)
+	return p, p.Ephemeral
+}
+
+// bounds is p's retention for an ephemeral topic.
+func ephemeralBounds(p *Policy) Retention {
+	r := p.Retention
+	if r.MaxMessages == 0 {
+		r.MaxMessages = DefaultEphemeralMaxMessages
+	}
+	if r.MaxBytes == 0 {
+		r.MaxBytes = DefaultEphemeralMaxBytes
+	}
+	if r.MaxAge == 0 {
+		r.MaxAge = DefaultEphemeralMaxAge
+	}
+	return r
+}
+
+// SetCommitHook installs fn for the durable store's records and the
+// ephemeral ones.
+func (e *ephemeralStore) SetCommitHook(fn func([]Committed)) {
+	e.hook = fn
+	e.Store.SetCommitHook(func(b []Committed) {
+		e.hookMu.Lock()
+		defer e.hookMu.Unlock()
+		fn(b)
+	})
+}
+
+// run hands ephemeral records to the hook and calls done, in offset
+// order, never on the appender's goroutine.
+func (e *ephemeralStore) run() {
+	defer e.wg.Done()
+	for {
+		select {
+		case w := <-e.work:
+			if w.c.Records != nil {
+				e.hookMu.Lock()
+				e.hook([]Committed{w.c})
+				e.hookMu.Unlock()
+			}
+			w.done(w.a, nil)
+		case <-e.stop:
+			// Appends still queued are answered: nothing is lost that
+			// was not in memory only anyway.
+			for {
+				select {
+				case w := <-e.work:
+					w.done(Appended{}, ErrClosed)
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+// sweep drops records past their age, so a topic nobody writes to any
+// more frees its memory.
+func (e *ephemeralStore) sweep() {
+	defer e.wg.Done()
+	t := time.NewTicker(ephemeralSweep)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			e.mu.Lock()
+			for name, l := range e.topics {
+				l.trim(ephemeralBounds(e.policy(name)), e.now())
+			}
+			e.mu.Unlock()
+		case <-e.stop:
+			return
+		}
+	}
+}
+
+// trim drops the oldest records until every bound holds.
+func (l *memLog) trim(r Retention, now time.Time) {
+	cut := now.Add(-r.MaxAge).UnixMilli()
+	n := 0
+	for n < len(l.recs) && (int64(len(l.recs)-n) > r.MaxMessages || l.bytes > r.MaxBytes || l.recs[n].Time < cut) {
+		l.bytes -= int64(len(l.recs[n].Data))
+		l.recs[n] = Record{}
+		n++
+	}
+	if n > 0 {
+		l.recs = slices.Clip(l.recs[n:])
+		if len(l.recs) == 0 {
+			l.recs = nil
+		}
+	}
+}
+
+func (l *memLog) info(topic string) TopicInfo {
+	earliest := l.head + 1
+	if len(l.recs) > 0 {
+		earliest = l.recs[0].Offset
+	}
+	return TopicInfo{Topic: topic, Epoch: l.epoch, Earliest: earliest, Head: l.head, Count: int64(len(l.recs)), Bytes: l.bytes}
+}
+
+// logLocked returns topic's log, creating it when create is set.
+func (e *ephemeralStore) logLocked(topic string, create bool) (*memLog, error) {
+	l := e.topics[topic]
+	if l != nil || !create {
+		return l, nil
+	}
+	if len(e.topics) >= MaxEphemeralTopics {
+		return nil, fmt.Errorf("%w: %d ephemeral topics since the start, the limit", ErrTooManyTopics, len(e.topics))
+	}
+	l = &memLog{epoch: uuid.NewString()}
+	e.topics[topic] = l
+	return l, nil
+}
+
+func (e *ephemeralStore) AppendAsync(topic string, data []byte, key string, done func(Appended, error)) {
+	p, ok := e.ephemeral(topic)
+	if !ok {
+		e.Store.AppendAsync(topic, data, key, done)
+		return
+	}
+	r := ephemeralBounds(p)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	select {
+	case <-e.stop:
+		go done(Appended{}, ErrClosed)
+		return
+	default:
+	}
+	l, err := e.logLocked(topic, true)
+	if err != nil {
+		go done(Appended{}, err)
+		return
+	}
+	if key != "" {
+		// A key is remembered while its record is retained.
+		for i := len(l.recs) - 1; i >= 0; i-- {
+			if l.recs[i].Key == key {
+				e.work <- memDone{a: Appended{Topic: topic, Epoch: l.epoch, Offset: l.recs[i].Offset, Time: l.recs[i].Time, Dup: true}, done: done}
+				return
+			}
+		}
+	}
+	now := e.now()
+	ms := now.UnixMilli()
+	if n := len(l.recs); n > 0 && l.recs[n-1].Time > ms {
+		ms = l.recs[n-1].Time // never decreasing within a topic
+	}
+	l.head++
+	rec := Record{Offset: l.head, Time: ms, Key: key, Data: data}
+	l.recs = append(l.recs, rec)
+	l.bytes += int64(len(data))
+	l.trim(r, now)
+	// The hook may keep the records: give it its own slice header.
+	e.work <- memDone{c: Committed{Topic: topic, Epoch: l.epoch, Records: []Record{rec}},
+		a: Appended{Topic: topic, Epoch: l.epoch, Offset: rec.Offset, Time: ms}, done: done}
+}
+
+func (e *ephemeralStore) Append(ctx context.Context, topic string, data []byte, key string) (Appended, error) {
+	if _, ok := e.ephemeral(topic); !ok {
+		return e.Store.Append(ctx, topic, data, key)
+	}
+	type res struct {
+		a   Appended
+		err error
+	}
+	ch := make(chan res, 1)
+	e.AppendAsync(topic, data, key, func(a Appended, err error) { ch <- res{a, err} })
+	select {
+	case r := <-ch:
+		return r.a, r.err
+	case <-ctx.Done():
+		return Appended{}, ctx.Err()
+	}
+}
+
+func (e *ephemeralStore) Ensure(ctx context.Context, topic string) (TopicInfo, error) {
+	if _, ok := e.ephemeral(topic); !ok {
+		return e.Store.Ensure(ctx, topic)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	l, err := e.logLocked(topic, true)
+	if err != nil {
+		return TopicInfo{}, err
+	}
+	return l.info(topic), nil
+}
+
+func (e *ephemeralStore) Read(topic string, from uint64, max, maxBytes int) ([]Record, error) {
+	if _, ok := e.ephemeral(topic); !ok {
+		return e.Store.Read(topic, from, max, maxBytes)
+	}
+	if max <= 0 {
+		max = 1000
+	}
+	if maxBytes <= 0 {
+		maxBytes = 1 << 20
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	l := e.topics[topic]
+	if l == nil {
+		return nil, ErrTopicNotFound
+	}
+	i := sort.Search(len(l.recs), func(i int) bool { return l.recs[i].Offset >= from })
+	var out []Record
+	size := 0
+	for ; i < len(l.recs) && len(out) < max && (len(out) == 0 || size+len(l.recs[i].Data) <= maxBytes); i++ {
+		out = append(out, l.recs[i]) // Data is never changed: sharing it is a copy
+		size += len(l.recs[i].Data)
+	}
+	return out, nil
+}
+
+func (e *ephemeralStore) Topic(topic string) (TopicInfo, bool, error) {
+	if _, ok := e.ephemeral(topic); !ok {
+		return e.Store.Topic(topic)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	l := e.topics[topic]
+	if l == nil {
+		return TopicInfo{}, false, nil
+	}
+	return l.info(topic), true, nil
+}
+
+func (e *ephemeralStore) OffsetAt(topic string, ms int64) (uint64, int64, error) {
+	if _, ok := e.ephemeral(topic); !ok {
+		return e.Store.OffsetAt(topic, ms)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	l := e.topics[topic]
+	if l == nil {
+		return 0, 0, ErrTopicNotFound
+	}
+	var earliest int64
+	if len(l.recs) > 0 {
+		earliest = l.recs[0].Time
+	}
+	i := sort.Search(len(l.recs), func(i int) bool { return l.recs[i].Time >= ms })
+	if i == len(l.recs) {
+		return l.head + 1, earliest, nil
+	}
+	return l.recs[i].Offset, earliest, nil
+}
+
+// Topics lists the durable topics and the ephemeral ones together, in
+// name order. A durable log of a topic that is ephemeral now is not
+// listed.
+func (e *ephemeralStore) Topics(after string, max int) ([]TopicInfo, error) {
+	if max <= 0 {
+		max = 1000
+	}
+	var out []TopicInfo
+	cursor := after
+	for len(out) < max {
+		page, err := e.Store.Topics(cursor, max)
+		if err != nil {
+			return nil, err
+		}
+		for _, ti := range page {
+			if _, ok := e.ephemeral(ti.Topic); !ok {
+				out = append(out, ti)
+			}
+		}
+		if len(page) < max {
+			break
+		}
+		cursor = page[len(page)-1].Topic
+		if len(out) >= max {
+			// The durable page reached cursor: ephemeral topics after
+			// it come in the next page.
+			break
+		}
+	}
+	limit := "" // ephemeral topics up to this name belong to this page
+	if len(out) >= max {
+		limit = out[max-1].Topic
+	}
+	e.mu.Lock()
+	for name, l := range e.topics {
+		if name > after && (limit == "" || name < limit) {
+			if _, ok := e.ephemeral(name); ok {
+				out = append(out, l.info(name))
+			}
+		}
+	}
+	e.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Topic < out[j].Topic })
+	if len(out) > max {
+		out = out[:max]
+	}
+	return out, nil
+}
+
+// errEphemeralCluster: an ephemeral policy with a store that is a
+// cluster.
+var errEphemeralCluster = errors.New("broker: ephemeral topics are not supported in a cluster")

@@ -1,0 +1,112 @@
+package broker
+
+import (
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestEphemeralStoreOrder: concurrent appends to an ephemeral topic reach
+// the commit hook once each, in offset order, before their done, and
+// other topics go to the durable store.
+func TestEphemeralStoreOrder(t *testing.T) {
+	ps, err := NewPolicies(Policy{}, []Policy{{Match: "e.*", Ephemeral: true, Retention: Retention{MaxMessages: 50}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	durable := newMemStore()
+	e := newEphemeralStore(durable, ps.For, time.Now)
+	defer e.close()
+	var mu sync.Mutex
+	seen := map[string]uint64{}
+	var bad atomic.Int64
+	e.SetCommitHook(func(batch []Committed) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range batch {
+			for _, r := range c.Records {
+				if r.Offset != seen[c.Topic]+1 {
+					bad.Add(1)
+				}
+				seen[c.Topic] = r.Offset
+			}
+		}
+	})
+	const writers, per = 8, 200
+	var wg sync.WaitGroup
+	var done atomic.Int64
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			topic := "e.a"
+			if w%4 == 3 {
+				topic = "d.a"
+			}
+			var inner sync.WaitGroup
+			for range per {
+				inner.Add(1)
+				e.AppendAsync(topic, []byte("1"), "", func(a Appended, err error) {
+					defer inner.Done()
+					mu.Lock()
+					if err != nil || seen[topic] < a.Offset {
+						bad.Add(1) // failed, or done before the hook saw it
+					}
+					mu.Unlock()
+					done.Add(1)
+				})
+			}
+			inner.Wait()
+		}()
+	}
+	wg.Wait()
+	if bad.Load() != 0 || done.Load() != writers*per {
+		t.Fatalf("%d out of order or early, %d done of %d", bad.Load(), done.Load(), writers*per)
+	}
+	info, ok, _ := e.Topic("e.a")
+	if !ok || info.Head != 6*per || info.Count != 50 || info.Earliest != 6*per-49 {
+		t.Fatalf("e.a: %+v", info)
+	}
+	if _, ok, _ := durable.Topic("e.a"); ok {
+		t.Fatal("the ephemeral topic reached the durable store")
+	}
+	if info, ok, _ := e.Topic("d.a"); !ok || info.Head != 2*per {
+		t.Fatalf("d.a: %+v %v", info, ok)
+	}
+}
+
+// TestEphemeralStoreAge: records past the policy's max age are dropped
+// by the sweep; the head stays.
+func TestEphemeralStoreAge(t *testing.T) {
+	ps, err := NewPolicies(Policy{}, []Policy{{Match: "e.*", Ephemeral: true, Retention: Retention{MaxAge: time.Minute}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var now atomic.Int64
+	now.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	clock := func() time.Time { return time.Unix(0, now.Load()) }
+	e := newEphemeralStore(newMemStore(), ps.For, clock)
+	defer e.close()
+	e.SetCommitHook(func([]Committed) {})
+	for range 3 {
+		if _, err := e.Append(t.Context(), "e.a", []byte("1"), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now.Add(int64(2 * time.Minute))
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		info, _, _ := e.Topic("e.a")
+		if info.Count == 0 && info.Head == 3 && info.Earliest == 4 && info.Bytes == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("records past their age still held: %+v", info)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if recs, err := e.Read("e.a", 1, 10, 0); err != nil || len(recs) != 0 {
+		t.Fatalf("read after expiry: %v %v", recs, err)
+	}
+}
