@@ -126,6 +126,11 @@ func (n *node) start() {
 	n.until, n.queued, n.lag = 0, nil, 0
 	n.parts = make([]part, P)
 	n.fence = make([]uint64, P)
+	for p := range n.fence {
+		// As cluster.Node.start: the highest term this node's data or
+		// the owner it followed belongs to.
+		n.fence[p] = max(n.dataTerm[p], n.followed[p])
+	}
 	n.verified = make([]uint64, P)
 	n.repl = make([]*rstate, P)
 	n.blind, n.liveSeen, n.members = core.Time(minTime), nil, nil
