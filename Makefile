@@ -7,7 +7,7 @@ PKGS := ./...
 # root module (internal/clienttest).
 MODULES := subproto clients/go
 
-.PHONY: run test vet unit race bench fuzz lint build dist image crash soak test-js stress-test nats-soak sim
+.PHONY: run test vet unit race bench fuzz lint build dist image crash powercut soak test-js stress-test nats-soak sim
 
 run:
 	$(GO) run ./cmd/brokerd
@@ -116,12 +116,25 @@ NATS_SOAK_COUNT ?= 20
 nats-soak:
 	$(GO) test -race -count=$(NATS_SOAK_COUNT) -timeout 120m -run='^TestClusterNATSRestartKeepsAckedRecords$$' ./cmd/brokerd/
 
-# A longer crash soak of the store: CYCLES kill -9 cycles of appends, and
-# MIGRATIONS stores of format 2 whose migration is killed up to three times.
+# A longer crash soak of the store: CYCLES kill -9 cycles of appends (every
+# other one killed at a point of the write-ahead log's write, apply,
+# checkpoint or replay), and MIGRATIONS stores of format 2 whose migration
+# is killed up to three times.
 CYCLES ?= 200
 MIGRATIONS ?= 50
 crash:
 	$(GO) test -count=1 -timeout 30m -run='^TestCrash' ./store/ -crash.cycles=$(CYCLES) -crash.migrations=$(MIGRATIONS)
+
+# Power cuts of the store: CUTS cycles of appends killed with kill -9 on
+# LazyFS (github.com/dsrhaslab/lazyfs), which then drops every write not
+# synced, as a power cut would. It needs /dev/fuse, fusermount3 (fuse3) and
+# the lazyfs binary, as LAZYFS=path or on PATH (build it with the build.sh
+# of its libs/libpcache, then of lazyfs; it needs cmake, g++ and
+# libfuse3-dev); without them the test skips and says so.
+CUTS ?= 20
+LAZYFS ?=
+powercut:
+	LAZYFS=$(LAZYFS) $(GO) test -count=1 -timeout 30m -v -run='^TestPowerCut$$' ./store/ -powercut.cycles=$(CUTS)
 
 # A longer fault soak of a three-node cluster: SOAK_CYCLES kill -9 cycles
 # (each kills a node under load and restarts it), then a summary of acked,

@@ -169,6 +169,7 @@ func (t *topicTx) put(b *batch, off uint64, ms int64, key string, data []byte) (
 	val, at := putRecord(b.alloc(recordSize(total, key, data)), ms, total, key, data)
 	if b.wal {
 		b.puts = append(b.puts, walPut{kind: walRecord, k: lk, v: val})
+		t.pend = append(t.pend, broker.Record{Offset: off, Time: ms, Key: key, Data: val[at:]})
 	} else if err := b.records.Put(lk, val); err != nil {
 		return nil, err
 	}
@@ -238,21 +239,19 @@ func (db *DB) applyAppendAt(b *batch, o *op) error {
 			return nil
 		}
 		skip := 0
-		var lk [recordKeySize]byte
 		for ; skip < len(recs) && recs[skip].Offset <= t.m.head; skip++ {
 			r := &recs[skip]
 			if r.Offset < t.m.earliest {
 				continue
 			}
-			v := b.records.Get(putRecordKey(lk[:], t.m.id, r.Offset))
-			if v == nil {
-				return fmt.Errorf("%w: topic %q: offset %d missing below head", ErrCorrupt, o.topic, r.Offset)
-			}
-			ms, key, data, err := decodeRecord(v)
+			ms, key, data, ok, err := b.recordAt(t, r.Offset)
 			if err != nil {
 				return err
 			}
-			if ms != r.Time || string(key) != r.Key || !bytes.Equal(data, r.Data) {
+			if !ok {
+				return fmt.Errorf("%w: topic %q: offset %d missing below head", ErrCorrupt, o.topic, r.Offset)
+			}
+			if ms != r.Time || key != r.Key || !bytes.Equal(data, r.Data) {
 				o.err = fmt.Errorf("%w: topic %q offset %d", ErrConflict, o.topic, r.Offset)
 				return nil
 			}

@@ -42,7 +42,7 @@ func (k opKind) grouped() bool { return k < opWrite }
 
 // logged reports whether ops of kind k go through the write-ahead log;
 // the others work on bbolt directly once it holds everything logged.
-func (k opKind) logged() bool { return k == opAppend || k == opEnsure }
+func (k opKind) logged() bool { return k == opAppend || k == opAppendAt || k == opEnsure }
 
 // op is one unit of work for the committer. Ops are pooled: an op belongs
 // to its caller until enqueued, then to the committer, then to the notifier,
@@ -203,10 +203,12 @@ type pending struct {
 type topicTx struct {
 	name             string
 	m                meta
-	base             uint64 // head before the transaction: retention removes no later record
-	dirty            bool   // the stored part of m must be written back
-	created          bool   // created by this batch
-	nrec, start, end int    // committed grouping
+	base             uint64          // head before the transaction: retention removes no later record
+	dirty            bool            // the stored part of m must be written back
+	created          bool            // created by this batch
+	tail             []broker.Record // a log batch: its records in the tail when it was read
+	pend             []broker.Record // a log batch: the records it adds
+	nrec, start, end int             // committed grouping
 }
 
 // alloc returns n bytes of the arena that stay untouched until the batch is
@@ -450,7 +452,8 @@ func (db *DB) runGrouped(b *batch) (carry *op) {
 	return carry
 }
 
-// runLogged executes a batch of appends and Ensures through the log: the
+// runLogged executes a batch of appends, AppendAts and Ensures through the
+// log: the
 // ops are validated and their records encoded against the tail and a read
 // transaction, the batch's puts go to the log as one entry with one
 // fdatasync, and the tail takes the new state; the applier brings bbolt up
@@ -461,6 +464,9 @@ func (db *DB) runLogged(b *batch) (carry *op) {
 	carry = db.take(b, true)
 	if !slices.ContainsFunc(b.ops, func(o *op) bool { return o.err == nil }) {
 		return carry
+	}
+	if db.beforeLog != nil {
+		db.beforeLog()
 	}
 	if err := db.room(); err != nil {
 		b.fail(err)
@@ -521,32 +527,66 @@ func (db *DB) runLogged(b *batch) (carry *op) {
 func (b *batch) walTopic(name string) (*topicTx, error) {
 	tl := &b.db.tail
 	tl.mu.Lock()
-	tt, gen := tl.topics[name], tl.gen
+	tt := tl.topics[name]
 	var t *topicTx
 	if tt != nil {
-		t = &topicTx{name: name, m: tt.m, base: tt.m.head}
+		t = &topicTx{name: name, m: tt.m, base: tt.m.head, tail: tt.recs}
 	}
 	tl.mu.Unlock()
 	if t != nil {
 		b.add(t)
 		return t, nil
 	}
+	return nil, b.freshRead()
+}
+
+// freshRead makes sure that b's read transaction (a log batch's) began
+// after the applier's last transaction, so that bbolt has every record
+// that is not in the tail (the applier bumps the tail's generation once it
+// committed, before it drops records from the tail).
+func (b *batch) freshRead() error {
+	tl := &b.db.tail
+	tl.mu.Lock()
+	gen := tl.gen
+	tl.mu.Unlock()
 	if b.tx != nil && gen == b.rgen {
-		return nil, nil
+		return nil
 	}
 	if b.tx != nil {
 		_ = b.tx.Rollback()
 		b.tx = nil
 	}
-	tl.mu.Lock()
-	b.rgen = tl.gen
-	tl.mu.Unlock()
 	tx, err := b.db.bolt.Begin(false)
 	if err != nil {
-		return nil, err
+		return err
 	}
+	b.rgen = gen
 	b.tx, b.metaB, b.records = tx, tx.Bucket(metaName), tx.Bucket(recordsName)
-	return nil, nil
+	return nil
+}
+
+// recordAt returns topic t's record at off (ms, key, data; data aliases
+// storage), ok false when there is none: from the records the batch adds,
+// the tail or bbolt.
+func (b *batch) recordAt(t *topicTx, off uint64) (ms int64, key string, data []byte, ok bool, err error) {
+	if b.wal {
+		for _, recs := range [][]broker.Record{t.pend, t.tail} {
+			if n := len(recs); n > 0 && off >= recs[0].Offset && off <= recs[n-1].Offset {
+				r := &recs[off-recs[0].Offset]
+				return r.Time, r.Key, r.Data, true, nil
+			}
+		}
+		if err := b.freshRead(); err != nil {
+			return 0, "", nil, false, err
+		}
+	}
+	var lk [recordKeySize]byte
+	v := b.records.Get(putRecordKey(lk[:], t.m.id, off))
+	if v == nil {
+		return 0, "", nil, false, nil
+	}
+	ms, k, data, err := decodeRecord(v)
+	return ms, string(k), data, err == nil, err
 }
 
 // apply runs ops, a tail of b.ops, inside b.tx in queue order.

@@ -52,6 +52,7 @@ type DB struct {
 	direct sync.RWMutex
 
 	beforeApply func() // tests: runs on the applier before each transaction
+	beforeLog   func() // tests: runs on the committer as a log batch begins
 
 	queue  chan *op     // operations waiting for the committer
 	keys   *keyIndex    // idempotency keys; the committer's alone (see keyIndex)

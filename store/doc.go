@@ -56,7 +56,7 @@
 //
 // # Write-ahead log
 //
-// Appends and Ensure do not write bbolt: each group commit of them is one
+// Appends, AppendAt and Ensure do not write bbolt: each group commit of them is one
 // entry appended to the current segment of the log, dir/wal/<position in
 // 16 hex digits>.wal, and one fdatasync; only then are the appenders told
 // ok. An entry is a 4-byte length, a CRC-32C of the length and payload, and
@@ -91,8 +91,10 @@
 //
 // Every other write works on bbolt directly, after waiting until the
 // applier has caught up (the committer runs them, so nothing is logged
-// meanwhile): AppendAt, consumer commits, retention, TruncateAfter,
-// ResetTopic, DeleteTopic and SetRetention, and Check reads bbolt then.
+// meanwhile): consumer commits, retention, TruncateAfter, ResetTopic,
+// DeleteTopic and SetRetention, and Check reads bbolt then. (AppendAt
+// compares the records it is given with those of the batch, the tail or
+// bbolt, whichever holds them.)
 // They keep their exact meaning; each batch of them costs a bbolt commit
 // of its own, as before the log. While such a write runs it holds
 // DB.direct, which reads that combine the tail with bbolt hold shared, so
@@ -190,7 +192,7 @@
 // return; when the queue is full they block until there is room, which is the
 // store's backpressure. The committer takes whatever is queued, up to
 // MaxBatchRecords records and MaxBatchBytes bytes, and applies it in one log
-// entry (appends and Ensure) or one bbolt write transaction (the other
+// entry (appends, AppendAt and Ensure) or one bbolt write transaction (the other
 // writes, see above; a batch is one or the other); before committing it
 // takes what queued in the meantime (callers acknowledged by the previous
 // batch come back while this one is applied), and commits when nothing

@@ -37,7 +37,7 @@ type tail struct {
 	pending []*walBatch // logged, not yet taken by the applier, in log order
 	busy    int         // batches the applier is applying
 	bytes   int64       // memory of pending and busy batches
-	gen     uint64      // bumped whenever topics leave the tail
+	gen     uint64      // bumped by every applier transaction, before it drops records
 	created int         // tail topics created by the log (maybe not in bbolt yet)
 	applied uint64      // the log position bbolt covers
 	end     uint64      // the log position after the last entry logged
@@ -204,6 +204,7 @@ func (db *DB) applyLoop() {
 			continue
 		}
 		end := work[len(work)-1].end
+		tl.gen++
 		for _, wb := range work {
 			for _, name := range wb.topics {
 				tt := tl.topics[name]
@@ -218,7 +219,6 @@ func (db *DB) applyLoop() {
 						tl.created--
 					}
 					delete(tl.topics, name)
-					tl.gen++
 				}
 			}
 			tl.bytes -= wb.bytes

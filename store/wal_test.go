@@ -270,13 +270,17 @@ func TestWALBackpressure(t *testing.T) {
 			})
 		}
 	}()
-	// The tail's bound plus one batch.
+	// The tail fills, and every record it holds is acknowledged.
+	var n int64
 	waitFor(t, func() bool {
 		db.tail.mu.Lock()
 		defer db.tail.mu.Unlock()
-		return db.tail.bytes >= opts.MaxTailBytes
+		n = 0
+		for _, tt := range db.tail.topics {
+			n += int64(len(tt.recs))
+		}
+		return db.tail.bytes >= opts.MaxTailBytes && acked.Load() == n
 	})
-	n := acked.Load()
 	time.Sleep(100 * time.Millisecond) // nothing more may be acknowledged
 	db.tail.mu.Lock()
 	bytes := db.tail.bytes
@@ -338,10 +342,11 @@ func TestWALSegments(t *testing.T) {
 	for i := range 40 {
 		mustAppend(t, db, fmt.Sprint("t", i%3), string(data), "")
 	}
+	// The applier removes the files after it let go of the tail's lock.
 	waitFor(t, func() bool {
 		db.tail.mu.Lock()
 		defer db.tail.mu.Unlock()
-		return db.tail.applied == db.tail.end && len(db.tail.segs) == 1
+		return db.tail.applied == db.tail.end && len(db.tail.segs) == 1 && len(segments(t, dir)) == 1
 	})
 	if segs := segments(t, dir); len(segs) != 1 || segs[0] == 0 {
 		t.Fatalf("segments once applied: %v", segs)
@@ -399,4 +404,88 @@ func formatOf(t testing.TB, db *DB) (format string) {
 		t.Fatal(err)
 	}
 	return format
+}
+
+// TestWALAppendAt stores replicated records through the log: AppendAt
+// compares what it is given with the records of its own batch, of the tail
+// and of bbolt, and a crash replays what it logged.
+func TestWALAppendAt(t *testing.T) {
+	db, dir := openTest(t, nil)
+	// A log batch can be held as it begins, so that what queues meanwhile
+	// joins it.
+	var armed atomic.Bool
+	held, gate := make(chan struct{}), make(chan struct{})
+	db.beforeLog = func() {
+		if armed.CompareAndSwap(true, false) {
+			close(held)
+			<-gate
+		}
+	}
+	closeGate := sync.OnceFunc(func() { close(gate) })
+	t.Cleanup(closeGate)
+	const epoch = "e1"
+	base := time.Now().UnixMilli()
+	recs := func(from, to uint64, tag string) []broker.Record {
+		var out []broker.Record
+		for off := from; off <= to; off++ {
+			out = append(out, broker.Record{Offset: off, Time: base + int64(off), Key: fmt.Sprint("k", off), Data: []byte(fmt.Sprint(tag, off))})
+		}
+		return out
+	}
+	if err := db.AppendAt("f", epoch, recs(1, 3, "d")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { _, ok := db.tailState("f"); return !ok })
+	release := holdApplier(t, db)
+	if err := db.AppendAt("f", epoch, recs(2, 6, "d")); err != nil {
+		t.Fatalf("AppendAt over bbolt's records: %v", err)
+	}
+	// Two overlapping AppendAts in one batch, over the tail's records.
+	armed.Store(true)
+	errs := make(chan error, 2)
+	go func() { errs <- db.AppendAt("f", epoch, recs(5, 8, "d")) }()
+	<-held
+	go func() { errs <- db.AppendAt("f", epoch, recs(7, 10, "d")) }()
+	waitFor(t, func() bool { return len(db.queue) == 1 })
+	var commits atomic.Int64
+	db.SetCommitHook(func([]broker.Committed) { commits.Add(1) })
+	closeGate()
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatalf("AppendAt in one batch: %v", err)
+		}
+	}
+	if n := commits.Load(); n != 1 {
+		t.Fatalf("the two AppendAts took %d commits, want 1", n)
+	}
+	db.SetCommitHook(nil)
+	for _, from := range []uint64{2, 5, 9} {
+		if err := db.AppendAt("f", epoch, recs(from, from, "x")); !errors.Is(err, ErrConflict) {
+			t.Fatalf("a different record at %d: %v, want ErrConflict", from, err)
+		}
+	}
+	if err := db.AppendAt("f", epoch, recs(12, 12, "d")); !errors.Is(err, ErrGap) {
+		t.Fatalf("AppendAt past head+1: %v, want ErrGap", err)
+	}
+	if err := db.AppendAt("f", "e2", recs(11, 11, "d")); !errors.Is(err, ErrEpochMismatch) {
+		t.Fatalf("AppendAt with another epoch: %v, want ErrEpochMismatch", err)
+	}
+	// A new topic from a trimmed log starts at its first record.
+	if err := db.AppendAt("g", epoch, recs(40, 41, "d")); err != nil {
+		t.Fatal(err)
+	}
+	crashed := crashCopy(t, dir)
+	release()
+	for _, d := range []*DB{db, openAt(t, crashed, nil)} {
+		got := readAll(t, d, "f")
+		if !slices.Equal(offsets(got), span(1, 10)) || string(got[9].Data) != "d10" || got[9].Key != "k10" || got[9].Time != base+10 {
+			t.Fatalf("f: %v", got)
+		}
+		if info := mustTopic(t, d, "g"); info.Earliest != 40 || info.Head != 41 || info.Epoch != epoch {
+			t.Fatalf("g: %+v", info)
+		}
+		if a := mustAppend(t, d, "f", "dup", "k4"); !a.Dup || a.Offset != 4 {
+			t.Fatalf("a replicated key: %+v", a)
+		}
+	}
 }
