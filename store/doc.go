@@ -67,8 +67,9 @@
 // one beginning where it ends. The cost of a commit is one sequential write
 // and one sync, however many topics it touches.
 //
-// The applier goroutine brings bbolt up to date: it takes every entry not
-// yet applied into one synced bbolt transaction, which also stores the
+// The applier goroutine brings bbolt up to date: it takes the entries not
+// yet applied (at most a quarter of Options.MaxTailBytes of them) into one
+// synced bbolt transaction, which also stores the
 // position after the last one in brokerd/walpos, when the oldest has waited
 // 500 ms, when they hold a quarter of Options.MaxTailBytes, or at once when
 // an operation waits for it. Then it removes the segments that end at or

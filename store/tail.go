@@ -20,7 +20,7 @@ const DefaultMaxTailBytes = 64 << 20
 // since the oldest entry it has not applied, until the tail holds a quarter
 // of MaxTailBytes, or until an operation waits for it: large transactions
 // are cheap per record, and fewer of them leave the disk's syncs to the
-// log.
+// log. One transaction takes at most a quarter of MaxTailBytes of entries.
 const applyDelay = 500 * time.Millisecond
 
 // tailRecOverhead is what the tail counts per record beyond its encoded
@@ -176,8 +176,15 @@ func (db *DB) applyLoop() {
 		if len(tl.pending) == 0 {
 			return
 		}
-		work := tl.pending
-		tl.pending, tl.busy = nil, len(work)
+		// At most a quarter of MaxTailBytes per transaction (at least
+		// one entry), which bounds its dirty pages.
+		n, size := 0, int64(0)
+		for n < len(tl.pending) && (n == 0 || size+tl.pending[n].bytes <= db.opts.MaxTailBytes/4) {
+			size += tl.pending[n].bytes
+			n++
+		}
+		work := tl.pending[:n:n]
+		tl.pending, tl.busy = tl.pending[n:], len(work)
 		tl.mu.Unlock()
 		err := db.applyBatches(work)
 		tl.mu.Lock()
