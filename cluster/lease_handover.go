@@ -18,79 +18,20 @@ import (
 // is made an extra follower first (part.extra), brought up to date, named
 // in the lease, and handed the partition at a later pass.
 func (n *Node) rebalance(live []string, share int) {
-	me := n.cfg.Node
-	var release, changed []int
 	n.mu.Lock()
-	count := map[string]int{}
-	var mine []int
+	parts := make([]core.Held, len(n.parts))
 	for p := range n.parts {
-		switch st := &n.parts[p]; {
-		case st.mine:
-			count[me]++
-			mine = append(mine, p)
-		case st.owner != "":
-			count[st.owner]++
-		}
-	}
-	room := map[string]int{}
-	for _, m := range live {
-		if m != me && count[m] < share {
-			room[m] = share - count[m]
-		}
-	}
-	excess := count[me] - share
-	rand.Shuffle(len(mine), func(i, j int) { mine[i], mine[j] = mine[j], mine[i] })
-	// Transfers under way, and partitions a follower under its share
-	// holds already.
-	for _, p := range mine {
 		st := &n.parts[p]
-		if st.extra != "" {
-			if excess <= 0 || room[st.extra] <= 0 || !st.ready {
-				st.extra = ""
-				changed = append(changed, p)
-				continue
-			}
-			room[st.extra]--
-			excess--
-			if slices.Contains(st.listed, st.extra) {
-				release = append(release, p)
-			}
-			continue
-		}
-		if excess <= 0 || !st.ready {
-			continue
-		}
-		for _, f := range st.listed {
-			if room[f] > 0 {
-				room[f]--
-				excess--
-				release = append(release, p)
-				break
-			}
-		}
+		parts[p] = core.Held{Mine: st.mine, Owner: st.owner, Ready: st.ready, Listed: st.listed, Extra: st.extra}
 	}
-	// New transfers, to the nodes with the most room.
-	for _, p := range mine {
-		st := &n.parts[p]
-		if excess <= 0 {
-			break
+	order := rand.Perm(len(parts))
+	release, extra := core.Balance(n.cfg.Node, parts, live, share, order)
+	var changed []int
+	for p, e := range extra {
+		if n.parts[p].mine {
+			n.parts[p].extra = e
+			changed = append(changed, p)
 		}
-		if st.extra != "" || !st.ready || slices.Contains(release, p) {
-			continue
-		}
-		best := ""
-		for m, r := range room {
-			if r > 0 && (best == "" || r > room[best] || r == room[best] && m < best) {
-				best = m
-			}
-		}
-		if best == "" {
-			break
-		}
-		st.extra = best
-		room[best]--
-		excess--
-		changed = append(changed, p)
 	}
 	members := n.members
 	n.mu.Unlock()

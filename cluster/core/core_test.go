@@ -206,3 +206,42 @@ func TestPassIntent(t *testing.T) {
 		t.Fatalf("handed back before ready: %+v, want a take with the data", got)
 	}
 }
+
+func TestBalance(t *testing.T) {
+	live := []string{"n1", "n2", "n3"}
+	// n1 holds four partitions of six (share 2); n2 holds one, n3 none.
+	parts := []Held{
+		{Mine: true, Ready: true, Listed: []string{"n2"}},
+		{Mine: true, Ready: true, Listed: []string{"n3"}},
+		{Mine: true, Ready: true},
+		{Mine: true, Ready: false, Listed: []string{"n3"}},
+		{Owner: "n2"},
+		{},
+	}
+	release, extra := Balance("n1", parts, live, 2, []int{0, 1, 2, 3, 4, 5})
+	// n2 has room for one, n3 for two; n1 has two too many: partition 0
+	// goes to its listed n2, partition 1 to its listed n3; the one not
+	// ready never moves.
+	if !slices.Equal(release, []int{0, 1}) || len(extra) != 0 {
+		t.Fatalf("release %v extra %v", release, extra)
+	}
+	// Nobody listed under its share: an extra follower first, the node
+	// with the most room.
+	parts = []Held{{Mine: true, Ready: true}, {Mine: true, Ready: true}, {Mine: true, Ready: true}, {Owner: "n2"}}
+	release, extra = Balance("n1", parts, live, 2, []int{0, 1, 2, 3})
+	if len(release) != 0 || len(extra) != 1 || extra[0] != "n3" {
+		t.Fatalf("release %v extra %v, want partition 0 to get n3 as an extra follower", release, extra)
+	}
+	// Once the extra is listed, the partition is handed back.
+	parts[0].Extra, parts[0].Listed = "n3", []string{"n3"}
+	release, extra = Balance("n1", parts, live, 2, []int{0, 1, 2, 3})
+	if !slices.Equal(release, []int{0}) || len(extra) != 0 {
+		t.Fatalf("release %v extra %v", release, extra)
+	}
+	// Within its share: nothing moves, a transfer under way is undone.
+	parts = []Held{{Mine: true, Ready: true, Extra: "n2"}, {Owner: "n2"}, {Owner: "n3"}}
+	release, extra = Balance("n1", parts, live, 1, []int{0, 1, 2})
+	if len(release) != 0 || len(extra) != 1 || extra[0] != "" {
+		t.Fatalf("release %v extra %v", release, extra)
+	}
+}

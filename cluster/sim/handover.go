@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"maps"
 	"slices"
 
 	"github.com/brokerd/brokerd/cluster/core"
@@ -95,88 +96,19 @@ func (n *node) unacked(ps []int) bool {
 }
 
 // rebalance hands partitions over past this node's share
-// (cluster.Node.rebalance): only to a node that holds the history. A
-// listed follower under its share is handed the partition at once;
-// otherwise a node under its share is made an extra follower first, and
-// handed the partition once the lease names it.
+// (cluster.Node.rebalance, core.Balance).
 func (n *node) rebalance(live []string, share int) {
-	count := map[string]int{}
-	var mine []int
+	parts := make([]core.Held, len(n.parts))
 	for p := range n.parts {
-		switch st := &n.parts[p]; {
-		case st.mine:
-			count[n.name]++
-			mine = append(mine, p)
-		case st.owner != "":
-			count[st.owner]++
-		}
-	}
-	room := map[string]int{}
-	for _, m := range live {
-		if m != n.name && count[m] < share {
-			room[m] = share - count[m]
-		}
-	}
-	excess := count[n.name] - share
-	n.w.rng.Shuffle(len(mine), func(i, j int) { mine[i], mine[j] = mine[j], mine[i] })
-	var release, changed []int
-	for _, p := range mine {
 		st := &n.parts[p]
-		if st.extra != "" {
-			if excess <= 0 || room[st.extra] <= 0 || !st.ready {
-				st.extra = ""
-				changed = append(changed, p)
-				continue
-			}
-			room[st.extra]--
-			excess--
-			if slices.Contains(st.listed, st.extra) {
-				release = append(release, p)
-			}
-			continue
-		}
-		if excess <= 0 || !st.ready {
-			continue
-		}
-		for _, f := range st.listed {
-			if room[f] > 0 {
-				room[f]--
-				excess--
-				release = append(release, p)
-				break
-			}
-		}
+		parts[p] = core.Held{Mine: st.mine, Owner: st.owner, Ready: st.ready, Listed: st.listed, Extra: st.extra}
 	}
-	for _, p := range mine {
-		st := &n.parts[p]
-		if excess <= 0 {
-			break
+	release, extra := core.Balance(n.name, parts, live, share, n.w.rng.Perm(len(parts)))
+	for _, p := range slices.Sorted(maps.Keys(extra)) {
+		if n.parts[p].mine {
+			n.parts[p].extra = extra[p]
+			n.setFollowers(p)
 		}
-		if st.extra != "" || !st.ready || slices.Contains(release, p) {
-			continue
-		}
-		best := ""
-		for _, m := range slices.Sorted(func(yield func(string) bool) {
-			for k := range room {
-				if !yield(k) {
-					return
-				}
-			}
-		}) {
-			if r := room[m]; r > 0 && (best == "" || r > room[best]) {
-				best = m
-			}
-		}
-		if best == "" {
-			break
-		}
-		st.extra = best
-		room[best]--
-		excess--
-		changed = append(changed, p)
-	}
-	for _, p := range changed {
-		n.setFollowers(p)
 	}
 	if len(release) > 0 {
 		n.w.tracef("%s hands %v over for balance", n.name, release)
