@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/brokerd/brokerd/cluster/core"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -155,7 +156,7 @@ func (n *Node) renewDue() {
 		}
 		l := st.listing()
 		at := st.sent.Add(n.cfg.LeaseTTL / 3)
-		if !time.Now().Before(at) || !slices.Equal(l, st.listed) {
+		if core.RenewDue(ct(st.sent), ct(time.Now()), core.Duration(n.cfg.LeaseTTL), l, st.listed) {
 			list = append(list, due{p, st.term, st.rev, l, at})
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/brokerd/brokerd/broker"
+	"github.com/brokerd/brokerd/cluster/core"
 	"github.com/brokerd/brokerd/subproto"
 )
 
@@ -312,5 +313,5 @@ func (n *Node) ownsNow(topic string) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	st := &n.parts[n.partition(topic)]
-	return st.mine && time.Since(st.sent) < n.cfg.LeaseTTL
+	return st.mine && core.Holds(ct(st.sent), ct(time.Now()), core.Duration(n.cfg.LeaseTTL))
 }

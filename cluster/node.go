@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/brokerd/brokerd/broker"
+	"github.com/brokerd/brokerd/cluster/core"
 	"github.com/brokerd/brokerd/store"
 )
 
@@ -438,7 +439,7 @@ func (n *Node) where(p int) (owner string, term uint64, local bool) {
 	defer n.mu.Unlock()
 	st := &n.parts[p]
 	if st.mine {
-		if st.ready && time.Since(st.sent) < n.cfg.LeaseTTL-n.cfg.LeaseTTL/10 {
+		if core.Serves(st.ready, ct(st.sent), ct(time.Now()), core.Duration(n.cfg.LeaseTTL)) {
 			return n.cfg.Node, st.term, true
 		}
 		return "", 0, false
@@ -451,7 +452,7 @@ func (n *Node) holds(p int, term uint64) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	st := &n.parts[p]
-	return st.mine && st.term == term && time.Since(st.sent) < n.cfg.LeaseTTL
+	return st.mine && st.term == term && core.Holds(ct(st.sent), ct(time.Now()), core.Duration(n.cfg.LeaseTTL))
 }
 
 // SetCommitHook installs the broker's hook. It sees the records of the

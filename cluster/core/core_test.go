@@ -245,3 +245,16 @@ func TestBalance(t *testing.T) {
 		t.Fatalf("release %v extra %v", release, extra)
 	}
 }
+
+func TestHoldsServesRenewDue(t *testing.T) {
+	const ttl = Duration(900)
+	if !Holds(100, 999, ttl) || Holds(100, 1000, ttl) {
+		t.Error("Holds: for one TTL from the write")
+	}
+	if !Serves(true, 100, 909, ttl) || Serves(true, 100, 910, ttl) || Serves(false, 100, 101, ttl) {
+		t.Error("Serves: ready, with a tenth of the TTL to spare")
+	}
+	if RenewDue(100, 399, ttl, nil, nil) || !RenewDue(100, 400, ttl, nil, nil) || !RenewDue(100, 101, ttl, []string{"n2"}, nil) {
+		t.Error("RenewDue: a third of the TTL after the write, or the followers changed")
+	}
+}

@@ -304,3 +304,23 @@ func (r Rules) Pass(in PassIn) PassOut {
 	}
 	return out
 }
+
+// Holds tells whether a node whose last successful write of a lease was
+// sent at sent may still count acknowledgements under it: for one TTL from
+// then, by its own clock. Others judge the lease stale only after watching
+// it unchanged for TTL+TTL/10 from when they saw that write, so the holder
+// stops first.
+func Holds(sent, now Time, ttl Duration) bool { return Duration(now-sent) < ttl }
+
+// Serves tells whether the holder takes requests: ready, and with a tenth
+// of the TTL to spare, so that a request taken finishes under the lease.
+func Serves(ready bool, sent, now Time, ttl Duration) bool {
+	return ready && Duration(now-sent) < ttl-ttl/10
+}
+
+// RenewDue tells whether a held lease is renewed now: a third of its TTL
+// after its last write (leaving two more chances before it lapses), or at
+// once when the followers it should name changed.
+func RenewDue(sent, now Time, ttl Duration, listing, listed []string) bool {
+	return Duration(now-sent) >= ttl/3 || !slices.Equal(listing, listed)
+}

@@ -200,14 +200,13 @@ func (n *node) replicated() bool { return n.w.cfg.Replicas != 1 }
 // (cluster.Node.holds).
 func (n *node) holds(p int, term uint64) bool {
 	st := &n.parts[p]
-	return st.mine && st.term == term && n.clock()-st.sent < core.Time(n.w.cfg.TTL)
+	return st.mine && st.term == term && core.Holds(st.sent, n.clock(), n.w.cfg.TTL)
 }
 
 // serves tells whether the node takes publishes for p (cluster.Node.where).
 func (n *node) serves(p int) bool {
 	st := &n.parts[p]
-	ttl := n.w.cfg.TTL
-	return st.mine && st.ready && n.clock()-st.sent < core.Time(ttl-ttl/10)
+	return st.mine && core.Serves(st.ready, st.sent, n.clock(), n.w.cfg.TTL)
 }
 
 func (n *node) owned() int {
@@ -437,7 +436,7 @@ func (n *node) renewDue() {
 			continue
 		}
 		l := n.w.cfg.Rules.Listing(st.want, st.synced)
-		if n.clock() >= st.sent+core.Time(ttl/3) || !slices.Equal(l, st.listed) {
+		if core.RenewDue(st.sent, n.clock(), ttl, l, st.listed) {
 			n.renewLease(p, st.term, st.w.Rev, l, nil)
 		}
 	}
