@@ -165,6 +165,15 @@ func TestEphemeralRestart(t *testing.T) {
 		}
 		epochs[topic] = ev.Epoch
 	}
+	// A durable consumer of the ephemeral topic, at offset 2.
+	cc := mustDial(t, d.addr)
+	if ev := cc.request(t, 1, `{"op":"sub","id":1,"topic":"cursor.a","consumer":"w","from":"latest"}`); ev.Op != "ok" {
+		t.Fatalf("consumer sub: %s", ev)
+	}
+	if ev := cc.request(t, 2, `{"op":"ack","id":2,"topic":"cursor.a","consumer":"w","offset":2}`); ev.Op != "ok" {
+		t.Fatalf("ack: %s", ev)
+	}
+	cc.close()
 	c.close()
 	d.stop(15 * time.Second)
 
@@ -174,6 +183,11 @@ func TestEphemeralRestart(t *testing.T) {
 	ev := c.request(t, 1, subCmd(1, "cursor.a", "2", epochs["cursor.a"]))
 	if ev.Op != "err" || ev.Code != "epoch_mismatch" {
 		t.Fatalf("resuming the ephemeral topic after a restart: %s, want epoch_mismatch", ev)
+	}
+	// The consumer's stored position belongs to the old epoch.
+	ev = c.request(t, 2, `{"op":"sub","id":2,"topic":"cursor.a","consumer":"w"}`)
+	if ev.Op != "err" || ev.Code != "epoch_mismatch" {
+		t.Fatalf("the durable consumer after a restart: %s, want epoch_mismatch", ev)
 	}
 	ev = c.request(t, 3, pubCmd(3, "cursor.b", []byte(`2`)))
 	if ev.Op != "ok" || ev.Offset != 1 {
