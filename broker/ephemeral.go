@@ -32,7 +32,19 @@ const (
 	// between two starts; beyond, a publish or subscription that would
 	// create one gets ErrTooManyTopics.
 	MaxEphemeralTopics = 10000
+	// MaxEphemeralMemory bounds the memory of every ephemeral topic's
+	// records together (data, key and about ephemeralRecordOverhead bytes
+	// of bookkeeping each): past it the oldest records of the largest
+	// topics are dropped first, as their retention would, so that no
+	// client filling many topics can make the server hold more.
+	MaxEphemeralMemory = 256 << 20
 )
+
+// ephemeralRecordOverhead is what a retained record costs beyond its data
+// and key: the Record and its slot.
+const ephemeralRecordOverhead = 80
+
+func recordCost(r *Record) int64 { return int64(len(r.Data)+len(r.Key)) + ephemeralRecordOverhead }
 
 // ephemeralSweep is how often records past their age are dropped.
 const ephemeralSweep = time.Second
@@ -47,8 +59,10 @@ type ephemeralStore struct {
 	hookMu sync.Mutex
 	hook   func([]Committed)
 
-	mu     sync.Mutex
-	topics map[string]*memLog // guarded by mu
+	mu      sync.Mutex
+	topics  map[string]*memLog // guarded by mu
+	cost    int64              // guarded by mu: recordCost of every retained record
+	maxCost int64              // MaxEphemeralMemory, smaller in tests
 	// work carries appends to run, in the order their offsets were
 	// assigned: sent while mu is held.
 	work chan memDone
@@ -62,6 +76,7 @@ type memLog struct {
 	head  uint64
 	recs  []Record // retained, ascending offsets, the last one is head
 	bytes int64
+	cost  int64 // recordCost of recs
 }
 
 type memDone struct {
@@ -71,7 +86,7 @@ type memDone struct {
 }
 
 func newEphemeralStore(st Store, policy func(string) *Policy, now func() time.Time) *ephemeralStore {
-	e := &ephemeralStore{Store: st, policy: policy, now: now, topics: make(map[string]*memLog),
+	e := &ephemeralStore{Store: st, policy: policy, now: now, topics: make(map[string]*memLog), maxCost: MaxEphemeralMemory,
 		work: make(chan memDone, 4096), stop: make(chan struct{})}
 	e.wg.Add(2)
 	go e.run()
@@ -157,7 +172,7 @@ func (e *ephemeralStore) sweep() {
 		case <-t.C:
 			e.mu.Lock()
 			for name, l := range e.topics {
-				l.trim(ephemeralBounds(e.policy(name)), e.now())
+				e.cost -= l.trim(ephemeralBounds(e.policy(name)), e.now())
 			}
 			e.mu.Unlock()
 		case <-e.stop:
@@ -166,20 +181,50 @@ func (e *ephemeralStore) sweep() {
 	}
 }
 
-// trim drops the oldest records until every bound holds.
-func (l *memLog) trim(r Retention, now time.Time) {
+// trim drops the oldest records until every bound holds, and returns
+// the cost it freed.
+func (l *memLog) trim(r Retention, now time.Time) int64 {
 	cut := now.Add(-r.MaxAge).UnixMilli()
 	n := 0
 	for n < len(l.recs) && (int64(len(l.recs)-n) > r.MaxMessages || l.bytes > r.MaxBytes || l.recs[n].Time < cut) {
-		l.bytes -= int64(len(l.recs[n].Data))
-		l.recs[n] = Record{}
 		n++
+	}
+	return l.drop(n)
+}
+
+// drop drops the n oldest records and returns the cost it freed.
+func (l *memLog) drop(n int) int64 {
+	var freed int64
+	for i := range n {
+		l.bytes -= int64(len(l.recs[i].Data))
+		freed += recordCost(&l.recs[i])
+		l.recs[i] = Record{}
 	}
 	if n > 0 {
 		l.recs = slices.Clip(l.recs[n:])
 		if len(l.recs) == 0 {
 			l.recs = nil
 		}
+	}
+	l.cost -= freed
+	return freed
+}
+
+// fitLocked drops records until every ephemeral topic together fits
+// maxCost: a quarter of the largest topic's records (its oldest) at a
+// time, so that whoever holds the most gives back first.
+func (e *ephemeralStore) fitLocked() {
+	for e.cost > e.maxCost {
+		var big *memLog
+		for _, l := range e.topics {
+			if big == nil || l.cost > big.cost {
+				big = l
+			}
+		}
+		if big == nil || len(big.recs) == 0 {
+			return
+		}
+		e.cost -= big.drop(max(1, len(big.recs)/4))
 	}
 }
 
@@ -243,7 +288,10 @@ func (e *ephemeralStore) AppendAsync(topic string, data []byte, key string, done
 	rec := Record{Offset: l.head, Time: ms, Key: key, Data: data}
 	l.recs = append(l.recs, rec)
 	l.bytes += int64(len(data))
-	l.trim(r, now)
+	c := recordCost(&rec)
+	l.cost += c
+	e.cost += c - l.trim(r, now)
+	e.fitLocked()
 	// The hook may keep the records: give it its own slice header.
 	e.work <- memDone{c: Committed{Topic: topic, Epoch: l.epoch, Records: []Record{rec}},
 		a: Appended{Topic: topic, Epoch: l.epoch, Offset: rec.Offset, Time: ms}, done: done}

@@ -110,3 +110,63 @@ func TestEphemeralStoreAge(t *testing.T) {
 		t.Fatalf("read after expiry: %v %v", recs, err)
 	}
 }
+
+// TestEphemeralStoreMemory: ephemeral topics together never hold more than
+// the memory bound, whatever a client publishes to how many of them; the
+// largest topic gives back first, and offsets go on.
+func TestEphemeralStoreMemory(t *testing.T) {
+	ps, err := NewPolicies(Policy{}, []Policy{{Match: "e.*", Ephemeral: true, Retention: Retention{MaxMessages: 1 << 20, MaxBytes: 1 << 30}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEphemeralStore(newMemStore(), ps.For, time.Now)
+	defer e.close()
+	e.SetCommitHook(func([]Committed) {})
+	e.maxCost = 1 << 20
+	small := []byte(`"s"`)
+	if _, err := e.Append(t.Context(), "e.small", small, ""); err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 1024)
+	for i := range data {
+		data[i] = 'x'
+	}
+	data[0], data[len(data)-1] = '"', '"'
+	var last Appended
+	for i := range 4000 {
+		topic := "e.big"
+		if i%4 == 0 {
+			topic = "e.other"
+		}
+		a, err := e.Append(t.Context(), topic, data, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if topic == "e.big" {
+			last = a
+		}
+		e.mu.Lock()
+		c := e.cost
+		e.mu.Unlock()
+		if c > e.maxCost {
+			t.Fatalf("after %d publishes the ephemeral topics hold %d bytes, over the bound of %d", i+1, c, e.maxCost)
+		}
+	}
+	big, _, _ := e.Topic("e.big")
+	if big.Head != last.Offset || big.Count == 0 || big.Earliest <= 1 {
+		t.Fatalf("the big topic: %+v, last offset %d: offsets go on, its oldest records went", big, last.Offset)
+	}
+	if s, _, _ := e.Topic("e.small"); s.Count != 1 {
+		t.Fatalf("the small topic lost its record (%+v) while bigger ones held more", s)
+	}
+	var sum int64
+	e.mu.Lock()
+	for _, l := range e.topics {
+		sum += l.cost
+	}
+	c := e.cost
+	e.mu.Unlock()
+	if sum != c {
+		t.Fatalf("the total %d is not the sum of the topics %d", c, sum)
+	}
+}
