@@ -56,9 +56,15 @@ vet:
 # BROKERD_TEST_SCALE=2 doubles every time bound of the tests on a slow
 # machine.
 CLUSTER_PKGS := ./cluster/ ./cmd/brokerd/
+# The cluster simulator runs without the race detector (each run is one
+# goroutine; the detector would only make it ten times slower): SIM_SEEDS
+# seeds with every safety rule on, and each rule turned off in turn until
+# the simulator finds what it prevents.
+SIM_SEEDS ?= 3000
 race:
 	@for m in $(MODULES); do (cd $$m && $(GO) test -race -count=1 -timeout 15m ./...) || exit 1; done
-	$(GO) test -race -count=1 -timeout 15m $$($(GO) list $(PKGS) | grep -v -e '/cluster$$' -e '/cmd/brokerd$$')
+	$(GO) test -race -count=1 -timeout 15m $$($(GO) list $(PKGS) | grep -v -e '/cluster$$' -e '/cmd/brokerd$$' -e '/cluster/sim$$')
+	$(GO) test -count=1 -timeout 15m ./cluster/sim/ -sim.seeds=$(SIM_SEEDS)
 	$(GO) test -race -count=1 -timeout 15m -p 1 $(CLUSTER_PKGS)
 
 unit:
