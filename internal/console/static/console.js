@@ -539,7 +539,9 @@ async function refreshTopics() {
   }
   let status = 0;
   try {
-    const r = await fetch(`${base}/v1/topics?limit=1000`, { headers, cache: 'no-store' });
+    // Bounded: a request the broker never answers (one sent while it was
+    // going down or coming up) must not keep the page checking for good.
+    const r = await fetch(`${base}/v1/topics?limit=1000`, { headers, cache: 'no-store', signal: AbortSignal.timeout(10000) });
     status = r.status;
     if (!r.ok) {
       let msg = `${r.status} ${r.statusText}`;

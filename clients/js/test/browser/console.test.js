@@ -111,7 +111,12 @@ describe('the console in a real browser', { skip, timeout: 300000 }, () => {
       if ((await page.getAttribute('#state', 'data-state')) === 'open') break;
       const retry = page.locator('#retry-btn:visible');
       if (await retry.count()) await retry.click().catch(() => {});
-      assert.ok(Date.now() - clicked < 20000, 'Retry now did not reconnect within 20 s');
+      if (Date.now() - clicked >= 20000) {
+        const st = await page.getAttribute('#state', 'data-state');
+        const text = await page.textContent('#state-text');
+        const events = await page.locator('#events li').allTextContents();
+        assert.fail(`Retry now did not reconnect within 20 s: state ${st} "${text}"; events ${JSON.stringify(events.slice(-5))}; broker log: ${broker.log.slice(-2000)}`);
+      }
       await page.waitForTimeout(100);
     }
     await page.waitForSelector('#events li >> text=reconnected to');
