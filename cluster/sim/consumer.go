@@ -31,16 +31,7 @@ func (n *node) ackConsumer(p int, off uint64) {
 	st := &n.parts[p]
 	term := st.term
 	epoch := n.logs[p].epoch
-	var insync []string
-	for _, f := range st.want {
-		if st.synced[f] || st.counted[f] {
-			insync = append(insync, f)
-		}
-	}
-	need := n.followerCount()
-	if n.w.cfg.Auto {
-		need = min(need, len(insync))
-	}
+	insync, need := n.wantOf(p)
 	if len(st.want) < need || !n.holds(p, term) {
 		return
 	}

@@ -243,6 +243,23 @@ func (n *node) confirm(p int, term uint64, epoch int, f string, off uint64, late
 	n.advance(p)
 }
 
+// wantOf returns the followers of owned p in sync (or counted: holding
+// the history) and how many copies an acknowledgement needs besides the
+// owner's (cluster.Node.wantOf).
+func (n *node) wantOf(p int) (insync []string, need int) {
+	st := &n.parts[p]
+	for _, f := range st.want {
+		if st.synced[f] || st.counted[f] {
+			insync = append(insync, f)
+		}
+	}
+	need = n.followerCount()
+	if n.w.cfg.Auto {
+		need = min(need, len(insync))
+	}
+	return insync, need
+}
+
 // advance moves p's acknowledged offset and answers the clients
 // (cluster.Node.advanceLocked).
 func (n *node) advance(p int) {
@@ -251,16 +268,7 @@ func (n *node) advance(p int) {
 	if rs == nil || !st.mine || rs.term != st.term {
 		return
 	}
-	var insync []string
-	for _, f := range st.want {
-		if st.synced[f] || st.counted[f] {
-			insync = append(insync, f)
-		}
-	}
-	need := n.followerCount()
-	if n.w.cfg.Auto {
-		need = min(need, len(insync))
-	}
+	insync, need := n.wantOf(p)
 	if len(st.want) < need || !n.holds(p, rs.term) {
 		return
 	}
