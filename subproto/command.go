@@ -32,6 +32,9 @@ const (
 	// largest integer a JavaScript number holds exactly). It bounds id,
 	// from, offset and max_inflight.
 	MaxInteger = 1<<53 - 1
+	// MaxPresenceInfo is the largest presence_info of a sub, in bytes of
+	// JSON as sent.
+	MaxPresenceInfo = 1024
 )
 
 // Features of protocol v1.1 a server lists in welcome. A client checks
@@ -41,7 +44,7 @@ const (
 	FeatureSince         = "since"          // sub with since, HTTP ?since
 	FeaturePatternReplay = "pattern_replay" // pattern sub with since and positions, the topic event
 	FeatureAckEpoch      = "ack_epoch"      // ack with epoch
-	FeaturePresence      = "presence"       // presence (not built yet)
+	FeaturePresence      = "presence"       // sub with presence, the presence command, join, leave and presence_muted
 )
 
 // Op names a command (client to server) or an event (server to client).
@@ -55,6 +58,8 @@ const (
 	OpPub   Op = "pub"   // append to a topic
 	OpAck   Op = "ack"   // acknowledge a durable consumer's progress
 	OpPing  Op = "ping"  // ask for a pong
+	// OpPresence lists a topic's presence (v1.1).
+	OpPresence Op = "presence"
 )
 
 // Events, sent by the server.
@@ -66,12 +71,17 @@ const (
 	OpPong     Op = "pong"     // reply to ping
 	OpUnsubbed Op = "unsubbed" // the server ended a subscription
 	OpTopic    Op = "topic"    // a pattern subscription's first delivery of a topic, or why it stopped (v1.1)
+	// Presence events (v1.1): a member joined or left a topic's presence,
+	// or the topic stopped sending them.
+	OpJoin          Op = "join"
+	OpLeave         Op = "leave"
+	OpPresenceMuted Op = "presence_muted"
 )
 
 // IsCommand reports whether o is a command a client may send.
 func (o Op) IsCommand() bool {
 	switch o {
-	case OpAuth, OpSub, OpUnsub, OpPub, OpAck, OpPing:
+	case OpAuth, OpSub, OpUnsub, OpPub, OpAck, OpPing, OpPresence:
 		return true
 	}
 	return false
@@ -80,7 +90,7 @@ func (o Op) IsCommand() bool {
 // IsEvent reports whether o is an event the server sends.
 func (o Op) IsEvent() bool {
 	switch o {
-	case OpWelcome, OpMsg, OpOK, OpErr, OpPong, OpUnsubbed, OpTopic:
+	case OpWelcome, OpMsg, OpOK, OpErr, OpPong, OpUnsubbed, OpTopic, OpJoin, OpLeave, OpPresenceMuted:
 		return true
 	}
 	return false
@@ -172,4 +182,10 @@ type Command struct {
 	Offset uint64
 	// Token is the token of an auth (never empty).
 	Token string
+	// Presence makes a sub of a topic a member of the topic's presence;
+	// PresenceInfo is its presence_info, the raw JSON value as sent (at
+	// most MaxPresenceInfo bytes, aliasing the frame like Data), nil when
+	// absent.
+	Presence     bool
+	PresenceInfo []byte
 }

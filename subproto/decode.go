@@ -113,6 +113,8 @@ const (
 	fLast
 	fSince
 	fPositions
+	fPresence
+	fPresenceInfo
 	nFields
 )
 
@@ -131,7 +133,9 @@ var fieldNames = [nFields]string{
 	fToken:       "token",
 	fLast:        "last",
 	fSince:       "since",
-	fPositions:   "positions",
+	fPositions:    "positions",
+	fPresence:     "presence",
+	fPresenceInfo: "presence_info",
 }
 
 func fieldIndex(name []byte) int {
@@ -166,6 +170,10 @@ func fieldIndex(name []byte) int {
 		return fSince
 	case "positions":
 		return fPositions
+	case "presence":
+		return fPresence
+	case "presence_info":
+		return fPresenceInfo
 	}
 	return -1
 }
@@ -178,7 +186,7 @@ func opSpec(b []byte) (op Op, allowed, required uint32) {
 	case "pub":
 		return OpPub, common | 1<<fTopic | 1<<fData | 1<<fKey, 1<<fTopic | 1<<fData
 	case "sub":
-		return OpSub, common | 1<<fTopic | 1<<fFrom | 1<<fEpoch | 1<<fIfGone | 1<<fConsumer | 1<<fMaxInflight | 1<<fLast | 1<<fSince | 1<<fPositions, 1 << fTopic
+		return OpSub, common | 1<<fTopic | 1<<fFrom | 1<<fEpoch | 1<<fIfGone | 1<<fConsumer | 1<<fMaxInflight | 1<<fLast | 1<<fSince | 1<<fPositions | 1<<fPresence | 1<<fPresenceInfo, 1 << fTopic
 	case "ack":
 		return OpAck, common | 1<<fTopic | 1<<fConsumer | 1<<fOffset | 1<<fEpoch, 1<<fTopic | 1<<fConsumer | 1<<fOffset
 	case "ping":
@@ -187,12 +195,14 @@ func opSpec(b []byte) (op Op, allowed, required uint32) {
 		return OpUnsub, common | 1<<fTopic, 1 << fTopic
 	case "auth":
 		return OpAuth, common | 1<<fToken, 1 << fToken
+	case "presence":
+		return OpPresence, common | 1<<fTopic, 1 << fTopic
 	}
 	return "", 0, 0
 }
 
 // notPattern are the sub fields a pattern subscription refuses.
-const notPattern = 1<<fFrom | 1<<fEpoch | 1<<fConsumer | 1<<fMaxInflight | 1<<fLast
+const notPattern = 1<<fFrom | 1<<fEpoch | 1<<fConsumer | 1<<fMaxInflight | 1<<fLast | 1<<fPresence | 1<<fPresenceInfo
 
 // span is where a member's value lies in the object.
 type span struct {
@@ -374,7 +384,7 @@ func (d *decoder) command(cmd *Command) *Error {
 		if Op(opRaw).IsEvent() {
 			msg += " (an event, not a command)"
 		}
-		return &Error{Code: CodeUnknownOp, ID: id, Message: msg + "; the commands are auth, sub, unsub, pub, ack and ping"}
+		return &Error{Code: CodeUnknownOp, ID: id, Message: msg + "; the commands are auth, sub, unsub, pub, ack, ping and presence"}
 	}
 	if !idOK {
 		return badRequest(0, `field "id" must be an integer from 1 to `+strconv.Itoa(MaxInteger))
@@ -414,6 +424,8 @@ func (d *decoder) command(cmd *Command) *Error {
 		return d.sub(cmd, id)
 	case OpUnsub:
 		return d.topic(cmd, id, true)
+	case OpPresence:
+		return d.topic(cmd, id, false)
 	case OpAck:
 		if err := d.topic(cmd, id, false); err != nil {
 			return err
@@ -530,6 +542,31 @@ func (d *decoder) sub(cmd *Command, id uint64) *Error {
 		}
 		cmd.MaxInflight = int(v)
 	}
+	return d.presence(cmd, id)
+}
+
+// presence checks presence and presence_info of a sub of a topic.
+func (d *decoder) presence(cmd *Command, id uint64) *Error {
+	if d.has(fPresence) {
+		switch f := d.fields[fPresence]; f.kind {
+		case kTrue:
+			cmd.Presence = true
+		case kFalse:
+		default:
+			return badRequest(id, `field "presence" must be true or false`)
+		}
+	}
+	if !d.has(fPresenceInfo) {
+		return nil
+	}
+	if !cmd.Presence {
+		return badRequest(id, `field "presence_info" needs "presence": true`)
+	}
+	f := d.fields[fPresenceInfo]
+	if f.end-f.start > MaxPresenceInfo {
+		return badRequest(id, `field "presence_info" is `+strconv.Itoa(f.end-f.start)+` bytes, the limit is `+strconv.Itoa(MaxPresenceInfo))
+	}
+	cmd.PresenceInfo = d.s.b[f.start:f.end:f.end]
 	return nil
 }
 

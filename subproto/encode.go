@@ -176,10 +176,11 @@ func AppendUnsubbed(dst []byte, topic string, code Code) []byte {
 }
 
 // OK is the success reply to a command with an id. Which fields are sent
-// depends on Pub and Sub:
+// depends on Pub, Sub and Presence:
 //
 //	pub:   {"op":"ok","id":1,"topic":"t","offset":5}  (+ "dup":true)
 //	sub:   {"op":"ok","id":1,"topic":"t","epoch":"e1","head":7,"from":8}  (+ "missed":[3,5])
+//	presence: {"op":"ok","id":1,"topic":"t","members":[{"session":"…","node":"n1"}],"count":1}
 //	other: {"op":"ok","id":1}  (+ "topic" when Topic is set, as for a pattern sub)
 type OK struct {
 	ID    uint64 // omitted when 0
@@ -197,6 +198,12 @@ type OK struct {
 	Head   uint64     // the last stored offset, 0 for an empty log
 	From   uint64     // the first offset this subscription delivers
 	Missed *[2]uint64 // the hole [first, last] skipped by if_gone
+
+	// Presence marks the ok of a presence command: Members and Count are
+	// sent.
+	Presence bool
+	Members  []Member
+	Count    int
 }
 
 // AppendOK appends the ok reply described by ok.
@@ -229,6 +236,11 @@ func AppendOK(dst []byte, ok *OK) []byte {
 			dst = append(dst, ']')
 		}
 	}
+	if ok.Presence {
+		dst = AppendMembers(append(dst, `,"members":`...), ok.Members)
+		dst = append(dst, `,"count":`...)
+		dst = strconv.AppendInt(dst, int64(ok.Count), 10)
+	}
 	return append(dst, '}')
 }
 
@@ -244,7 +256,7 @@ func AppendCommand(dst []byte, cmd *Command) []byte {
 	case OpAuth:
 		dst = append(dst, `,"token":`...)
 		dst = appendString(dst, cmd.Token)
-	case OpSub, OpUnsub, OpPub, OpAck:
+	case OpSub, OpUnsub, OpPub, OpAck, OpPresence:
 		dst = append(dst, `,"topic":`...)
 		dst = appendString(dst, cmd.Topic)
 	}
@@ -287,6 +299,13 @@ func AppendCommand(dst []byte, cmd *Command) []byte {
 				dst = append(dst, '}')
 			}
 			dst = append(dst, '}')
+		}
+		if cmd.Presence {
+			dst = append(dst, `,"presence":true`...)
+			if len(cmd.PresenceInfo) > 0 {
+				dst = append(dst, `,"presence_info":`...)
+				dst = append(dst, cmd.PresenceInfo...)
+			}
 		}
 	case OpPub:
 		dst = appendOptString(dst, `,"key":`, cmd.Key)

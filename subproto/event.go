@@ -34,9 +34,16 @@ type Event struct {
 	Session, Node, Version string
 	Heartbeat              int
 	Features               []string // nil for a server before v1.1
+	// Presence (v1.1): the member of a join or leave; the members and
+	// the count of the ok of a presence command (HasCount says whether
+	// count was sent).
+	Member   *Member
+	Members  []Member
+	Count    int
+	HasCount bool
 }
 
-var eventOps = [...]Op{OpMsg, OpOK, OpErr, OpPong, OpWelcome, OpUnsubbed, OpTopic}
+var eventOps = [...]Op{OpMsg, OpOK, OpErr, OpPong, OpWelcome, OpUnsubbed, OpTopic, OpJoin, OpLeave, OpPresenceMuted}
 
 // ErrEvent is wrapped by DecodeEvent's errors.
 var ErrEvent = errors.New("subproto: malformed event")
@@ -197,6 +204,17 @@ func (ev *Event) set(name []byte, b []byte, v span) string {
 		ev.Heartbeat = int(h)
 	case "features":
 		ev.Features, ok = stringArray(b[v.start:v.end])
+	case "member":
+		var m Member
+		if m, ok = decodeMember(b[v.start:v.end]); ok {
+			ev.Member = &m
+		}
+	case "members":
+		ev.Members, ok = decodeMembers(b[v.start:v.end])
+	case "count":
+		var n uint64
+		n, ok = uint()
+		ev.Count, ev.HasCount = int(n), true
 	default:
 		return "" // a member of a later version
 	}

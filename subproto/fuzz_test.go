@@ -27,6 +27,8 @@ func fuzzSeeds() []string {
 		`{"op":"x"}` + "\n" + `{"op":"ping"}` + "\r\n\n",
 		"{\"op\":\"pub\",\"topic\":\"a\",\"data\":\"\xff\"}",
 		`{"op":"pub","topic":"a","data":[1,2}`,
+		`{"op":"sub","id":5,"topic":"room.1","presence":true,"presence_info":{"name":"A","tags":["x"]}}`,
+		`{"op":"presence","id":6,"topic":"room.1"}`,
 	}
 }
 

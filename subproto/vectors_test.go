@@ -237,6 +237,12 @@ func TestEncodeDecodeEvent(t *testing.T) {
 		{AppendTopic(nil, &Topic{Sub: "a.*", Topic: "a.b", Epoch: "e", From: 12, Missed: missed}), Event{Op: OpTopic, Sub: "a.*", Topic: "a.b", Epoch: "e", From: 12, Missed: missed}},
 		{AppendUnsubbed(nil, "a", CodeTakenOver), Event{Op: OpUnsubbed, Topic: "a", Code: CodeTakenOver}},
 		{AppendPong(nil, 5), Event{Op: OpPong, ID: 5}},
+		{AppendPresence(nil, OpJoin, "r", &Member{Session: "s1", User: "u\"1", Node: "n1", Info: []byte(`{"n":[1]}`)}), Event{Op: OpJoin, Topic: "r", Member: &Member{Session: "s1", User: "u\"1", Node: "n1", Info: []byte(`{"n":[1]}`)}}},
+		{AppendPresence(nil, OpLeave, "r", &Member{Session: "s2", Node: "n2"}), Event{Op: OpLeave, Topic: "r", Member: &Member{Session: "s2", Node: "n2"}}},
+		{AppendPresenceMuted(nil, "r"), Event{Op: OpPresenceMuted, Topic: "r"}},
+		{AppendOK(nil, &OK{ID: 4, Topic: "r", Presence: true, Members: []Member{{Session: "a", Node: "n"}, {Session: "b", User: "u", Node: "n", Info: []byte("null")}}, Count: 1200}),
+			Event{Op: OpOK, ID: 4, Topic: "r", Members: []Member{{Session: "a", Node: "n"}, {Session: "b", User: "u", Node: "n", Info: []byte("null")}}, Count: 1200, HasCount: true}},
+		{AppendOK(nil, &OK{ID: 5, Topic: "r", Presence: true}), Event{Op: OpOK, ID: 5, Topic: "r", Members: []Member{}, HasCount: true}},
 	}
 	for _, c := range cases {
 		var ev Event
@@ -249,6 +255,8 @@ func TestEncodeDecodeEvent(t *testing.T) {
 func FuzzDecodeEvent(f *testing.F) {
 	f.Add([]byte(`{"op":"msg","topic":"a","offset":1,"ts":2,"data":{"x":[1]}}`))
 	f.Add([]byte(`{"op":"ok","missed":[1,2],"features":["a"]}`))
+	f.Add([]byte(`{"op":"join","topic":"r","member":{"session":"s","user":"u","node":"n","info":{"a":[1,{"b":2}]},"later":true}}`))
+	f.Add([]byte(`{"op":"ok","id":1,"topic":"r","members":[{"session":"s","node":"n"},{"session":"t","node":"n","info":"x"}],"count":2}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var ev Event
 		if DecodeEvent(b, &ev) == nil && !json.Valid(b) {
