@@ -6,10 +6,12 @@ import { BrokerError } from './errors.js';
 import { outboxStore } from './outbox.js';
 import { positionStore } from './positions.js';
 import { Subscription } from './subscription.js';
-import { SUBPROTOCOL, deferred, isPattern, makeEvent, matchPattern, randomKey, utf8Length, validKey, validPattern, validTopic } from './util.js';
+import { SUBPROTOCOL, deferred, isPattern, makeEvent, matchPattern, presenceMember, randomKey, utf8Length, validKey, validPattern, validTopic } from './util.js';
 
 const CONSUMER_RE = /^[A-Za-z0-9_.-]{1,255}$/;
 const MAX_INT = Number.MAX_SAFE_INTEGER;
+/** The largest presence_info, in bytes of JSON (the protocol's bound). */
+const MAX_PRESENCE_INFO = 1024;
 const OPEN = 1;
 
 const DEFAULTS = {
@@ -102,6 +104,7 @@ export class BrokerClient extends EventTarget {
     this._queueBytes = 0;
     this._seq = 0;
     this._acks = new Map(); // "topic\nconsumer" → {topic, consumer, offset, epoch, waiters}
+    this._presenceQ = []; // presence queries without a reply: {topic, resolve, reject, sent}
     this._out = [];
     this._flushQueued = false;
     this._timers = { connect: null, reconnect: null, heartbeat: null, pubRetry: null };
@@ -165,7 +168,8 @@ export class BrokerClient extends EventTarget {
    *
    * @param {string} topic
    * @param {((msg: object) => unknown) | object} [handler]
-   * @param {object} [opts] from, epoch, consumer, maxInflight, ifGone, resume, bufferSize, onEpochMismatch, onOutOfRange
+   * @param {object} [opts] from, epoch, consumer, maxInflight, ifGone, resume, bufferSize, onEpochMismatch, onOutOfRange,
+   *   presence, presenceInfo, onJoin, onLeave, onPresenceMuted
    */
   subscribe(topic, handler, opts) {
     if (handler !== undefined && handler !== null && typeof handler !== 'function') {
@@ -215,8 +219,32 @@ export class BrokerClient extends EventTarget {
     if (opts.epoch !== undefined && (typeof opts.epoch !== 'string' || opts.epoch === '')) {
       throw new TypeError('subscribe: epoch must be a non-empty string');
     }
+    if (opts.presence !== undefined && typeof opts.presence !== 'boolean') throw new TypeError('subscribe: presence must be true or false');
+    if (pattern && opts.presence) throw new TypeError('subscribe: presence is for a topic: a pattern subscription cannot join presence');
+    for (const k of ['onJoin', 'onLeave', 'onPresenceMuted']) {
+      if (opts[k] !== undefined && typeof opts[k] !== 'function') throw new TypeError(`subscribe: ${k} must be a function`);
+    }
+    if (opts.presenceInfo !== undefined) {
+      if (!opts.presence) throw new TypeError('subscribe: presenceInfo needs presence: true');
+      let json;
+      try {
+        json = JSON.stringify(opts.presenceInfo);
+      } catch (err) {
+        throw new TypeError(`subscribe: presenceInfo must be a JSON value: ${err && err.message}`);
+      }
+      if (json === undefined) throw new TypeError('subscribe: presenceInfo must be a JSON value (undefined, a function or a symbol is not)');
+      if (utf8Length(json) > MAX_PRESENCE_INFO) {
+        throw new TypeError(`subscribe: presenceInfo is ${utf8Length(json)} bytes of JSON, the limit is ${MAX_PRESENCE_INFO}`);
+      }
+      // Sent as this text on every (re)subscribe: later changes to the
+      // object do not leak into the member the others see.
+      opts = { ...opts, presenceInfo: JSON.parse(json) };
+    }
     if (this._subs.has(topic)) {
       throw new BrokerError('already_subscribed', `already subscribed to ${topic}; unsubscribe first`, { topic });
+    }
+    if (opts.presence && this._ready && !this.hasFeature('presence')) {
+      throw new BrokerError('unsupported', `subscribe to ${topic} with presence: the broker (${this.welcome ? this.welcome.version : 'unknown version'}) does not have the feature "presence"`, { topic });
     }
     const sub = new Subscription(this, topic, handler || null, opts, {
       onEpochMismatch: this._opts.onEpochMismatch,
@@ -291,6 +319,26 @@ export class BrokerClient extends EventTarget {
    */
   hasFeature(f) {
     return Array.isArray(this.features) && this.features.includes(f);
+  }
+
+  /**
+   * Lists the presence of topic: resolves with {topic, members, count},
+   * members being at most 1,000 of the count. Needs the right to
+   * subscribe to the topic and a broker with the feature "presence"
+   * (otherwise it rejects with unsupported). While disconnected the query
+   * waits for the connection; one in flight when the connection drops is
+   * asked again on the next (it changes nothing).
+   */
+  presence(topic) {
+    if (this.state === 'closed') return Promise.reject(new BrokerError('closed', 'the client is closed'));
+    if (!validTopic(topic)) {
+      return Promise.reject(new BrokerError('invalid_topic', `${JSON.stringify(topic)} is not a topic name: presence is per topic, not per pattern`));
+    }
+    const d = deferred();
+    const q = { topic, resolve: d.resolve, reject: d.reject, sent: false };
+    this._presenceQ.push(q);
+    this._flushPresence();
+    return d.promise;
   }
 
   /**
@@ -512,6 +560,9 @@ export class BrokerClient extends EventTarget {
         case 'unsub':
           p.resolve();
           break;
+        case 'presence':
+          p.q.sent = false; // asked again on the next connection
+          break;
         case 'auth':
           if (p.reject) p.reject(new BrokerError('connection_lost', 'the connection closed before the broker answered the auth'));
           break;
@@ -598,6 +649,13 @@ export class BrokerClient extends EventTarget {
         if (sub && sub._onUnsubbed(ev)) this._sendSub(sub);
         return;
       }
+      case 'join':
+      case 'leave':
+      case 'presence_muted': {
+        const sub = this._subs.get(ev.topic);
+        if (sub) sub._onPresence(ev);
+        return;
+      }
       case 'welcome':
         this._onWelcome(gen, ev);
         return;
@@ -639,9 +697,10 @@ export class BrokerClient extends EventTarget {
       this._command({ op: 'auth', token }, { kind: 'auth' });
     }
     this._startHeartbeat(gen);
-    for (const sub of this._subs.values()) this._sendSub(sub);
+    for (const sub of [...this._subs.values()]) this._sendSub(sub);
     this._flushAcks();
     this._flushPubs();
+    this._flushPresence();
     if (!token) this._opened();
   }
 
@@ -678,6 +737,18 @@ export class BrokerClient extends EventTarget {
       case 'unsub':
         p.resolve();
         return;
+      case 'presence': {
+        const q = p.q;
+        const i = this._presenceQ.indexOf(q);
+        if (i >= 0) this._presenceQ.splice(i, 1);
+        if (ev.op === 'ok') {
+          const members = Array.isArray(ev.members) ? ev.members.map(presenceMember).filter((m) => m !== null) : [];
+          q.resolve({ topic: typeof ev.topic === 'string' ? ev.topic : q.topic, members, count: Number.isSafeInteger(ev.count) ? ev.count : members.length });
+        } else {
+          q.reject(new BrokerError(ev.code, ev.message, { ...ev, topic: q.topic }));
+        }
+        return;
+      }
       case 'pub':
         this._onPubReply(p.entry, ev);
         return;
@@ -742,6 +813,12 @@ export class BrokerClient extends EventTarget {
 
   _sendSub(sub) {
     if (!this._ready || sub.state === 'ended' || sub._paused || sub._sent) return;
+    if (sub.presence && !this.hasFeature('presence')) {
+      // A broker without presence would refuse the fields (bad_request),
+      // or an older one ignore them: say why instead.
+      sub._end(new BrokerError('unsupported', `subscribe to ${sub.topic} with presence: the broker (${this.welcome ? this.welcome.version : 'unknown version'}) does not have the feature "presence"`, { topic: sub.topic }));
+      return;
+    }
     const cmd = sub._command();
     sub._sent = true;
     sub.state = 'pending';
@@ -820,6 +897,22 @@ export class BrokerClient extends EventTarget {
     if (a.offset > cur.offset) cur.offset = a.offset;
     if (cur.epoch === undefined) cur.epoch = a.epoch;
     cur.waiters.push(...a.waiters);
+  }
+
+  // ---- presence queries ----
+
+  _flushPresence() {
+    if (!this._ready) return;
+    for (const q of [...this._presenceQ]) {
+      if (q.sent) continue;
+      if (!this.hasFeature('presence')) {
+        this._presenceQ.splice(this._presenceQ.indexOf(q), 1);
+        q.reject(new BrokerError('unsupported', `presence of ${q.topic}: the broker (${this.welcome ? this.welcome.version : 'unknown version'}) does not have the feature "presence"`, { topic: q.topic }));
+        continue;
+      }
+      q.sent = true;
+      this._command({ op: 'presence', topic: q.topic }, { kind: 'presence', q });
+    }
   }
 
   // ---- publishes ----
@@ -950,6 +1043,8 @@ export class BrokerClient extends EventTarget {
     this._queueBytes = 0;
     for (const a of this._acks.values()) for (const w of a.waiters) w.reject(err);
     this._acks.clear();
+    for (const q of this._presenceQ) q.reject(err);
+    this._presenceQ = [];
     for (const sub of [...this._subs.values()]) sub._end(byUser ? null : err);
     this._subs.clear();
     if (this._positions) this._positions.flush();

@@ -30,4 +30,5 @@ export const ClientErrorCodes = Object.freeze({
   invalid_key: 'The idempotency key is not 1 to 255 bytes of visible ASCII.',
   connection_lost: 'The connection closed before the broker answered; the command is not retried.',
   subscription_ended: 'The subscription ended before it could be used.',
+  unsupported: 'The broker lacks a protocol feature the call needs (not in the features of its welcome), such as "presence" for subscribe with presence or presence().',
 });

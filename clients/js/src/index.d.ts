@@ -12,7 +12,7 @@ export declare const SUBPROTOCOL: 'brokerd.v1.json';
 export type JSONValue = null | boolean | number | string | JSONValue[] | { [key: string]: JSONValue };
 
 /** Codes of errors the client raises itself. */
-export type ClientErrorCode = 'closed' | 'queue_full' | 'invalid_key' | 'connection_lost' | 'subscription_ended';
+export type ClientErrorCode = 'closed' | 'queue_full' | 'invalid_key' | 'connection_lost' | 'subscription_ended' | 'unsupported';
 
 /** Error codes of the client itself, with descriptions. */
 export declare const ClientErrorCodes: Readonly<Record<ClientErrorCode, string>>;
@@ -163,6 +163,42 @@ export interface SubscribeOptions {
   bufferSize?: number;
   onEpochMismatch?: EpochMismatchPolicy;
   onOutOfRange?: OutOfRangePolicy;
+  /**
+   * Topics only: the subscription is a member of the topic's presence while
+   * it lasts, and gets join and leave of the other members (events join,
+   * leave, presence_muted, and the callbacks below). Broker feature
+   * "presence": without it the subscription fails with unsupported.
+   */
+  presence?: boolean;
+  /** With presence: what the others see as this member's info, any JSON value up to 1 KiB. */
+  presenceInfo?: JSONValue;
+  /** With presence: another member joined the topic. */
+  onJoin?: (member: PresenceMember) => unknown;
+  /** With presence: a member left (the same member object as its join). */
+  onLeave?: (member: PresenceMember) => unknown;
+  /** With presence: the topic has more than 1,000 members and stops sending join and leave. */
+  onPresenceMuted?: (detail: { topic: string }) => unknown;
+}
+
+/** A member of a topic's presence: one subscription made with presence. */
+export interface PresenceMember {
+  /** The session (connection) of the member. */
+  session: string;
+  /** The subject of the member's token; absent when the broker runs without auth. */
+  user?: string;
+  /** The broker node the member is connected to. */
+  node: string;
+  /** The member's presenceInfo; absent when it gave none. */
+  info?: JSONValue;
+}
+
+/** What presence(topic) resolves with. */
+export interface PresenceResult {
+  topic: string;
+  /** At most 1,000 of the members. */
+  members: PresenceMember[];
+  /** How many members there are, all of them. */
+  count: number;
 }
 
 export interface PublishOptions {
@@ -229,6 +265,12 @@ export interface SubscriptionEventMap {
   end: { topic: string; error: BrokerError | null };
   /** Pattern subscriptions: a topic starts (epoch, from, missed), or is not delivered (code epoch_mismatch or offset_out_of_range, with earliest and latest). */
   topic: { pattern: string; topic: string; epoch: string; from?: number; missed?: [number, number]; code?: 'epoch_mismatch' | 'offset_out_of_range'; earliest?: number; latest?: number };
+  /** Presence subscriptions: another member joined the topic. */
+  join: { topic: string; member: PresenceMember };
+  /** Presence subscriptions: a member left the topic. */
+  leave: { topic: string; member: PresenceMember };
+  /** Presence subscriptions: the topic has more than 1,000 members and stops sending join and leave. */
+  presence_muted: { topic: string };
 }
 
 /** An event of the client or a subscription; its detail has the data. */
@@ -245,6 +287,10 @@ export declare class Subscription<T = JSONValue> extends EventTarget implements 
   readonly offset: number;
   /** The error that ended the subscription. */
   readonly error: BrokerError | null;
+  /** Whether the subscription is a member of the topic's presence. */
+  readonly presence: boolean;
+  /** Whether the topic stopped sending join and leave (presence_muted). */
+  readonly presenceMuted: boolean;
   /** Resolves with the broker's first ok; rejects when the subscription ends first. */
   readonly ready: Promise<SubscribeInfo>;
   unsubscribe(): Promise<void>;
@@ -268,7 +314,7 @@ export declare class BrokerClient extends EventTarget {
   readonly welcome: ClientEventMap['open'] | undefined;
   /** The protocol v1.1 features of the broker, from its welcome ([] from a v1.0 broker). */
   readonly features: string[];
-  /** Whether the broker has the feature ("last", "since", "pattern_replay", "ack_epoch", ...). */
+  /** Whether the broker has the feature ("last", "since", "pattern_replay", "ack_epoch", "presence", ...). */
   hasFeature(feature: string): boolean;
   /** Resolves with how many publishes a persistent outbox brought back. */
   readonly outboxRestored: Promise<number>;
@@ -288,6 +334,12 @@ export declare class BrokerClient extends EventTarget {
    */
   publish(topic: string, data: unknown, options?: PublishOptions): Promise<PublishResult>;
   ack(topic: string, consumer: string, offset: number): Promise<void>;
+  /**
+   * The presence of topic: at most 1,000 members, and the count of all.
+   * Rejects with unsupported when the broker lacks the feature "presence",
+   * forbidden without the right to subscribe to the topic.
+   */
+  presence(topic: string): Promise<PresenceResult>;
   /** Replaces the token of the live connection (auth); without an argument it asks getToken. */
   refreshToken(token?: string): Promise<void>;
   /** Closes with code 1000 (or code) and stops reconnecting. */
@@ -372,6 +424,30 @@ export interface OkEvent {
   from?: number;
   /** sub with if_gone: the hole skipped, first and last offsets. */
   missed?: [number, number];
+  /** presence (v1.1): at most 1,000 members of the topic, and how many there are. */
+  members?: WireMember[];
+  count?: number;
+}
+
+/** A member of a presence on the wire (v1.1). */
+export interface WireMember {
+  session: string;
+  user?: string;
+  node: string;
+  info?: JSONValue;
+}
+
+/** `join` and `leave` (v1.1): a member of a presence subscription's topic came or went. */
+export interface PresenceEvent {
+  op: 'join' | 'leave';
+  topic: string;
+  member: WireMember;
+}
+
+/** `presence_muted` (v1.1): the topic has too many members to send join and leave. */
+export interface PresenceMutedEvent {
+  op: 'presence_muted';
+  topic: string;
 }
 
 /** `err`: a command failed (id absent when the frame had none to give). */

@@ -3,7 +3,7 @@
 // iterator with a bounded buffer.
 
 import { BrokerError } from './errors.js';
-import { deferred, isPattern, makeEvent } from './util.js';
+import { deferred, isPattern, makeEvent, presenceMember } from './util.js';
 
 const RETRY_LIMIT = 5; // resubscribes in a row after errors before giving up
 
@@ -13,7 +13,8 @@ const RETRY_LIMIT = 5; // resubscribes in a row after errors before giving up
  * client.close() or an error that ends it.
  *
  * Events (CustomEvent, details in event.detail): subscribed, missed, gap,
- * epoch_mismatch, offset_out_of_range, unsubbed, overflow, error, end.
+ * epoch_mismatch, offset_out_of_range, unsubbed, overflow, error, end;
+ * with presence: join, leave, presence_muted.
  */
 export class Subscription extends EventTarget {
   /**
@@ -39,6 +40,10 @@ export class Subscription extends EventTarget {
     this.offset = 0;
     /** The error that ended the subscription, if one did. */
     this.error = null;
+    /** Whether the subscription is a member of the topic's presence. */
+    this.presence = opts.presence === true;
+    /** Whether the topic has stopped sending join and leave (presence_muted, more than 1,000 members). */
+    this.presenceMuted = false;
 
     this._client = client;
     this._handler = handler;
@@ -172,7 +177,40 @@ export class Subscription extends EventTarget {
       if (o.ifGone) c.if_gone = 'earliest';
     }
     if (this._ifGone) c.if_gone = 'earliest';
+    if (this.presence) {
+      // Every (re)subscribe joins again: the broker forgot the member with
+      // the connection, and the others see a new session join.
+      c.presence = true;
+      if (o.presenceInfo !== undefined) c.presence_info = o.presenceInfo;
+    }
     return c;
+  }
+
+  /** A join, leave or presence_muted event of this subscription's topic. */
+  _onPresence(ev) {
+    if (this.state === 'ended' || !this.presence) return;
+    const o = this._opts;
+    if (ev.op === 'presence_muted') {
+      this.presenceMuted = true;
+      const detail = { topic: this.topic };
+      this._callback(o.onPresenceMuted, detail);
+      this._emit('presence_muted', detail);
+      return;
+    }
+    const member = presenceMember(ev.member);
+    if (!member) return;
+    this._callback(ev.op === 'join' ? o.onJoin : o.onLeave, member);
+    this._emit(ev.op, { topic: this.topic, member });
+  }
+
+  _callback(fn, arg) {
+    if (!fn) return;
+    try {
+      const r = fn(arg);
+      if (r && typeof r.then === 'function') r.then(undefined, (err) => this._handlerError(err));
+    } catch (err) {
+      this._handlerError(err);
+    }
   }
 
   /** The broker's ok to a sub. */

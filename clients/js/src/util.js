@@ -99,3 +99,15 @@ export function deferred() {
 export function makeEvent(type, detail, cancelable = false) {
   return new CustomEvent(type, { detail, cancelable });
 }
+
+/**
+ * A member of a presence as the app sees it: {session, node, user?,
+ * info?}; null for something that is not one.
+ */
+export function presenceMember(m) {
+  if (!m || typeof m !== 'object' || typeof m.session !== 'string') return null;
+  const out = { session: m.session, node: typeof m.node === 'string' ? m.node : '' };
+  if (typeof m.user === 'string') out.user = m.user;
+  if (m.info !== undefined) out.info = m.info;
+  return out;
+}

@@ -10,8 +10,11 @@ import {
   IndexedDBOutbox,
   backoffDelay,
   parseCloseReason,
+  type ClientErrorCode,
   type ErrorCode,
   type Message,
+  type PresenceMember,
+  type PresenceResult,
   type PublishResult,
   type Subscription,
 } from '@brokerd/client';
@@ -72,6 +75,21 @@ export async function tour(): Promise<void> {
   client.subscribe('chat.room-9', { since: new Date(Date.now() - 3600_000) });
   const rooms = client.subscribe('chat.*', { since: 0, ifGone: true, positions: { 'chat.a': { from: 12, epoch: 'e1' }, 'chat.b': { from: 1 } } });
   rooms.on('topic', ({ topic, epoch, from, code, earliest, latest }) => console.log(topic, epoch, from ?? 0, code ?? '', earliest ?? 0, latest ?? 0));
+  // Presence: who else is in the room.
+  const room = client.subscribe('chat.room-1', (m) => console.log(m.data), {
+    presence: true,
+    presenceInfo: { name: 'Ada', avatar: null },
+    onJoin: (m: PresenceMember) => console.log('join', m.session, m.user ?? '', m.node, m.info),
+    onLeave: ({ session }) => console.log('leave', session),
+    onPresenceMuted: ({ topic }) => console.log('muted', topic),
+  });
+  room.on('join', ({ topic, member }) => console.log(topic, member.session));
+  room.on('presence_muted', ({ topic }) => console.log(topic, room.presence, room.presenceMuted));
+  const here: PresenceResult = await client.presence('chat.room-1');
+  const names: string[] = here.members.map((m) => m.user ?? m.session);
+  console.log(here.topic, here.count, names);
+  const unsupported: ClientErrorCode = 'unsupported';
+  console.log(unsupported);
   const work = client.subscribe('jobs', { consumer: 'workers', maxInflight: 10 });
   for await (const job of work) {
     await job.ack?.();

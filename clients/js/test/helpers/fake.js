@@ -1,8 +1,8 @@
 // A fake WebSocket and a small in-memory broker behind it, for unit tests
 // without a network. The fake broker follows the protocol closely enough
-// for the client: welcome, auth, sub (from, epoch, if_gone), unsub, pub
-// with idempotency keys, ack, ping; tests take over any command with a
-// hook.
+// for the client: welcome, auth, sub (from, epoch, if_gone, presence),
+// unsub, pub with idempotency keys, ack, ping, presence; tests take over
+// any command with a hook.
 
 export class FakeWebSocket {
   static instances = [];
@@ -82,8 +82,10 @@ export class FakeWebSocket {
  * may answer a command itself and return true.
  */
 export class FakeBroker {
-  constructor({ heartbeat = 25, autoAccept = true } = {}) {
+  constructor({ heartbeat = 25, autoAccept = true, features } = {}) {
     this.heartbeat = heartbeat;
+    this.features = features; // welcome's features; none (a v1.0 broker) when undefined
+    this.presence = new Map(); // topic → Map(session → {ws, member})
     this.topics = new Map(); // topic → {epoch, earliest, log: [{offset, ts, data}], keys: Map}
     this.sockets = [];
     this.hooks = {};
@@ -148,7 +150,44 @@ export class FakeBroker {
         queueMicrotask(() => this.handle(ws, cmd));
       }
     };
-    if (welcome) ws.recv({ op: 'welcome', session: `s${this.sockets.length}`, node: 'fake', version: 'test', heartbeat: this.heartbeat });
+    ws.session = `s${this.sockets.length}`;
+    const onclose = () => this.leaveAll(ws);
+    const serverClose = ws.serverClose.bind(ws);
+    ws.serverClose = (...a) => {
+      onclose();
+      serverClose(...a);
+    };
+    if (welcome) {
+      const w = { op: 'welcome', session: ws.session, node: 'fake', version: 'test', heartbeat: this.heartbeat };
+      if (this.features) w.features = this.features;
+      ws.recv(w);
+    }
+  }
+
+  /** The members of topic's presence. */
+  members(topic) {
+    return [...(this.presence.get(topic) || new Map()).values()].map((p) => p.member);
+  }
+
+  join(ws, topic, info) {
+    let m = this.presence.get(topic);
+    if (!m) this.presence.set(topic, (m = new Map()));
+    const member = { session: ws.session, node: 'fake' };
+    if (info !== undefined) member.info = info;
+    for (const p of m.values()) p.ws.recv({ op: 'join', topic, member });
+    m.set(ws.session, { ws, member });
+  }
+
+  leave(ws, topic) {
+    const m = this.presence.get(topic);
+    const me = m && m.get(ws.session);
+    if (!me) return;
+    m.delete(ws.session);
+    for (const p of m.values()) p.ws.recv({ op: 'leave', topic, member: me.member });
+  }
+
+  leaveAll(ws) {
+    for (const topic of this.presence.keys()) this.leave(ws, topic);
   }
 
   handle(ws, cmd) {
@@ -201,6 +240,7 @@ export class FakeBroker {
         const s = { ws, topic: cmd.topic, paused: false };
         ws.subs.set(cmd.topic, s);
         t.subs.add(s);
+        if (cmd.presence) this.join(ws, cmd.topic, cmd.presence_info);
         const ok = { op: 'ok', topic: cmd.topic, epoch: t.epoch, head, from: start };
         if (missed) ok.missed = missed;
         reply(ok);
@@ -213,6 +253,7 @@ export class FakeBroker {
         if (s) {
           ws.subs.delete(cmd.topic);
           this.topic(cmd.topic).subs.delete(s);
+          this.leave(ws, cmd.topic);
         }
         reply(s ? { op: 'ok' } : { op: 'err', code: 'not_subscribed', message: 'no' });
         return;
@@ -220,6 +261,11 @@ export class FakeBroker {
       case 'ack':
         reply({ op: 'ok' });
         return;
+      case 'presence': {
+        const members = this.members(cmd.topic);
+        reply({ op: 'ok', topic: cmd.topic, members: members.slice(0, 1000), count: members.length });
+        return;
+      }
       default:
         reply({ op: 'err', code: 'unknown_op', message: cmd.op });
     }
