@@ -243,7 +243,13 @@ func (c *Client) attach(cn *conn) {
 		c.sendSubLocked(s)
 	}
 	resend := make([]*call, 0, len(c.calls))
-	for _, cl := range c.calls {
+	var refused []*call
+	for id, cl := range c.calls {
+		if cl.kind == kPresence && !cn.info.HasFeature(subproto.FeaturePresence) {
+			delete(c.calls, id)
+			refused = append(refused, cl)
+			continue
+		}
 		if cl.retry && !cl.parked {
 			resend = append(resend, cl)
 		}
@@ -254,6 +260,9 @@ func (c *Client) attach(cn *conn) {
 	}
 	info := cn.info
 	c.mu.Unlock()
+	for _, cl := range refused {
+		cl.finish(nil, unsupported(subproto.FeaturePresence, "presence of "+cl.topic))
+	}
 	cn.kickWriter()
 	if f := c.o.onConnect; f != nil {
 		f(info)
@@ -295,6 +304,7 @@ const (
 	kSub
 	kUnsub
 	kAuth
+	kPresence
 )
 
 // call is a command waiting for its reply. Calls with retry set are sent
@@ -333,6 +343,8 @@ func (cl *call) encode(dst []byte) []byte {
 		cmd.ID = cl.id
 	case kAuth:
 		cmd = subproto.Command{Op: subproto.OpAuth, ID: cl.id, Token: cl.key}
+	case kPresence:
+		cmd = subproto.Command{Op: subproto.OpPresence, ID: cl.id, Topic: cl.topic}
 	}
 	return subproto.AppendCommand(dst, &cmd)
 }

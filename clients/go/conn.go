@@ -328,6 +328,8 @@ func (cn *conn) OnMessage(_ *gws.Conn, m *gws.Message) {
 			c.reply(ev, true)
 		case subproto.OpTopic:
 			c.onTopic(ev)
+		case subproto.OpJoin, subproto.OpLeave, subproto.OpPresenceMuted:
+			c.onPresence(ev)
 		case subproto.OpUnsubbed:
 			flush()
 			bsub = nil

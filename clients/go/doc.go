@@ -43,6 +43,21 @@
 // buffer is full that reply cannot be read. Use PublishAsync, or another
 // goroutine.
 //
+// # Presence
+//
+// A topic subscription with [SubOptions].Presence is a member of the
+// topic's presence while it lasts, on every node of a cluster (protocol
+// v1.1, feature "presence"). Its OnJoin and OnLeave get the other members
+// as they join and leave ([Member]: session, user, node and the
+// PresenceInfo they gave), on the subscription's goroutine like its
+// messages; OnPresenceMuted says once that the topic has more than 1,000
+// members and sends no more of them. A new member is not told of the
+// members already there: [Client.Presence] lists at most 1,000 of them
+// and counts them all. A member leaves when its subscription ends or its
+// connection closes; after a reconnect the subscription joins again as
+// the new session. On a broker without the feature, Subscribe with
+// Presence and Client.Presence fail with [ErrUnsupported].
+//
 // # Errors
 //
 // Errors the broker answers are [*Error] values carrying the protocol's

@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log"
 	"sync"
@@ -112,4 +113,33 @@ func ExampleSubscription_Ack() {
 	}
 	work(2)
 	work(3)
+}
+
+func ExampleClient_Presence() {
+	ctx := context.Background()
+	c, err := client.Dial(ctx, brokerURL, client.WithToken("token-of-ada"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	// Join the room's presence, and follow who comes and goes.
+	_, err = c.Subscribe(ctx, "chat.room-7", func(m *client.Message) { fmt.Println(string(m.Data)) }, client.SubOptions{
+		Presence:     true,
+		PresenceInfo: json.RawMessage(`{"name":"Ada"}`),
+		OnJoin:       func(m client.Member) { fmt.Println("joined:", m.User, string(m.Info)) },
+		OnLeave:      func(m client.Member) { fmt.Println("left:", m.User) },
+	})
+	if err != nil {
+		log.Fatal(err) // errors.Is(err, client.ErrUnsupported) on a broker without presence
+	}
+	// Who was there already.
+	p, err := c.Presence(ctx, "chat.room-7")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(p.Count, "here")
+	for _, m := range p.Members {
+		fmt.Println(m.User, m.Node)
+	}
 }

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strconv"
 	"sync/atomic"
@@ -73,6 +74,28 @@ type SubOptions struct {
 	// Positions resume a pattern subscription: topic name → where to
 	// start it (see Subscription.Positions). Needs "pattern_replay".
 	Positions map[string]TopicPosition
+
+	// Presence makes a topic subscription (not a pattern) a member of the
+	// topic's presence while it lasts, on every node of a cluster; the
+	// other members' joins and leaves come to OnJoin and OnLeave. A new
+	// member is not told of the members already there: ask with
+	// Client.Presence. After a reconnect the subscription joins again,
+	// as the new session. Needs the feature "presence": without it
+	// Subscribe fails with ErrUnsupported.
+	Presence bool
+	// PresenceInfo is what the other members see as this member's Info:
+	// any JSON value, at most MaxPresenceInfo (1 KiB) bytes once
+	// compacted. Needs Presence.
+	PresenceInfo json.RawMessage
+	// OnJoin and OnLeave are called when another member joins or leaves
+	// the topic (a leave carries the same Member as its join);
+	// OnPresenceMuted once the topic has more than 1,000 members and
+	// stops sending joins and leaves. They run on the subscription's
+	// goroutine, never at the same time as the handler or each other,
+	// and should not block (see Subscribe). Need Presence.
+	OnJoin          func(Member)
+	OnLeave         func(Member)
+	OnPresenceMuted func()
 }
 
 // TopicPosition is where a pattern subscription resumes one topic: the
@@ -99,9 +122,11 @@ type Subscription struct {
 	opts    SubOptions
 	seq     uint64 // creation order, for resubscribing in order
 	ch      chan []Message
-	quit    chan struct{} // closed when the subscription ends
-	ready   chan struct{} // closed at the first ok, or at the end
-	next    atomic.Uint64 // next offset to deliver (topic subscriptions)
+	pch     chan presenceEvent // joins and leaves, with Presence
+	muted   atomic.Bool        // presence_muted came
+	quit    chan struct{}      // closed when the subscription ends
+	ready   chan struct{}      // closed at the first ok, or at the end
+	next    atomic.Uint64      // next offset to deliver (topic subscriptions)
 	// positions: a pattern subscription's next offset and epoch per
 	// topic, kept by the reader from the topic events and msgs (guarded
 	// by c.mu); since is what a resume asks for topics never seen.
@@ -159,6 +184,9 @@ func (c *Client) Subscribe(ctx context.Context, topic string, h Handler, opts Su
 	if opts.MaxInflight != 0 && opts.Consumer == "" {
 		return nil, &Error{Code: CodeBadRequest, Message: "MaxInflight needs a Consumer"}
 	}
+	if err := checkPresenceOptions(pattern, &opts); err != nil {
+		return nil, err
+	}
 	s := &Subscription{
 		c:       c,
 		topic:   topic,
@@ -167,6 +195,7 @@ func (c *Client) Subscribe(ctx context.Context, topic string, h Handler, opts Su
 		opts:    opts,
 		since:   opts.Since,
 		ch:      make(chan []Message, c.o.buffer),
+		pch:     make(chan presenceEvent, presenceQueue),
 		quit:    make(chan struct{}),
 		ready:   make(chan struct{}),
 	}
@@ -179,6 +208,10 @@ func (c *Client) Subscribe(ctx context.Context, topic string, h Handler, opts Su
 	if _, dup := c.subs[topic]; dup {
 		c.mu.Unlock()
 		return nil, &Error{Code: CodeAlreadySubscribed, Message: "this client is already subscribed to " + topic}
+	}
+	if opts.Presence && c.cur != nil && !c.info.HasFeature(subproto.FeaturePresence) {
+		c.mu.Unlock()
+		return nil, unsupported(subproto.FeaturePresence, "subscribe to "+topic+" with presence")
 	}
 	s.seq = c.nextID.Add(1)
 	c.subs[topic] = s
@@ -207,7 +240,15 @@ func (c *Client) Subscribe(ctx context.Context, topic string, h Handler, opts Su
 // the first time with the caller's options, afterwards resuming where
 // the subscription stands.
 func (c *Client) sendSubLocked(s *Subscription) {
-	cmd := subproto.Command{Op: subproto.OpSub, Topic: s.topic}
+	if s.opts.Presence && !c.info.HasFeature(subproto.FeaturePresence) {
+		// A broker without presence (another node after a reconnect) would
+		// refuse the fields: end the subscription with the reason.
+		err := unsupported(subproto.FeaturePresence, "subscribe to "+s.topic+" with presence")
+		c.log.Warn("brokerd subscription ended", "topic", s.topic, "err", err)
+		c.endSubLocked(s, err)
+		return
+	}
+	cmd := subproto.Command{Op: subproto.OpSub, Topic: s.topic, Presence: s.opts.Presence, PresenceInfo: s.opts.PresenceInfo}
 	if s.pattern {
 		cmd.Pattern = true
 		cmd.IfGone = s.opts.IfGone
@@ -429,6 +470,8 @@ func (s *Subscription) deliver(msgs []Message) {
 func (s *Subscription) loop() {
 	for {
 		select {
+		case pe := <-s.pch:
+			s.handlePresence(pe)
 		case batch := <-s.ch:
 			for i := range batch {
 				select {
