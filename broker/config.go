@@ -38,6 +38,10 @@ type Config struct {
 	MaxPatternTopics int
 	// ReplayPage bounds the records one log read fetches (default 256).
 	ReplayPage int
+	// PresenceMuteAbove is the number of members above which a topic's
+	// presence stops sending join and leave (default PresenceMuteAbove,
+	// the protocol's 1,000; tests lower it).
+	PresenceMuteAbove int
 	// MaxPendingPublishes bounds publishes of one connection waiting to be
 	// durable; past it the connection's reader waits (default 1,024).
 	MaxPendingPublishes int
@@ -105,6 +109,7 @@ func (c Config) withDefaults() Config {
 	def(&c.MinShare, 32)
 	def(&c.MaxFrameBytes, 64<<10)
 	def(&c.ReplayPage, 256)
+	def(&c.PresenceMuteAbove, PresenceMuteAbove)
 	def(&c.MaxPatternTopics, 10000)
 	def(&c.MaxPendingPublishes, 1024)
 	def(&c.MaxPendingBytes, 8<<20)
@@ -161,6 +166,7 @@ func (c Config) validate() error {
 	pos("MinShare", c.MinShare)
 	pos("MaxFrameBytes", c.MaxFrameBytes)
 	pos("ReplayPage", c.ReplayPage)
+	pos("PresenceMuteAbove", c.PresenceMuteAbove)
 	pos("MaxPatternTopics", c.MaxPatternTopics)
 	pos("MaxPendingPublishes", c.MaxPendingPublishes)
 	pos("MaxPendingBytes", c.MaxPendingBytes)

@@ -88,6 +88,8 @@ func (s *Session) handle(cmd *subproto.Command, perr *subproto.Error) {
 		s.handleUnsub(cmd)
 	case subproto.OpAck:
 		s.handleAck(cmd)
+	case subproto.OpPresence:
+		s.handlePresence(cmd)
 	default:
 		s.replyErr(&subproto.Error{Code: subproto.CodeUnknownOp, Message: fmt.Sprintf("unknown op %q", cmd.Op), ID: cmd.ID}, nil)
 	}
@@ -260,6 +262,13 @@ func (s *Session) subOnce(cmd *subproto.Command, retries int) {
 	rangeCtx := &subproto.ErrContext{Epoch: info.Epoch, Earliest: info.Earliest, Latest: info.Head, HasRange: true}
 
 	sub := &subscription{sess: s, topic: topic, epoch: info.Epoch}
+	if cmd.Presence {
+		if s.srv.Policy(topic).NoPresence {
+			s.replyErr(&subproto.Error{Code: subproto.CodeForbidden, ID: id, Message: "presence is off for " + topic + " (its topic policy)"}, nil)
+			return
+		}
+		sub.member = &subproto.Member{Session: s.id, User: s.user, Node: s.srv.cfg.Node, Info: bytes.Clone(cmd.PresenceInfo)}
+	}
 	req := requestOf(cmd)
 	if cmd.Consumer != "" {
 		sub.consumer = cmd.Consumer
@@ -335,6 +344,9 @@ func (s *Session) subOnce(cmd *subproto.Command, retries int) {
 	}
 	s.mu.Unlock()
 	t.mu.Unlock()
+	if sub.member != nil {
+		s.srv.presenceJoin(sub)
+	}
 
 	if sub.consumerKey != "" {
 		if s.consumerEpochs == nil || len(s.consumerEpochs) >= 2*s.srv.cfg.MaxSubscriptions {
@@ -444,6 +456,26 @@ func (srv *Server) acked(consumerKey, topic string, co ConsumerOffset) {
 		}
 	}
 	s.mu.Unlock()
+}
+
+// handlePresence answers the presence command with the topic's members.
+func (s *Session) handlePresence(cmd *subproto.Command) {
+	select {
+	case s.presenceSlot <- struct{}{}:
+	case <-s.done:
+		return
+	}
+	members, count := []subproto.Member{}, 0
+	if !s.srv.Policy(cmd.Topic).NoPresence {
+		members, count = s.srv.Presence(cmd.Topic)
+	}
+	b := subproto.AppendOK(nil, &subproto.OK{ID: cmd.ID, Topic: cmd.Topic, Presence: true, Members: members, Count: count})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.pushCtrlLocked(outItem{b: b, freePresence: true})
 }
 
 // rateLimited closes a connection that sends commands faster than its

@@ -49,6 +49,9 @@ type Policy struct {
 	// NoPatternReplay: pattern subscriptions deliver these topics live
 	// only: their positions and since are ignored for them.
 	NoPatternReplay bool
+	// NoPresence: a sub of these topics with presence is refused
+	// (forbidden), and the presence command lists nobody.
+	NoPresence bool
 	// Ephemeral topics keep a bounded log in memory only (see
 	// ephemeralStore): Retention bounds it, with the DefaultEphemeral
 	// values for what it leaves out (not the default policy's).

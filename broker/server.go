@@ -55,6 +55,9 @@ type Server struct {
 	smu      sync.Mutex
 	sessions map[*Session]struct{} // guarded by smu
 
+	presence presenceTable
+	bus      PresenceBus // nil on one node
+
 	policies atomic.Pointer[Policies]
 	eph      *ephemeralStore // nil without ephemeral policies; then store is it
 
@@ -135,6 +138,11 @@ func New(cfg Config, st Store) (*Server, error) {
 		srv.store = srv.eph
 	}
 	srv.storage.init()
+	srv.presence.init()
+	if bus, ok := st.(PresenceBus); ok {
+		srv.bus = bus
+		bus.SetPresence(srv)
+	}
 	srv.store.SetCommitHook(srv.onCommit)
 	if cl, ok := st.(Claims); ok {
 		cl.SetClaimHooks(srv.claimedElsewhere, srv.announceClaims)
@@ -579,6 +587,10 @@ type Stats struct {
 	PendingWaits     atomic.Int64 // times a publisher waited for MaxPendingBytes or PendingBytes
 	StorageErrors    atomic.Int64 // store writes that failed (full disk, I/O error)
 	TopicsReclaimed  atomic.Int64 // idle topics deleted (Config.TopicIdle)
+	PresenceMembers  atomic.Int64 // presence members of this node
+	PresenceEvents   atomic.Int64 // join and leave events queued to members
+	PresenceMuted    atomic.Int64 // topics muted for having more than PresenceMuteAbove members
+	PresenceLists    atomic.Int64 // presence lists served (command and HTTP)
 	Errors           sync.Map     // subproto.Code → *atomic.Int64
 }
 

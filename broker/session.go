@@ -29,6 +29,10 @@ type Session struct {
 	// data (Config.MaxPendingBytes).
 	pending      chan struct{}
 	pendingBytes budget
+	// presenceSlot holds the one presence reply a session may have
+	// queued: a list can be large, and a client that asks again and again
+	// without reading waits instead of piling them up.
+	presenceSlot chan struct{}
 	done         chan struct{} // closed when the session closes
 	closing      atomic.Bool   // closeWhenFlushed was called: commands are ignored
 
@@ -80,6 +84,9 @@ type outItem struct {
 	// command's pending slot, so replies waiting for a client that does
 	// not read hold the client's reader back instead of piling up.
 	freePending bool
+	// freePresence: the reply to a presence command (up to 512 KiB);
+	// writing it frees the session's one presence slot.
+	freePresence bool
 }
 
 // subscription is one sub of a session. Fields after sess are guarded by
@@ -105,6 +112,9 @@ type subscription struct {
 
 	interested bool          // pattern: the store was told (Interested); set before use
 	pat        *patternState // pattern subscriptions
+	// member: a presence subscription's member (set before it is
+	// registered), nil for others.
+	member *subproto.Member
 }
 
 var newline = []byte{'\n'}
@@ -123,6 +133,7 @@ func newSession(srv *Server, c Conn, info ConnInfo) *Session {
 		log:          srv.log.With("conn", id, "remote", info.Remote),
 		pending:      make(chan struct{}, srv.cfg.MaxPendingPublishes),
 		pendingBytes: budget{max: int64(srv.cfg.MaxPendingBytes)},
+		presenceSlot: make(chan struct{}, 1),
 		done:         make(chan struct{}),
 		subs:         make(map[string]*subscription),
 	}
@@ -368,13 +379,14 @@ func (s *Session) writeLoop() {
 		clear(s.out[rest:])
 		s.out = s.out[:rest]
 		parts = parts[:0]
-		delivered, freed := 0, 0
+		delivered, freed, freedPresence := 0, 0, false
 		for _, it := range items {
 			if it.sub == nil {
 				s.outCtrl--
 				if it.freePending {
 					freed++
 				}
+				freedPresence = freedPresence || it.freePresence
 			} else {
 				s.outMsgs--
 				s.outBytes -= len(it.b)
@@ -400,6 +412,9 @@ func (s *Session) writeLoop() {
 		err := s.conn.WriteFrame(parts)
 		for ; freed > 0; freed-- {
 			<-s.pending
+		}
+		if freedPresence {
+			<-s.presenceSlot
 		}
 		if err != nil {
 			s.writeFailed(err)
@@ -610,6 +625,9 @@ func (srv *Server) detach(sub *subscription) {
 		srv.pmu.Unlock()
 		srv.loseInterest(sub)
 		return
+	}
+	if sub.member != nil {
+		srv.presenceLeave(sub)
 	}
 	t := sub.t
 	t.mu.Lock()

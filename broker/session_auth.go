@@ -123,7 +123,7 @@ func (s *Session) allowed(cmd *subproto.Command) bool {
 	switch cmd.Op {
 	case subproto.OpPub:
 		ok = g.CanPublish(cmd.Topic)
-	case subproto.OpSub, subproto.OpAck:
+	case subproto.OpSub, subproto.OpAck, subproto.OpPresence:
 		ok = g.CanSubscribe(cmd.Topic)
 	default:
 		ok = true

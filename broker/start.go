@@ -8,7 +8,7 @@ import (
 
 // Features are the protocol v1.1 features this broker has, listed in
 // welcome.
-var Features = []string{subproto.FeatureLast, subproto.FeatureSince, subproto.FeaturePatternReplay, subproto.FeatureAckEpoch}
+var Features = []string{subproto.FeatureLast, subproto.FeatureSince, subproto.FeaturePatternReplay, subproto.FeatureAckEpoch, subproto.FeaturePresence}
 
 // StartRequest is what a sub asks about where it starts.
 type StartRequest struct {

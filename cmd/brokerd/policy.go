@@ -23,9 +23,11 @@ import (
 //	    max-message-bytes: 4096
 //	    publish-rate: 20
 //	    pattern-replay: false
+//	  - match: "cursor.>"
+//	    presence: false
 
 var (
-	policyKeys    = []string{"match", "name", "storage", "retention", "max-message-bytes", "publish-rate", "publish-burst", "pattern-replay"}
+	policyKeys    = []string{"match", "name", "storage", "retention", "max-message-bytes", "publish-rate", "publish-burst", "pattern-replay", "presence"}
 	retentionKeys = []string{"max-age", "max-bytes", "max-messages"}
 )
 
@@ -116,6 +118,14 @@ func parsePolicy(item any) (broker.Policy, error) {
 			return fmt.Errorf("%v: true or false is expected", v)
 		}
 		p.NoPatternReplay = !b
+		return nil
+	})
+	field("presence", func(v any) error {
+		b, ok := v.(bool)
+		if !ok {
+			return fmt.Errorf("%v: true or false is expected", v)
+		}
+		p.NoPresence = !b
 		return nil
 	})
 	field("retention", func(v any) error {

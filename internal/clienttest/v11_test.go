@@ -17,13 +17,10 @@ func TestFeaturesLastSince(t *testing.T) {
 	infos := make(chan client.ConnInfo, 4)
 	c := dial(t, tb, client.WithOnConnect(func(ci client.ConnInfo) { infos <- ci }))
 	ci := <-infos
-	for _, f := range []string{"last", "since", "pattern_replay", "ack_epoch"} {
+	for _, f := range []string{"last", "since", "pattern_replay", "ack_epoch", "presence"} {
 		if !ci.HasFeature(f) {
 			t.Errorf("ConnInfo %+v lacks %s", ci, f)
 		}
-	}
-	if ci.HasFeature("presence") {
-		t.Errorf("presence is not built")
 	}
 	for i := uint64(1); i <= 10; i++ {
 		if _, err := c.Publish(ctx, "room", data(i)); err != nil {

@@ -140,6 +140,10 @@ func (m *Metrics) Register(src Sources) {
 	if src.Topics != nil {
 		gauge("topics", "Topics the store holds (bounded by --max-topics).", func() float64 { return float64(src.Topics()) })
 	}
+	gauge("presence_members", "Presence members connected to this node.", func() float64 { return float64(st.PresenceMembers.Load()) })
+	counter("presence_events_total", "Presence join and leave events queued to members of this node.", func() float64 { return float64(st.PresenceEvents.Load()) })
+	counter("presence_lists_total", "Presence lists served (presence commands and GET /v1/topics/{topic}/presence).", func() float64 { return float64(st.PresenceLists.Load()) })
+	counter("presence_muted_total", "Times a topic stopped sending join and leave for having more than 1,000 members.", func() float64 { return float64(st.PresenceMuted.Load()) })
 	counter("topics_reclaimed_total", "Topics deleted after --topic-idle holding no message and no subscriber.", func() float64 { return float64(st.TopicsReclaimed.Load()) })
 	if src.ReadPanics != nil {
 		counter("ws_reader_panics_total", "Panics recovered in WebSocket readers (the connection was closed with 1002).", func() float64 { return float64(src.ReadPanics()) })

@@ -298,6 +298,29 @@ func historyStart(q url.Values) (req broker.StartRequest, msg string) {
 	return req, ""
 }
 
+// servePresence: GET /v1/topics/{topic}/presence, the members of the
+// topic's presence on every node (at most 1,000) and their count.
+func (s *Server) servePresence(w http.ResponseWriter, r *http.Request) {
+	topic, ok := s.topicRequest(w, r, (*broker.Grant).CanSubscribe, "read")
+	if !ok {
+		return
+	}
+	members, count := []subproto.Member{}, 0
+	if !s.broker.Policy(topic).NoPresence {
+		members, count = s.broker.Presence(topic)
+	}
+	out := make([]byte, 0, 256)
+	out = append(out, `{"topic":`...)
+	out = strconv.AppendQuote(out, topic) // topic names are plain ASCII
+	out = subproto.AppendMembers(append(out, `,"members":`...), members)
+	out = append(out, `,"count":`...)
+	out = strconv.AppendInt(out, int64(count), 10)
+	out = append(out, "}\n"...)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write(out)
+}
+
 // serveMessages: GET /v1/topics/{topic}/messages?from=N&limit=M, or
 // ?last=N, or ?since=T.
 func (s *Server) serveMessages(w http.ResponseWriter, r *http.Request) {

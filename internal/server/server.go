@@ -231,6 +231,7 @@ func New(cfg Config, b *broker.Server) (*Server, error) {
 	s.mux.HandleFunc("GET /readyz", s.serveReady)
 	s.mux.HandleFunc("POST /v1/topics/{topic}", s.servePublish)
 	s.mux.HandleFunc("GET /v1/topics/{topic}/messages", s.serveMessages)
+	s.mux.HandleFunc("GET /v1/topics/{topic}/presence", s.servePresence)
 	s.mux.HandleFunc("GET /v1/topics", s.serveTopics)
 	s.mux.HandleFunc("GET /v1/admin/backup", s.serveBackup)
 	s.mux.Handle("/v1/admin/backup", methodNotAllowed(http.MethodGet, http.MethodHead))
@@ -238,6 +239,7 @@ func New(cfg Config, b *broker.Server) (*Server, error) {
 	// the console's 404.
 	s.mux.Handle("/v1/topics/{topic}", methodNotAllowed(http.MethodPost))
 	s.mux.Handle("/v1/topics/{topic}/messages", methodNotAllowed(http.MethodGet, http.MethodHead))
+	s.mux.Handle("/v1/topics/{topic}/presence", methodNotAllowed(http.MethodGet, http.MethodHead))
 	s.mux.Handle("/v1/topics", methodNotAllowed(http.MethodGet, http.MethodHead))
 	s.mux.Handle("/", console.Handler())
 	return s, nil

@@ -32,7 +32,7 @@ func TestWelcomeFeatures(t *testing.T) {
 	if !ok {
 		t.Fatalf("welcome %s has no features array", w)
 	}
-	want := map[string]bool{subproto.FeatureLast: true, subproto.FeatureSince: true, subproto.FeaturePatternReplay: true, subproto.FeatureAckEpoch: true}
+	want := map[string]bool{subproto.FeatureLast: true, subproto.FeatureSince: true, subproto.FeaturePatternReplay: true, subproto.FeatureAckEpoch: true, subproto.FeaturePresence: true}
 	for _, f := range got {
 		if !want[f.(string)] {
 			t.Errorf("welcome lists feature %v, which is not built", f)

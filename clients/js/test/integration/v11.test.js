@@ -32,8 +32,7 @@ describe('protocol v1.1', { timeout: 90000 }, () => {
     brokers.push(broker);
     const c = client(broker);
     for (let i = 1; i <= 10; i++) await c.publish('v11.room', { i });
-    for (const f of ['last', 'since', 'pattern_replay', 'ack_epoch']) assert.ok(c.hasFeature(f), f);
-    assert.equal(c.hasFeature('presence'), false);
+    for (const f of ['last', 'since', 'pattern_replay', 'ack_epoch', 'presence']) assert.ok(c.hasFeature(f), f);
     const got = [];
     const s = c.subscribe('v11.room', (m) => got.push(m.offset), { last: 3 });
     const info = await s.ready;
