@@ -141,3 +141,26 @@ func TestFaviconAndPhoneStyles(t *testing.T) {
 		t.Error("form controls inherit their colour: inside a label that is the placeholder grey")
 	}
 }
+
+// TestPresenceControls: the page offers presence (a checkbox when
+// subscribing, a toggle per subscription, a panel of members) and the
+// script uses the client's presence; the browser test in clients/js
+// drives them against a brokerd.
+func TestPresenceControls(t *testing.T) {
+	h := Handler()
+	page := body(t, get(t, h, "GET", "/", nil))
+	for _, id := range []string{`id="sub-presence"`, `id="presence-panel"`, `id="presence"`} {
+		if !strings.Contains(page, id) {
+			t.Errorf("the page lacks %s", id)
+		}
+	}
+	js := body(t, get(t, h, "GET", "/console.js", nil))
+	for _, s := range []string{"presence: true", ".presence(spec.topic)", "onJoin:", "onLeave:", "onPresenceMuted:", "presence-toggle"} {
+		if !strings.Contains(js, s) {
+			t.Errorf("console.js lacks %q", s)
+		}
+	}
+	if css := body(t, get(t, h, "GET", "/style.css", nil)); !strings.Contains(css, ".presence-topic") {
+		t.Error("style.css does not style the presence panel")
+	}
+}

@@ -13,6 +13,8 @@ const MAX_ROWS = (() => {
 const MAX_EVENTS = 500;
 /** How often the topic list is refreshed while connected and visible. */
 const TOPICS_EVERY_MS = 15000;
+/** Members shown per topic (the broker lists at most 1,000 and mutes joins and leaves beyond). */
+const MAX_MEMBERS = 1000;
 
 const ui = {
   url: $('url'), token: $('token'), connectBtn: $('connect-btn'), disconnectBtn: $('disconnect-btn'),
@@ -20,12 +22,18 @@ const ui = {
   events: $('events'), detail: $('detail'), detailMeta: $('detail-meta'), detailJSON: $('detail-json'), detailTitle: $('detail-title'),
   topics: $('topics'), topicsNote: $('topics-note'), subs: $('subs'),
   subTopic: $('sub-topic'), subFrom: $('sub-from'), subOffset: $('sub-offset'), subLast: $('sub-last'), subSince: $('sub-since'),
+  subPresence: $('sub-presence'), presencePanel: $('presence-panel'), presence: $('presence'),
   rows: $('rows'), log: $('log'), logEmpty: $('log-empty'), count: $('count'), follow: $('follow'),
   pubTopic: $('pub-topic'), pubKey: $('pub-key'), pubData: $('pub-data'), pubResult: $('pub-result'), outbox: $('outbox'),
 };
 
 let client = null;
-/** topic → {topic, from, sub}: what the console subscribes to, across reconnects and reloads. */
+/**
+ * topic → {topic, from, presence, sub, members, count, muted}: what the
+ * console subscribes to, across reconnects and reloads; with presence, the
+ * topic's members (session → member) as presence() listed them and joins
+ * and leaves changed them since.
+ */
 const specs = new Map();
 let received = 0;
 let pendingRows = [];
@@ -357,7 +365,11 @@ function disconnect(silent) {
   const c = client;
   if (!c) return;
   client = null;
-  for (const spec of specs.values()) spec.sub = null;
+  for (const spec of specs.values()) {
+    spec.sub = null;
+    spec.members = new Map();
+    spec.listed = false;
+  }
   c.close();
   clearInterval(reconnectTimer);
   clearInterval(topicsTimer);
@@ -367,12 +379,13 @@ function disconnect(silent) {
     setState('closed', 'disconnected');
   }
   renderSubs();
+  renderPresence();
 }
 
 // ---- subscriptions ----
 
 function saveSpecs() {
-  store('subs', [...specs.values()].map(({ topic, from }) => ({ topic, from })));
+  store('subs', [...specs.values()].map(({ topic, from, presence }) => (presence ? { topic, from, presence } : { topic, from })));
 }
 
 /**
@@ -397,10 +410,35 @@ function describeFrom(from) {
   return `from ${from}`;
 }
 
+function isPatternTopic(topic) {
+  return /(^|\.)(\*|>)(\.|$)/.test(topic);
+}
+
 function startSub(spec, resume) {
-  const pattern = /(^|\.)(\*|>)(\.|$)/.test(spec.topic);
+  const pattern = isPatternTopic(spec.topic);
   const opts = subOptions(spec.from, pattern, resume);
   spec.topics = new Set();
+  if (spec.presence && client.state === 'open' && !client.hasFeature('presence')) {
+    event(`${spec.topic}: this broker has no presence (feature "presence"); subscribing without`, 'warn');
+    spec.presence = false;
+    saveSpecs();
+  }
+  if (spec.presence) {
+    Object.assign(opts, {
+      presence: true,
+      onJoin: (m) => memberJoined(spec, m),
+      onLeave: (m) => memberLeft(spec, m),
+      onPresenceMuted: () => {
+        spec.muted = true;
+        event(`${spec.topic}: more than 1,000 members: joins and leaves are no longer sent (Refresh counts them)`, 'warn');
+        renderPresence();
+      },
+    });
+  }
+  spec.members = new Map();
+  spec.count = 0;
+  spec.muted = false;
+  spec.listed = false;
   let sub;
   try {
     sub = client.subscribe(spec.topic, (m) => {
@@ -416,6 +454,9 @@ function startSub(spec, resume) {
     if (pattern) event(`${resumed ? 'resumed' : 'subscribed to'} the pattern ${spec.topic} (${describeFrom(spec.from)}; each topic in order, replayed then live)`, 'good');
     else if (resumed) event(`resumed ${spec.topic} from offset ${from} (epoch ${shortEpoch(epoch)})`, 'good');
     else event(`subscribed to ${spec.topic} from offset ${from} (head ${head}, epoch ${shortEpoch(epoch)})`, 'good');
+    // Who is there: asked after every (re)subscribe, since members came
+    // and went while the console was away.
+    if (spec.presence) loadMembers(spec, sub);
     renderSubs();
   });
   sub.on('missed', ({ topic, first, last }) => event(`${topic}: offsets ${first}–${last} are no longer retained (missed)`, 'warn'));
@@ -432,6 +473,16 @@ function startSub(spec, resume) {
   sub.on('offset_out_of_range', ({ from, earliest, latest }) => event(`${spec.topic}: offset ${from ?? '?'} is outside the log${earliest !== undefined ? ` (${earliest}–${latest})` : ''}`, 'warn'));
   sub.on('unsubbed', ({ code }) => event(`${spec.topic}: the broker ended the subscription (${code})`, 'warn'));
   sub.on('end', ({ error }) => {
+    if (error && error.code === 'unsupported' && spec.presence && specs.get(spec.topic) === spec) {
+      // Known only once connected: go on without presence.
+      event(`${spec.topic}: this broker has no presence (feature "presence"); subscribing without`, 'warn');
+      spec.presence = false;
+      saveSpecs();
+      if (client) startSub(spec, true);
+      renderSubs();
+      renderPresence();
+      return;
+    }
     if (error) {
       if (error.code === 'unauthorized') {
         // Kept: it starts again once a token (another one) is given.
@@ -452,13 +503,17 @@ function startSub(spec, resume) {
   return true;
 }
 
-function subscribe(topic, from) {
+function subscribe(topic, from, presence) {
   if (!client) connect();
   if (specs.has(topic)) {
     event(`already subscribed to ${topic}`, 'warn');
     return;
   }
-  const spec = { topic, from, sub: null };
+  if (presence && isPatternTopic(topic)) {
+    event(`${topic}: presence is per topic, not for a pattern; subscribing without`, 'warn');
+    presence = false;
+  }
+  const spec = { topic, from, presence: !!presence, sub: null };
   specs.set(topic, spec);
   if (!startSub(spec, false)) {
     specs.delete(topic);
@@ -476,6 +531,110 @@ function unsubscribe(topic) {
   saveSpecs();
   event(`unsubscribed from ${topic}`);
   renderSubs();
+  renderPresence();
+}
+
+// ---- presence ----
+
+function memberName(m) {
+  return m.user !== undefined ? m.user : `session ${m.session.slice(0, 8)}`;
+}
+
+function memberInfo(m) {
+  if (m.info === undefined) return '';
+  const t = JSON.stringify(m.info);
+  return t.length > 120 ? `${t.slice(0, 120)}…` : t;
+}
+
+/**
+ * Joins (on) or leaves (off) the topic's presence: the subscription is
+ * made again with or without presence, resuming from its position, so no
+ * message is lost or shown twice.
+ */
+function togglePresence(topic) {
+  const spec = specs.get(topic);
+  if (!spec || isPatternTopic(topic)) return;
+  spec.presence = !spec.presence;
+  saveSpecs();
+  event(spec.presence ? `${topic}: joining the presence` : `${topic}: leaving the presence`);
+  if (client && spec.sub) {
+    spec.sub.unsubscribe();
+    spec.sub = null;
+    startSub(spec, true);
+  }
+  renderSubs();
+  renderPresence();
+}
+
+/** Lists the topic's members with presence() (after each subscribe, and Refresh). */
+async function loadMembers(spec, sub) {
+  const c = client;
+  if (!c) return;
+  try {
+    const { members, count } = await c.presence(spec.topic);
+    if (client !== c || spec.sub !== sub) return;
+    spec.members = new Map(members.map((m) => [m.session, m]));
+    spec.count = count;
+    spec.listed = true;
+  } catch (err) {
+    if (client !== c || spec.sub !== sub) return;
+    event(`${spec.topic}: cannot list the presence: ${err.code ? `${err.code}: ` : ''}${err.message}`, 'bad');
+  }
+  renderPresence();
+}
+
+function memberJoined(spec, m) {
+  if (!spec.members.has(m.session)) spec.count++;
+  if (spec.members.size < MAX_MEMBERS || spec.members.has(m.session)) spec.members.set(m.session, m);
+  event(`${spec.topic}: ${memberName(m)} joined (${m.node})`);
+  renderPresenceSoon();
+}
+
+function memberLeft(spec, m) {
+  if (spec.members.delete(m.session) || spec.count > spec.members.size) spec.count = Math.max(0, spec.count - 1);
+  event(`${spec.topic}: ${memberName(m)} left`);
+  renderPresenceSoon();
+}
+
+let presenceQueued = false;
+function renderPresenceSoon() {
+  if (presenceQueued) return;
+  presenceQueued = true;
+  setTimeout(() => {
+    presenceQueued = false;
+    renderPresence();
+  }, 100);
+}
+
+function renderPresence() {
+  const joined = [...specs.values()].filter((s) => s.presence);
+  ui.presencePanel.hidden = joined.length === 0;
+  ui.presence.replaceChildren(...joined.map((spec) => {
+    const me = client && client.session;
+    const members = [...(spec.members || new Map()).values()];
+    members.sort((a, b) => (a.session === me ? -1 : b.session === me ? 1 : memberName(a).localeCompare(memberName(b))));
+    const shown = members.slice(0, MAX_MEMBERS);
+    const count = spec.listed ? `${spec.count} here` : '…';
+    const items = shown.map((m) => {
+      const you = m.session === me;
+      const info = memberInfo(m);
+      return el('li', { class: `member${you ? ' you' : ''}`, data: { session: m.session, user: m.user || '', node: m.node }, title: `session ${m.session}\nnode ${m.node}${m.user !== undefined ? `\nuser ${m.user}` : ''}` },
+        el('span', { class: 'who' }, `${memberName(m)}${you ? ' (you)' : ''}`),
+        el('span', { class: 'meta' }, m.node),
+        info ? el('span', { class: 'info' }, info) : null);
+    });
+    if (items.length === 0) items.push(el('li', { class: 'empty' }, spec.listed ? 'nobody' : 'waiting for the subscription'));
+    return el('div', { class: 'presence-topic', data: { topic: spec.topic, count: String(spec.count || 0) } },
+      el('div', { class: 'panel-head' },
+        el('span', { class: 'name', title: spec.topic }, spec.topic),
+        el('span', { class: 'count' }, count),
+        el('button', {
+          type: 'button', class: 'icon', title: `List the members of ${spec.topic} again`, 'aria-label': `List the members of ${spec.topic} again`,
+          onclick: () => spec.sub && client && loadMembers(spec, spec.sub),
+        }, '↻')),
+      spec.muted ? el('p', { class: 'note' }, 'more than 1,000 members: joins and leaves are not sent; ↻ counts them') : null,
+      el('ul', { class: 'list members' }, ...items));
+  }));
 }
 
 let subsQueued = false;
@@ -507,7 +666,12 @@ function renderSubs() {
         el('button', { type: 'button', title: `Unsubscribe from ${spec.topic}`, 'aria-label': `Unsubscribe from ${spec.topic}`, onclick: () => unsubscribe(spec.topic) }, '×')),
       el('div', { class: 'sub-line' },
         el('span', { class: `badge ${state.replace(' ', '-')}`, title: state === 'paused' ? 'offline: resumes where it was once the connection is back' : '' }, state),
-        el('span', { class: 'meta', title: s && s.epoch ? `epoch ${s.epoch}` : '' }, meta))));
+        el('span', { class: 'meta', title: s && s.epoch ? `epoch ${s.epoch}` : '' }, meta),
+        isPatternTopic(spec.topic) ? null : el('button', {
+          type: 'button', class: 'presence-toggle', 'aria-pressed': spec.presence ? 'true' : 'false',
+          title: spec.presence ? `Leave the presence of ${spec.topic}` : `Join the presence of ${spec.topic}: see who else is subscribed`,
+          onclick: () => togglePresence(spec.topic),
+        }, 'presence'))));
   }
 }
 
@@ -656,7 +820,7 @@ $('subscribe').addEventListener('submit', (e) => {
     const ms = ui.subSince.value ? new Date(ui.subSince.value).getTime() : Date.now() - 3600e3;
     from = { since: Number.isFinite(ms) ? Math.max(0, ms) : 0 };
   }
-  subscribe(topic, from);
+  subscribe(topic, from, ui.subPresence.checked);
 });
 ui.subFrom.addEventListener('change', () => {
   ui.subOffset.hidden = ui.subFrom.value !== 'offset';
@@ -689,7 +853,8 @@ ui.log.addEventListener('scroll', () => {
 document.addEventListener('visibilitychange', flushRows);
 
 for (const s of load('subs') || []) {
-  if (s && typeof s.topic === 'string') specs.set(s.topic, { topic: s.topic, from: s.from, sub: null });
+  if (s && typeof s.topic === 'string') specs.set(s.topic, { topic: s.topic, from: s.from, presence: s.presence === true && !isPatternTopic(s.topic), sub: null });
 }
 renderSubs();
+renderPresence();
 connect();

@@ -1,8 +1,9 @@
 // A real browser (headless Chromium) drives the console page served by a
 // real brokerd: subscribe, publish, restart the broker, and see the stream
 // resume with no gap; then a publish made while the broker is down
-// survives closing the page and is stored exactly once; and a reload
-// resumes from the position the page kept.
+// survives closing the page and is stored exactly once; a reload
+// resumes from the position the page kept; and two pages on one topic,
+// wide and at 375 px, see each other join and leave its presence.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
@@ -329,6 +330,76 @@ describe('the console in a real browser', { skip, timeout: 300000 }, () => {
     }
   });
 
+  test('presence: two pages on one topic see each other join and leave (wide and at 375 px)', async () => {
+    const ROOM = 'room.presence';
+    const post = async (body) => (await (await fetch(`${broker.httpURL}/v1/topics/${ROOM}`, { method: 'POST', body: JSON.stringify(body) })).json()).offset;
+    const panel = `#presence .presence-topic[data-topic="${ROOM}"]`;
+    const toggle = `#subs li[data-topic="${ROOM}"] button.presence-toggle`;
+    const phone = await browser.newContext({ viewport: { width: 375, height: 740 }, hasTouch: true });
+    const pageA = watch(await context.newPage());
+    try {
+      // A (wide) joins when it subscribes: the presence checkbox.
+      await pageA.goto(`${broker.httpURL}/`);
+      await pageA.waitForSelector('#state[data-state="open"]', { timeout: 20000 });
+      await pageA.fill('#sub-topic', ROOM);
+      await pageA.check('#sub-presence');
+      await pageA.click('#subscribe button[type=submit]');
+      await pageA.waitForSelector(`#subs li[data-topic="${ROOM}"][data-state="active"]`);
+      await pageA.waitForSelector(`${panel} li.member.you`);
+      const sessionA = await pageA.getAttribute(`${panel} li.member.you`, 'data-session');
+      assert.ok(sessionA, 'A lists itself');
+      assert.equal(await pageA.getAttribute(toggle, 'aria-pressed'), 'true');
+
+      // B (a phone) subscribes without presence, sees a message, then
+      // joins with the toggle of its subscription.
+      const pageB = watch(await phone.newPage());
+      await pageB.goto(`${broker.httpURL}/`);
+      await pageB.waitForSelector('#state[data-state="open"]', { timeout: 20000 });
+      await pageB.fill('#sub-topic', ROOM);
+      await pageB.click('#subscribe button[type=submit]');
+      await pageB.waitForSelector(`#subs li[data-topic="${ROOM}"][data-state="active"]`);
+      assert.equal(await pageB.isVisible('#presence-panel'), false, 'no presence panel without presence');
+      assert.equal(await post({ n: 1 }), 1);
+      await pageB.waitForSelector(`tr.msg[data-topic="${ROOM}"][data-offset="1"]`);
+      await pageB.tap(toggle);
+      await pageB.waitForSelector(`${panel} li.member.you`);
+      const sessionB = await pageB.getAttribute(`${panel} li.member.you`, 'data-session');
+      assert.ok(sessionB && sessionB !== sessionA);
+      // B lists A, who was there first; A sees B join, live.
+      await pageB.waitForSelector(`${panel} li.member[data-session="${sessionA}"]`);
+      await pageA.waitForSelector(`${panel} li.member[data-session="${sessionB}"]`, { timeout: 10000 });
+      await pageA.waitForSelector(`#events li >> text=${ROOM}: session ${sessionB.slice(0, 8)} joined`);
+      for (const p of [pageA, pageB]) await p.waitForSelector(`${panel}[data-count="2"]`);
+      // The toggle resubscribed from where B was: no gap, no duplicate.
+      assert.equal(await post({ n: 2 }), 2);
+      await pageB.waitForSelector(`tr.msg[data-topic="${ROOM}"][data-offset="2"]`);
+      await pageB.waitForTimeout(200); // a duplicate would show by now
+      assert.deepEqual((await rowsOf(pageB, ROOM)).map((x) => x.offset), [1, 2]);
+      assert.equal(await pageB.locator('#events li >> text=gap').count(), 0);
+      await fitsWidth(pageB, 375, ['#presence-panel', `${panel} li.member.you`, toggle, '#sub-presence']);
+      await pageB.screenshot({ path: join(artifacts, 'console-375-presence.png'), fullPage: true });
+      await pageA.screenshot({ path: join(artifacts, 'console-presence.png') });
+
+      // B leaves with the toggle: A sees it go.
+      await pageB.tap(toggle);
+      await pageA.waitForSelector(`${panel} li.member[data-session="${sessionB}"]`, { state: 'detached', timeout: 10000 });
+      await pageA.waitForSelector(`#events li >> text=${ROOM}: session ${sessionB.slice(0, 8)} left`);
+      await pageA.waitForSelector(`${panel}[data-count="1"]`);
+      assert.equal(await pageB.isVisible('#presence-panel'), false);
+
+      // B joins again, then its page closes: A sees it leave.
+      await pageB.tap(toggle);
+      await pageA.waitForSelector(`${panel} li.member[data-session="${sessionB}"]`, { timeout: 10000 });
+      await pageB.close();
+      await pageA.waitForSelector(`${panel} li.member[data-session="${sessionB}"]`, { state: 'detached', timeout: 10000 });
+      await pageA.waitForSelector(`${panel}[data-count="1"]`);
+      assert.deepEqual(pageErrors, []);
+    } finally {
+      await pageA.close();
+      await phone.close();
+    }
+  });
+
   test('with auth on and no token the page asks for one (no green dot), and a token opens it', async () => {
     const secret = 'console-test-secret-of-at-least-32-bytes';
     const authed = await Brokerd.start({ args: ['--jwt-secret', secret] });
@@ -358,6 +429,10 @@ describe('the console in a real browser', { skip, timeout: 300000 }, () => {
       await page.click('#publish button[type=submit]');
       await page.waitForSelector('tr.msg[data-topic="auth.t"][data-offset="1"]');
       assert.equal(await page.textContent('#topics-note'), '', 'no stale error once authenticated');
+      // Presence with auth: the member is the token's subject.
+      await page.click('#subs li[data-topic="auth.t"] button.presence-toggle');
+      await page.waitForSelector('#presence .presence-topic[data-topic="auth.t"] li.member.you[data-user="console"]');
+      assert.match(await page.textContent('#presence .presence-topic[data-topic="auth.t"] li.member.you'), /^console \(you\)/);
       // A wrong token: said in words, not reconnected in a loop.
       await page.fill('#token', `${token}x`);
       await page.click('#connect-btn');
