@@ -162,3 +162,73 @@ func Example_ack() {
 	// working on {"job":4}
 	// working on {"job":5}
 }
+
+func Example_presence() {
+	url, stop := startExampleBroker()
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	ada, err := client.Dial(ctx, url)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer ada.Close()
+	bob, err := client.Dial(ctx, url)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer bob.Close()
+
+	// Ada joins the room's presence and follows who comes and goes.
+	seen := make(chan string, 4)
+	_, err = ada.Subscribe(ctx, "chat.room-7", func(*client.Message) {}, client.SubOptions{
+		Presence:     true,
+		PresenceInfo: []byte(`{"name":"Ada"}`),
+		OnJoin:       func(m client.Member) { seen <- "joined: " + string(m.Info) },
+		OnLeave:      func(m client.Member) { seen <- "left: " + string(m.Info) },
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	// A new member is not told of those already there: it asks.
+	p, err := ada.Presence(ctx, "chat.room-7")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(p.Count, "here")
+
+	next := func() string {
+		select {
+		case s := <-seen:
+			return s
+		case <-ctx.Done():
+			return "nothing: " + ctx.Err().Error()
+		}
+	}
+
+	// Bob joins too, and asks who is there.
+	room, err := bob.Subscribe(ctx, "chat.room-7", func(*client.Message) {}, client.SubOptions{
+		Presence: true, PresenceInfo: []byte(`{"name":"Bob"}`),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(next())
+	p, err = bob.Presence(ctx, "chat.room-7")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(p.Count, "here")
+
+	// Bob leaves.
+	if err := room.Unsubscribe(ctx); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(next())
+	// Output:
+	// 1 here
+	// joined: {"name":"Bob"}
+	// 2 here
+	// left: {"name":"Bob"}
+}
