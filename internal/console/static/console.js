@@ -473,9 +473,13 @@ function startSub(spec, resume) {
   sub.on('offset_out_of_range', ({ from, earliest, latest }) => event(`${spec.topic}: offset ${from ?? '?'} is outside the log${earliest !== undefined ? ` (${earliest}–${latest})` : ''}`, 'warn'));
   sub.on('unsubbed', ({ code }) => event(`${spec.topic}: the broker ended the subscription (${code})`, 'warn'));
   sub.on('end', ({ error }) => {
-    if (error && error.code === 'unsupported' && spec.presence && specs.get(spec.topic) === spec) {
-      // Known only once connected: go on without presence.
-      event(`${spec.topic}: this broker has no presence (feature "presence"); subscribing without`, 'warn');
+    if (error && (error.code === 'unsupported' || error.code === 'forbidden') && spec.presence && specs.get(spec.topic) === spec) {
+      // No presence here (a broker without it, known only once connected,
+      // or a topic whose policy turns it off): go on without. A plain
+      // subscription that is forbidden too ends as usual.
+      event(error.code === 'unsupported'
+        ? `${spec.topic}: this broker has no presence (feature "presence"); subscribing without`
+        : `${spec.topic}: presence refused (${error.message}); subscribing without`, 'warn');
       spec.presence = false;
       saveSpecs();
       if (client) startSub(spec, true);
