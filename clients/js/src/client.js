@@ -12,6 +12,8 @@ const CONSUMER_RE = /^[A-Za-z0-9_.-]{1,255}$/;
 const MAX_INT = Number.MAX_SAFE_INTEGER;
 /** The largest presence_info, in bytes of JSON (the protocol's bound). */
 const MAX_PRESENCE_INFO = 1024;
+/** The most presence queries waiting for the broker's reply. */
+const MAX_PRESENCE_QUERIES = 1000;
 const OPEN = 1;
 
 const DEFAULTS = {
@@ -327,12 +329,16 @@ export class BrokerClient extends EventTarget {
    * subscribe to the topic and a broker with the feature "presence"
    * (otherwise it rejects with unsupported). While disconnected the query
    * waits for the connection; one in flight when the connection drops is
-   * asked again on the next (it changes nothing).
+   * asked again on the next (it changes nothing). At most 1,000 queries
+   * wait at once (queue_full beyond).
    */
   presence(topic) {
     if (this.state === 'closed') return Promise.reject(new BrokerError('closed', 'the client is closed'));
     if (!validTopic(topic)) {
       return Promise.reject(new BrokerError('invalid_topic', `${JSON.stringify(topic)} is not a topic name: presence is per topic, not per pattern`));
+    }
+    if (this._presenceQ.length >= MAX_PRESENCE_QUERIES) {
+      return Promise.reject(new BrokerError('queue_full', `presence: ${this._presenceQ.length} presence queries wait for the broker already`, { topic }));
     }
     const d = deferred();
     const q = { topic, resolve: d.resolve, reject: d.reject, sent: false };

@@ -26,7 +26,7 @@ export class BrokerError extends Error {
 /** Error codes that the client raises itself (never sent by the server). */
 export const ClientErrorCodes = Object.freeze({
   closed: 'The client was closed: the command will not be sent or answered.',
-  queue_full: 'Too many publishes wait to be acknowledged (maxQueue or maxQueueBytes); retry later.',
+  queue_full: 'Too many publishes wait to be acknowledged (maxQueue or maxQueueBytes), or too many presence queries (1,000) wait for their reply; retry later.',
   invalid_key: 'The idempotency key is not 1 to 255 bytes of visible ASCII.',
   connection_lost: 'The connection closed before the broker answered; the command is not retried.',
   subscription_ended: 'The subscription ended before it could be used.',

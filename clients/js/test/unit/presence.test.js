@@ -182,7 +182,7 @@ describe('presence', () => {
     assert.deepEqual(await c.presence('crowd'), { topic: 'crowd', members: [{ session: 'a', node: 'n' }], count: 5000 });
   });
 
-  test('presence(topic): the broker\'s err rejects; bad topics and a closed client reject at once', async () => {
+  test('presence(topic): the broker\'s err rejects; bad topics reject at once; at most 1,000 wait, and close rejects them', async () => {
     const broker = new FakeBroker({ features: FEATURES });
     broker.hooks.command = (ws, cmd) => {
       if (cmd.op !== 'presence') return false;
@@ -193,10 +193,14 @@ describe('presence', () => {
     await assert.rejects(c.presence('secret'), (err) => err instanceof BrokerError && err.code === 'forbidden' && err.topic === 'secret');
     await assert.rejects(c.presence('room.*'), (err) => err.code === 'invalid_topic');
     await assert.rejects(c.presence(''), (err) => err.code === 'invalid_topic');
+    // Bounded: queries wait at most 1,000 at once.
     broker.silent = true;
-    const pending = assert.rejects(c.presence('later'), (err) => err.code === 'closed');
+    const waiting = [];
+    for (let i = 0; i < 1000; i++) waiting.push(c.presence('crowd').catch((err) => err.code));
+    await assert.rejects(c.presence('crowd'), (err) => err.code === 'queue_full');
+    // Closing rejects what waits.
     await c.close();
-    await pending;
+    assert.deepEqual(new Set(await Promise.all(waiting)), new Set(['closed']));
     await assert.rejects(c.presence('x'), (err) => err.code === 'closed');
   });
 
