@@ -241,3 +241,74 @@ func TestPresenceAuth(t *testing.T) {
 		t.Fatalf("Subscribe with Presence without the right: %v", err)
 	}
 }
+
+// Above the mute threshold (2 here) the members are told once with
+// presence_muted and get no more joins and leaves; listing still counts
+// every member.
+func TestPresenceMuted(t *testing.T) {
+	tb := startBroker(t, func(c *broker.Config) { c.PresenceMuteAbove = 2 })
+	ctx := ctxT(t)
+	type member struct {
+		c     *client.Client
+		sub   *client.Subscription
+		seen  members
+		muted chan struct{}
+	}
+	join := func() *member {
+		m := &member{c: dial(t, tb), muted: make(chan struct{}, 4)}
+		var err error
+		m.sub, err = m.c.Subscribe(ctx, "room.big", func(*client.Message) {}, client.SubOptions{
+			Presence: true, OnJoin: m.seen.join, OnLeave: m.seen.leave,
+			OnPresenceMuted: func() { m.muted <- struct{}{} },
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		listed(t, m.c, "room.big")
+		return m
+	}
+	a := join()
+	b := join()
+	a.seen.wait(t, "join "+b.c.Info().Session)
+	if a.sub.PresenceMuted() {
+		t.Fatal("muted with two members")
+	}
+	c := join() // the third: above 2
+	for i, m := range []*member{a, b, c} {
+		select {
+		case <-m.muted:
+		case <-time.After(waitTimeout):
+			t.Fatalf("member %d was not told presence_muted", i)
+		}
+		if !m.sub.PresenceMuted() {
+			t.Fatalf("member %d: PresenceMuted false after OnPresenceMuted", i)
+		}
+	}
+	d := join()
+	select {
+	case <-d.muted:
+	case <-time.After(waitTimeout):
+		t.Fatal("a member joining a muted topic was not told")
+	}
+	eventually(t, "four counted", func() bool {
+		p, err := a.c.Presence(ctx, "room.big")
+		return err == nil && p.Count == 4 && len(p.Members) == 4
+	})
+	if err := d.sub.Unsubscribe(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "three counted", func() bool {
+		p, err := a.c.Presence(ctx, "room.big")
+		return err == nil && p.Count == 3
+	})
+	// a was told of b's join only: not of c's (it muted the topic), d's
+	// or d's leave; and presence_muted once.
+	if got, want := a.seen.list(), []string{"join " + b.c.Info().Session}; !slices.Equal(got, want) {
+		t.Fatalf("a saw %v, want %v", got, want)
+	}
+	select {
+	case <-a.muted:
+		t.Fatal("a was told presence_muted twice")
+	default:
+	}
+}
