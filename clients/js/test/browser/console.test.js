@@ -367,7 +367,7 @@ describe('the console in a real browser', { skip, timeout: 300000 }, () => {
       assert.ok(sessionB && sessionB !== sessionA);
       // B lists A, who was there first; A sees B join, live.
       await pageB.waitForSelector(`${panel} li.member[data-session="${sessionA}"]`);
-      await pageA.waitForSelector(`${panel} li.member[data-session="${sessionB}"]`, { timeout: 10000 });
+      await pageA.waitForSelector(`${panel} li.member[data-session="${sessionB}"]`, { timeout: 20000 });
       await pageA.waitForSelector(`#events li >> text=${ROOM}: session ${sessionB.slice(0, 8)} joined`);
       for (const p of [pageA, pageB]) await p.waitForSelector(`${panel}[data-count="2"]`);
       // The toggle resubscribed from where B was: no gap, no duplicate.
@@ -382,16 +382,16 @@ describe('the console in a real browser', { skip, timeout: 300000 }, () => {
 
       // B leaves with the toggle: A sees it go.
       await pageB.tap(toggle);
-      await pageA.waitForSelector(`${panel} li.member[data-session="${sessionB}"]`, { state: 'detached', timeout: 10000 });
+      await pageA.waitForSelector(`${panel} li.member[data-session="${sessionB}"]`, { state: 'detached', timeout: 20000 });
       await pageA.waitForSelector(`#events li >> text=${ROOM}: session ${sessionB.slice(0, 8)} left`);
       await pageA.waitForSelector(`${panel}[data-count="1"]`);
       assert.equal(await pageB.isVisible('#presence-panel'), false);
 
       // B joins again, then its page closes: A sees it leave.
       await pageB.tap(toggle);
-      await pageA.waitForSelector(`${panel} li.member[data-session="${sessionB}"]`, { timeout: 10000 });
+      await pageA.waitForSelector(`${panel} li.member[data-session="${sessionB}"]`, { timeout: 20000 });
       await pageB.close();
-      await pageA.waitForSelector(`${panel} li.member[data-session="${sessionB}"]`, { state: 'detached', timeout: 10000 });
+      await pageA.waitForSelector(`${panel} li.member[data-session="${sessionB}"]`, { state: 'detached', timeout: 20000 });
       await pageA.waitForSelector(`${panel}[data-count="1"]`);
       assert.deepEqual(pageErrors, []);
     } finally {
