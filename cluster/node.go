@@ -114,6 +114,7 @@ type Node struct {
 	claimSub         *nats.Subscription                                      // other nodes' consumer claims (claims.go)
 	claimHook        atomic.Pointer[func(string, string, broker.ClaimStamp)] // the broker's
 	announceHook     atomic.Pointer[func()]                                  // the broker's
+	pres             atomic.Pointer[presence]                                // the presence exchange (presence.go), once the broker started it
 	clock            atomic.Int64                                            // hybrid logical clock of claim stamps
 	sem              chan struct{}                                           // bounds requests served concurrently
 	inflight         atomic.Int64                                            // local writes of owned partitions in flight
@@ -278,6 +279,7 @@ func (n *Node) start() error {
 		n.log.Info("cluster: reconnected to NATS; repairing live records, announcing consumer subscriptions")
 		go n.repairLive()
 		go n.announceClaims()
+		n.presenceResync()
 	})
 	go n.heartbeatLoop()
 	go n.renewLoop()
@@ -332,6 +334,7 @@ func (n *Node) Close() error {
 
 func (n *Node) shut() {
 	n.closed.Store(true)
+	n.presenceStop()
 	for _, s := range []*nats.Subscription{n.rpcSub, n.replySub, n.followSub, n.claimSub} {
 		if s != nil {
 			_ = s.Unsubscribe()
