@@ -111,9 +111,13 @@ describe('the console in a real browser', { skip, timeout: 300000 }, () => {
     for (;;) {
       if ((await page.getAttribute('#state', 'data-state')) === 'open') break;
       const retry = page.locator('#retry-btn:visible');
-      if (await retry.count()) await retry.click().catch(() => {});
+      // A short timeout: the page may reconnect by itself and hide the
+      // button between the count and the click, and a click waits for
+      // the button to show again (30 s by default).
+      if (await retry.count()) await retry.click({ timeout: 1000 }).catch(() => {});
       if (Date.now() - clicked >= 20000) {
         const st = await page.getAttribute('#state', 'data-state');
+        if (st === 'open') break;
         const text = await page.textContent('#state-text');
         const events = await page.locator('#events li').allTextContents();
         assert.fail(`Retry now did not reconnect within 20 s: state ${st} "${text}"; events ${JSON.stringify(events.slice(-5))}; broker log: ${broker.log.slice(-2000)}`);
