@@ -65,5 +65,6 @@
 //     repl_follow.go: the follower's side; codec.go: the messages.
 //   - rpc.go: requests to a topic's owner; live.go: the live fan-out;
 //     claims.go: durable consumers' claims; store.go: the broker.Store
-//     the broker sees.
+//     the broker sees; presence.go: presence across the nodes (the
+//     broker.PresenceBus), held in memory, never stored.
 package cluster
