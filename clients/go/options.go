@@ -118,7 +118,7 @@ type ConnInfo struct {
 	Version   string        // the broker version
 	Heartbeat time.Duration // the broker's ping interval
 	// Features are the protocol v1.1 features the broker has ("last",
-	// "since", "pattern_replay", "ack_epoch", ...); nil from a v1.0
+	// "since", "pattern_replay", "ack_epoch", "presence"); nil from a v1.0
 	// broker. See HasFeature.
 	Features []string
 }

@@ -317,7 +317,7 @@ export class BrokerClient extends EventTarget {
 
   /**
    * Whether the broker has the protocol feature f ("last", "since",
-   * "pattern_replay", "ack_epoch", ...), from its latest welcome.
+   * "pattern_replay", "ack_epoch", "presence"), from its latest welcome.
    */
   hasFeature(f) {
     return Array.isArray(this.features) && this.features.includes(f);

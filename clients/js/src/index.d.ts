@@ -392,7 +392,7 @@ export interface WelcomeEvent {
   version: string;
   /** Seconds between pings the broker expects. */
   heartbeat: number;
-  /** v1.1: what the broker has of the v1.1 additions ("last", "since", "pattern_replay", "ack_epoch", ...). */
+  /** v1.1: what the broker has of the v1.1 additions ("last", "since", "pattern_replay", "ack_epoch", "presence"). */
   features?: string[];
 }
 
