@@ -310,14 +310,28 @@ func (s *Session) subOnce(cmd *subproto.Command, retries int) {
 	}
 	sub.t = t
 
+	// A presence subscription holds its topic's presence from before its
+	// ok until it is a member: no member can join in between, unseen by
+	// it, and no join or leave can reach it before its ok.
+	var psh *presenceShard
+	if sub.member != nil {
+		psh = s.srv.presence.shard(topic)
+		psh.mu.Lock()
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
+		if psh != nil {
+			psh.mu.Unlock()
+		}
 		s.srv.releaseTopic(t)
 		return
 	}
 	if _, dup := s.subs[topic]; dup {
 		s.mu.Unlock()
+		if psh != nil {
+			psh.mu.Unlock()
+		}
 		s.srv.releaseTopic(t)
 		s.replyErr(errAlreadySubscribed(id, topic), nil)
 		return
@@ -329,6 +343,10 @@ func (s *Session) subOnce(cmd *subproto.Command, retries int) {
 	// reach the client before the ok.
 	s.subs[topic] = sub
 	s.mu.Unlock()
+	if psh != nil {
+		s.srv.presenceJoinLocked(psh, sub)
+		psh.mu.Unlock()
+	}
 	s.srv.stats.Subscriptions.Add(1)
 
 	// Join the topic before the first log read, so that no record
@@ -344,9 +362,6 @@ func (s *Session) subOnce(cmd *subproto.Command, retries int) {
 	}
 	s.mu.Unlock()
 	t.mu.Unlock()
-	if sub.member != nil {
-		s.srv.presenceJoin(sub)
-	}
 
 	if sub.consumerKey != "" {
 		if s.consumerEpochs == nil || len(s.consumerEpochs) >= 2*s.srv.cfg.MaxSubscriptions {

@@ -99,14 +99,12 @@ func (p *presenceTable) shard(topic string) *presenceShard {
 	return &p.shards[maphash.String(p.seed, topic)%presenceShards]
 }
 
-// presenceJoin makes sub, a presence subscription just registered, a
-// member of its topic. A subscription that has already ended (its
+// presenceJoinLocked makes sub, a presence subscription just registered,
+// a member of its topic; the caller holds sh, the topic's shard, since
+// before it queued sub's ok. A subscription that has already ended (its
 // session closed meanwhile) does not join: its leave has run or will find
 // nothing. Holding the shard lock while checking makes the two exclusive.
-func (srv *Server) presenceJoin(sub *subscription) {
-	sh := srv.presence.shard(sub.topic)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
+func (srv *Server) presenceJoinLocked(sh *presenceShard, sub *subscription) {
 	s := sub.sess
 	s.mu.Lock()
 	ended := sub.ended

@@ -30,6 +30,8 @@ const topicShards = 64
 // Lock order (outer first):
 //
 //	topicState.mu → Session.mu
+//	presenceShard.mu → Session.mu (one session at a time, or the
+//	subscribing session's while it queues its ok)
 //	Server.pmu (pattern tree) and Server.cmu (consumers) are leaves: never
 //	held while taking another lock of this package.
 type Server struct {

@@ -169,6 +169,24 @@ type eventJSON struct {
 	Version   string          `json:"version"`
 	Heartbeat int             `json:"heartbeat"`
 	Features  []string        `json:"features"`
+	Member    *memberJSON     `json:"member"`
+	Members   []memberJSON    `json:"members"`
+	Count     *int            `json:"count"`
+}
+
+type memberJSON struct {
+	Session string          `json:"session"`
+	User    string          `json:"user"`
+	Node    string          `json:"node"`
+	Info    json.RawMessage `json:"info"`
+}
+
+func (m memberJSON) member() Member {
+	out := Member{Session: m.Session, User: m.User, Node: m.Node}
+	if len(m.Info) > 0 {
+		out.Info = []byte(m.Info)
+	}
+	return out
 }
 
 func TestVectorsEvents(t *testing.T) {
@@ -201,6 +219,19 @@ func TestVectorsEvents(t *testing.T) {
 			}
 			if len(want.Data) == 0 {
 				want.Data = nil
+			}
+			if j.Member != nil {
+				m := j.Member.member()
+				want.Member = &m
+			}
+			if j.Members != nil {
+				want.Members = []Member{}
+				for _, m := range j.Members {
+					want.Members = append(want.Members, m.member())
+				}
+			}
+			if j.Count != nil {
+				want.Count, want.HasCount = *j.Count, true
 			}
 			if !reflect.DeepEqual(ev, want) {
 				t.Errorf("DecodeEvent(%s)\n = %+v\nwant %+v", c.Line, ev, want)

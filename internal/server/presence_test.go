@@ -337,7 +337,7 @@ func TestPresenceRepliesBounded(t *testing.T) {
 	c.session()
 	c.pause()
 	st := ts.Broker.Stats()
-	const n = 12 // about 250 KiB each
+	const n = 6 // about 250 KiB each
 	var sb strings.Builder
 	for i := range n {
 		fmt.Fprintf(&sb, `{"op":"presence","id":%d,"topic":"crowd"}`+"\n", i+1)
@@ -345,13 +345,24 @@ func TestPresenceRepliesBounded(t *testing.T) {
 	c.send(sb.String())
 	// The socket buffers hold less than one reply: one is being written,
 	// one queued, and the reader waits with the next.
-	eventually(t, waitTimeout, "the first lists built", func() bool { return st.PresenceLists.Load() >= 2 })
+	eventually(t, waitTimeout, "the first list built", func() bool { return st.PresenceLists.Load() >= 1 })
 	time.Sleep(500 * time.Millisecond)
-	if served := st.PresenceLists.Load(); served > 4 {
+	if served := st.PresenceLists.Load(); served > 3 {
 		t.Fatalf("%d presence lists built for a client that read nothing", served)
 	}
 	c.release()
-	last := c.reply(n)
+	// A generous bound: the test client decodes every list (with the race
+	// detector, on a loaded machine that takes seconds).
+	var last event
+	c.waitForWithin(4*waitTimeout, "the last list", func(evs []event) bool {
+		for _, e := range evs {
+			if isReply(e, n) {
+				last = e
+				return true
+			}
+		}
+		return false
+	})
 	if last.Op != "ok" || last.num("count") != 1000 {
 		t.Fatalf("last reply %s", last)
 	}

@@ -489,4 +489,4 @@ export interface TopicEvent {
 }
 
 /** Every event of the protocol; a newer broker may send others, and members not listed here. */
-export type ServerEvent = WelcomeEvent | MsgEvent | OkEvent | ErrEvent | PongEvent | UnsubbedEvent | TopicEvent;
+export type ServerEvent = WelcomeEvent | MsgEvent | OkEvent | ErrEvent | PongEvent | UnsubbedEvent | TopicEvent | PresenceEvent | PresenceMutedEvent;
