@@ -129,17 +129,7 @@ func DecodeEvent(obj []byte, ev *Event) error {
 
 // set decodes member name's value v; it returns a problem or "".
 func (ev *Event) set(name []byte, b []byte, v span) string {
-	str := func() (string, bool) {
-		if v.kind != kString {
-			return "", false
-		}
-		raw := b[v.start+1 : v.end-1]
-		if !v.esc {
-			return string(raw), true
-		}
-		out, ok := unescape(nil, raw)
-		return string(out), ok
-	}
+	str := func() (string, bool) { return spanString(b, v) }
 	uint := func() (uint64, bool) { return parseInt0(b, v) }
 	var ok bool
 	switch string(name) {
@@ -222,6 +212,20 @@ func (ev *Event) set(name []byte, b []byte, v span) string {
 		return "member " + quoteName(name) + " has the wrong type or is out of range"
 	}
 	return ""
+}
+
+// spanString returns the string value v of b, unescaped; false when v is
+// not a string or holds a lone surrogate.
+func spanString(b []byte, v span) (string, bool) {
+	if v.kind != kString {
+		return "", false
+	}
+	raw := b[v.start+1 : v.end-1]
+	if !v.esc {
+		return string(raw), true
+	}
+	out, ok := unescape(nil, raw)
+	return string(out), ok
 }
 
 // pair decodes [a,b] of two integers.

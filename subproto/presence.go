@@ -72,17 +72,7 @@ func decodeMember(b []byte) (Member, bool) {
 		return m, false
 	}
 	ok := walkObject(b, func(name []byte, v span) bool {
-		str := func() (string, bool) {
-			if v.kind != kString {
-				return "", false
-			}
-			raw := b[v.start+1 : v.end-1]
-			if !v.esc {
-				return string(raw), true
-			}
-			out, ok := unescape(nil, raw)
-			return string(out), ok
-		}
+		str := func() (string, bool) { return spanString(b, v) }
 		var ok bool
 		switch string(name) {
 		case "session":
