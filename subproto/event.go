@@ -1,6 +1,7 @@
 package subproto
 
 import (
+	"bytes"
 	"errors"
 	"strconv"
 )
@@ -261,38 +262,53 @@ func pair(b []byte) (*[2]uint64, bool) {
 
 // stringArray decodes an array of strings.
 func stringArray(b []byte) ([]string, bool) {
-	if b[0] != '[' {
-		return nil, false
-	}
 	out := []string{}
-	s := scanner{b: b, i: 1}
-	s.ws()
-	if b[s.i] == ']' {
-		return out, s.i == len(b)-1
-	}
-	for {
-		if b[s.i] != '"' {
-			return nil, false
+	ok := walkArray(b, func(elem []byte) bool {
+		if elem[0] != '"' {
+			return false
 		}
-		start := s.i
-		esc, _ := s.str()
-		raw := b[start+1 : s.i-1]
-		if esc {
+		raw := elem[1 : len(elem)-1]
+		if bytes.IndexByte(raw, '\\') >= 0 {
 			var ok bool
 			if raw, ok = unescape(nil, raw); !ok {
-				return nil, false
+				return false
 			}
 		}
 		out = append(out, string(raw))
+		return true
+	})
+	if !ok {
+		return nil, false
+	}
+	return out, true
+}
+
+// walkArray calls fn with each element of the JSON array b (a valid JSON
+// value), in order; it reports false when b is not an array or fn
+// returned false.
+func walkArray(b []byte, fn func(elem []byte) bool) bool {
+	if b[0] != '[' {
+		return false
+	}
+	s := scanner{b: b, i: 1}
+	s.ws()
+	if b[s.i] == ']' {
+		return s.i == len(b)-1
+	}
+	for {
+		start := s.i
+		if !s.value() || !fn(b[start:s.i]) {
+			return false
+		}
 		s.ws()
 		switch b[s.i] {
 		case ']':
-			return out, s.i == len(b)-1
+			return s.i == len(b)-1
 		case ',':
 			s.i++
 			s.ws()
 		default:
-			return nil, false
+			return false
 		}
 	}
 }

@@ -94,36 +94,16 @@ func decodeMember(b []byte) (Member, bool) {
 // decodeMembers decodes an array of member objects (b is a valid JSON
 // value).
 func decodeMembers(b []byte) ([]Member, bool) {
-	if b[0] != '[' {
+	out := []Member{}
+	ok := walkArray(b, func(elem []byte) bool {
+		m, ok := decodeMember(elem)
+		out = append(out, m)
+		return ok
+	})
+	if !ok {
 		return nil, false
 	}
-	out := []Member{}
-	s := scanner{b: b, i: 1}
-	s.ws()
-	if b[s.i] == ']' {
-		return out, true
-	}
-	for {
-		start := s.i
-		if !s.value() {
-			return nil, false
-		}
-		m, ok := decodeMember(b[start:s.i])
-		if !ok {
-			return nil, false
-		}
-		out = append(out, m)
-		s.ws()
-		switch b[s.i] {
-		case ']':
-			return out, true
-		case ',':
-			s.i++
-			s.ws()
-		default:
-			return nil, false
-		}
-	}
+	return out, true
 }
 
 // walkObject calls fn for each member of the JSON object b (a valid JSON
