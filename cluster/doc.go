@@ -12,8 +12,9 @@
 //     fencing token. A lease whose revision has not changed for LeaseTTL,
 //     as observed by the node itself, is stale and may be taken over with
 //     Update against that revision; no clocks are compared. Live nodes
-//     heartbeat in brokerd_<cluster>_nodes (entries expire after LeaseTTL);
-//     each node takes at most its share, ceil(partitions/nodes), and hands
+//     heartbeat in brokerd_<cluster>_nodes (entries expire after LeaseTTL),
+//     read whole in one stream-info request (the subjects holding an
+//     entry), never by a key lister a deadline could cut short; each node takes at most its share, ceil(partitions/nodes), and hands
 //     back what is over it.
 //   - Writes and reads of a topic go to its owner: locally, or by NATS
 //     request-reply on brokerd.<cluster>.rpc.<node>. Listings (Topics,

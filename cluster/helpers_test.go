@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -35,11 +36,67 @@ var (
 
 var quiet = slog.New(slog.DiscardHandler)
 
-func logger() *slog.Logger {
+// logger is the nodes' logger in test t, at debug level. The lines of all
+// of t's nodes go to one ring of t's last testLogLines lines, printed if t
+// fails: a failure on a loaded machine then says what the nodes did. With
+// CLUSTER_TEST_LOG set they go to stderr as they come instead.
+func logger(t testing.TB) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: slog.LevelDebug}
 	if os.Getenv("CLUSTER_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)).With("test", t.Name())
 	}
-	return quiet
+	v, loaded := testLogs.LoadOrStore(t, &ringLog{})
+	r := v.(*ringLog)
+	if !loaded {
+		// Registered before the nodes' cleanups, so it runs after them
+		// and holds their last lines too.
+		t.Cleanup(func() {
+			testLogs.Delete(t)
+			if t.Failed() {
+				t.Logf("the nodes' log:\n%s", r.String())
+			}
+		})
+	}
+	return slog.New(slog.NewTextHandler(r, opts))
+}
+
+const testLogLines = 3000
+
+var testLogs sync.Map // testing.TB → *ringLog
+
+// ringLog keeps the last testLogLines lines written to it (slog writes a
+// record as one line in one Write).
+type ringLog struct {
+	mu      sync.Mutex
+	lines   []string
+	next    int // where the next line goes once the ring is full
+	dropped int
+}
+
+func (r *ringLog) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.lines) < testLogLines {
+		r.lines = append(r.lines, string(p))
+	} else {
+		r.lines[r.next] = string(p)
+		r.next = (r.next + 1) % testLogLines
+		r.dropped++
+	}
+	return len(p), nil
+}
+
+func (r *ringLog) String() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var b strings.Builder
+	if r.dropped > 0 {
+		fmt.Fprintf(&b, "(%d earlier lines dropped)\n", r.dropped)
+	}
+	for i := range r.lines {
+		b.WriteString(r.lines[(r.next+i)%len(r.lines)])
+	}
+	return b.String()
 }
 
 // startNATS starts a NATS server with JetStream in this process.
@@ -110,7 +167,7 @@ func startNodeOn(t testing.TB, url, clusterName, name string, replicas int, st *
 		t.Fatal(err)
 	}
 	node, err := cluster.New(cluster.Config{Conn: nc, Cluster: clusterName, Node: name, Local: st,
-		Partitions: partitions, LeaseTTL: leaseTTL, RequestTimeout: 5 * time.Second, Replicas: replicas, Logger: logger().With("n", name)})
+		Partitions: partitions, LeaseTTL: leaseTTL, RequestTimeout: 5 * time.Second, Replicas: replicas, Logger: logger(t).With("n", name)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -83,19 +84,25 @@ func (n *Node) liveNodes() []string {
 }
 
 // liveNodesErr is liveNodes, with the error that kept the list from being
-// read (it is then this node alone).
+// read (it is then this node alone). The list is one answer of the server,
+// from one state of the node bucket's stream: the subjects that hold a
+// heartbeat. (A key lister's consumer, cut short by the deadline on a busy
+// machine, would end early and pass part of the nodes off as all of them:
+// the others would then be dropped as followers.)
 func (n *Node) liveNodesErr() ([]string, error) {
 	ctx, cancel := n.opCtx()
 	defer cancel()
-	kl, err := n.nodes.ListKeys(ctx)
+	info, err := n.nodeStream.Info(ctx, jetstream.WithSubjectFilter(n.nodeSubj+">"))
 	if err != nil {
 		return []string{n.cfg.Node}, err
 	}
-	defer func() { _ = kl.Stop() }()
-	var out []string
-	for k := range kl.Keys() {
-		out = append(out, k)
+	out := make([]string, 0, len(info.State.Subjects))
+	for s := range info.State.Subjects {
+		if name, ok := strings.CutPrefix(s, n.nodeSubj); ok {
+			out = append(out, name)
+		}
 	}
+	slices.Sort(out)
 	return out, nil
 }
 
@@ -110,6 +117,7 @@ func (n *Node) renewLoop() { n.loop(n.cfg.LeaseTTL/12, n.renewKick, n.renewDue) 
 // connection to NATS comes back, whatever the rest of the node is doing.
 func (n *Node) heartbeatLoop() {
 	failing := false
+	var last time.Time // the last heartbeat written
 	n.loop(n.cfg.LeaseTTL/4, n.beatKick, func() {
 		if n.draining.Load() || n.closed.Load() {
 			return
@@ -122,6 +130,19 @@ func (n *Node) heartbeatLoop() {
 			n.log.Info("cluster: heartbeats resumed")
 		}
 		failing = err != nil
+		if err != nil {
+			last = time.Time{} // said already
+			return
+		}
+		// Written every quarter of the TTL: a gap of most of the TTL
+		// means this node was starved of CPU (or NATS was slow), and the
+		// others may have taken it for dead meanwhile.
+		now := time.Now()
+		if gap := now.Sub(last); !last.IsZero() && gap > n.cfg.LeaseTTL*3/4 {
+			n.log.Warn("cluster: heartbeat late: the other nodes may have counted this node as gone",
+				"since_last", gap.Round(time.Millisecond), "ttl", n.cfg.LeaseTTL)
+		}
+		last = now
 	})
 }
 

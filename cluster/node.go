@@ -52,11 +52,15 @@ type Node struct {
 	// ctl is the control connection, this node's own: the lease and node
 	// buckets only, so that a renewal or a heartbeat never waits in the
 	// data connection's buffers behind live records and replication.
-	ctl       *nats.Conn
-	leases    jetstream.KeyValue
-	nodes     jetstream.KeyValue
-	prefix    string // "brokerd.<cluster>."
-	termsPath string
+	ctl    *nats.Conn
+	leases jetstream.KeyValue
+	nodes  jetstream.KeyValue
+	// nodeStream is the node bucket's stream, nodeSubj the prefix of its
+	// keys' subjects ("$KV.<bucket>.").
+	nodeStream jetstream.Stream
+	nodeSubj   string
+	prefix     string // "brokerd.<cluster>."
+	termsPath  string
 
 	passMu   sync.Mutex // serialises lease passes and Drain
 	tookAt   time.Time  // guarded by passMu: when the last partition was taken
@@ -230,6 +234,11 @@ func (n *Node) start() error {
 	}); err != nil {
 		return fmt.Errorf("cluster: node bucket: %w", err)
 	}
+	// The node bucket's stream, read whole in one request (liveNodesErr).
+	if n.nodeStream, err = js.Stream(ctx, "KV_"+bucket+"nodes"); err != nil {
+		return fmt.Errorf("cluster: node bucket: %w", err)
+	}
+	n.nodeSubj = "$KV." + bucket + "nodes."
 	n.local.SetCommitHook(n.onLocalCommit)
 	if n.rpcSub, err = n.nc.Subscribe(n.rpcSubject(n.cfg.Node), n.serve); err != nil {
 		return fmt.Errorf("cluster: %w", err)
@@ -301,7 +310,9 @@ func (n *Node) Drain(ctx context.Context) error {
 	n.passMu.Lock()
 	defer n.passMu.Unlock()
 	c, cancel := n.opCtx()
-	_ = n.nodes.Delete(c, n.cfg.Node)
+	// Purged, not deleted: a delete marker would still hold the subject
+	// that liveNodesErr counts as a heartbeat.
+	_ = n.nodeStream.Purge(c, jetstream.WithPurgeSubject(n.nodeSubj+n.cfg.Node))
 	cancel()
 	others := false
 	for _, name := range n.liveNodes() {

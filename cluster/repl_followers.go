@@ -17,6 +17,20 @@ func (n *Node) updateFollowers(live []string) {
 	members := slices.Sorted(slices.Values(live))
 	var ps []int
 	n.mu.Lock()
+	if !slices.Equal(n.members, members) {
+		var joined, left []string
+		for _, m := range members {
+			if !slices.Contains(n.members, m) {
+				joined = append(joined, m)
+			}
+		}
+		for _, m := range n.members {
+			if !slices.Contains(members, m) {
+				left = append(left, m)
+			}
+		}
+		n.log.Info("cluster: live nodes changed", "joined", joined, "left", left, "live", members)
+	}
 	n.members = members
 	for p := range n.parts {
 		if n.parts[p].mine {
