@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -29,57 +27,24 @@ Example:
 
 func runBackup(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("backup", "", backupAbout)
-	var base, token, tokenFile, out string
+	var ac adminClient
+	var out string
 	var timeout time.Duration
-	var insecure bool
-	fs.StringVar(&base, "url", "http://127.0.0.1:8080", "the node's HTTP address (http:// or https://; ws:// and wss:// are taken as their HTTP twins) (env BROKERD_ADMIN_URL)")
-	fs.StringVar(&token, "admin-token", "", "the node's admin token (env BROKERD_ADMIN_TOKEN; prefer --admin-token-file: flags show in process lists)")
-	fs.StringVar(&tokenFile, "admin-token-file", "", "file holding the admin token (env BROKERD_ADMIN_TOKEN_FILE)")
+	ac.register(fs)
 	fs.StringVar(&out, "out", "", "the file to write the copy to (required); replaced only by a complete copy")
 	fs.DurationVar(&timeout, "timeout", 0, "give up after this long (0: no bound; a stalled transfer ends anyway after the node's --http-write-timeout)")
-	fs.BoolVar(&insecure, "insecure", false, "with https, do not verify the node's certificate")
 	if code, done := parseFlags(fs, args, 0, 0, stdout, stderr); done {
 		return code
 	}
-	envOr(fs, "url", "BROKERD_ADMIN_URL", &base)
-	envOr(fs, "admin-token", envName("admin-token"), &token)
-	envOr(fs, "admin-token-file", envName("admin-token-file"), &tokenFile)
 	if out == "" {
 		fmt.Fprintln(stderr, "brokerd backup: --out is required (see brokerd backup --help)")
 		return 2
 	}
-	if tokenFile != "" {
-		b, err := os.ReadFile(tokenFile)
-		if err != nil {
-			fmt.Fprintf(stderr, "brokerd backup: --admin-token-file: %v\n", err)
-			return 2
-		}
-		token = strings.TrimSpace(string(b))
-	}
-	if token == "" {
-		fmt.Fprintln(stderr, "brokerd backup: the node's admin token is required: --admin-token-file or BROKERD_ADMIN_TOKEN")
-		return 2
-	}
-	u, err := url.Parse(base)
-	if err == nil && u.Host == "" {
-		err = errors.New("no host")
-	}
-	if err == nil {
-		switch u.Scheme {
-		case "ws":
-			u.Scheme = "http"
-		case "wss":
-			u.Scheme = "https"
-		case "http", "https":
-		default:
-			err = fmt.Errorf("scheme %q: want http or https", u.Scheme)
-		}
-	}
+	endpoint, err := ac.resolve(fs, "/v1/admin/backup")
 	if err != nil {
-		fmt.Fprintf(stderr, "brokerd backup: --url %q: %v\n", base, err)
+		fmt.Fprintln(stderr, "brokerd backup:", err)
 		return 2
 	}
-	u.Path, u.RawQuery, u.Fragment = "/v1/admin/backup", "", ""
 
 	ctx, stop := signalContext()
 	defer stop()
@@ -88,7 +53,7 @@ func runBackup(args []string, stdout, stderr io.Writer) int {
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	n, took, err := fetchBackup(ctx, u.String(), token, out, insecure)
+	n, took, err := fetchBackup(ctx, ac.client(), endpoint, ac.token, out)
 	if err != nil {
 		fmt.Fprintln(stderr, "brokerd backup:", err)
 		return 1
@@ -99,17 +64,13 @@ func runBackup(args []string, stdout, stderr io.Writer) int {
 
 // fetchBackup downloads the copy into out+".tmp", checks its length against
 // Content-Length, syncs it and renames it to out.
-func fetchBackup(ctx context.Context, endpoint, token, out string, insecure bool) (int64, time.Duration, error) {
+func fetchBackup(ctx context.Context, hc *http.Client, endpoint, token, out string) (int64, time.Duration, error) {
 	start := time.Now()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint, nil)
 	if err != nil {
 		return 0, 0, err
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
-	hc := &http.Client{}
-	if insecure {
-		hc.Transport = insecureTransport()
-	}
 	resp, err := hc.Do(req)
 	if err != nil {
 		return 0, 0, err

@@ -118,10 +118,14 @@ func run(cfg *config) error {
 	sc := cfg.serverConfig(log)
 	sc.AdminToken = adminTok
 	sc.Backup = st.Backup // this node's own store, in a cluster too
+	var rl *reloader      // set before the server serves
+	sc.Reload = func() (server.ReloadResult, error) { return rl.reload() }
 	edge, err := server.New(sc, b)
 	if err != nil {
 		return err
 	}
+	rl = &reloader{args: cfg.args, getenv: cfg.getenv, log: log, boot: cfg, observe: m.ObserveReload,
+		policies: &curPolicies, broker: b, edge: edge, auth: live}
 	src := metrics.Sources{Broker: b, StoreBytes: st.Size, Topics: st.TopicCount, ReadPanics: edge.ReadPanics, Rejected: edge.Rejected, Edge: edge}
 	if node != nil {
 		src.Cluster = node.Stats
@@ -152,15 +156,13 @@ func run(cfg *config) error {
 	}
 	log.Info("brokerd listening", "addr", ln.Addr().String(), "scheme", scheme, "data", cfg.Data, "auth", authMode, "version", version)
 
-	rl := &reloader{args: cfg.args, getenv: cfg.getenv, log: log, boot: cfg, observe: m.ObserveReload,
-		policies: &curPolicies, broker: b, edge: edge, auth: live}
 wait:
 	for {
 		select {
 		case err := <-serveErr:
 			return fmt.Errorf("serve: %w", err)
 		case <-hup:
-			_ = rl.reload() // logged and counted
+			_, _ = rl.reload() // logged and counted
 		case s := <-sig:
 			log.Info("draining", "signal", s.String(), "timeout", cfg.ShutdownTimeout)
 			break wait

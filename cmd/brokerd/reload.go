@@ -41,45 +41,48 @@ type reloader struct {
 	mu sync.Mutex // one reload at a time
 }
 
-func (r *reloader) reload() error {
+// reload is called on SIGHUP and by POST /v1/admin/reload (brokerd
+// reload).
+func (r *reloader) reload() (server.ReloadResult, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	err := r.apply()
+	res, err := r.apply()
 	if r.observe != nil {
 		r.observe(err)
 	}
 	if err != nil {
 		r.log.Error("configuration reload refused: the running configuration stays", "file", r.boot.ConfigFile, "err", err)
 	}
-	return err
+	return res, err
 }
 
-func (r *reloader) apply() error {
+func (r *reloader) apply() (server.ReloadResult, error) {
+	var none server.ReloadResult
 	c, err := parseConfig(r.args, r.getenv)
 	if err != nil {
-		return err
+		return none, err
 	}
 	ps, err := c.policies()
 	if err != nil {
-		return err
+		return none, err
 	}
 	a, err := c.authenticator()
 	if err != nil {
-		return err
+		return none, err
 	}
 	if (a == nil) != (r.auth == nil) {
-		return errors.New("turning auth on or off takes a restart: the JWT options may change keys, not be added or removed")
+		return none, errors.New("turning auth on or off takes a restart: the JWT options may change keys, not be added or removed")
 	}
 	if err := r.broker.CheckPolicies(ps); err != nil {
-		return err
+		return none, err
 	}
 	// Applied in this order, the first step is the only one that may fail.
 	if err := r.edge.SetAllowedOrigins(splitList(c.AllowedOrigins)); err != nil {
-		return err
+		return none, err
 	}
 	r.policies.Store(ps)
 	if err := r.broker.SetPolicies(ps); err != nil {
-		return err // checked above: not reached
+		return none, err // checked above: not reached
 	}
 	if a != nil {
 		r.auth.set(a)
@@ -91,14 +94,15 @@ func (r *reloader) apply() error {
 		}
 	}
 	sort.Strings(restart)
-	attrs := []any{"file", c.ConfigFile, "policies", len(ps.List()) - 1}
+	res := server.ReloadResult{File: c.ConfigFile, Policies: len(ps.List()) - 1, NeedsRestart: restart}
+	attrs := []any{"file", c.ConfigFile, "policies", res.Policies}
 	if len(restart) > 0 {
 		attrs = append(attrs, "needs_restart", strings.Join(restart, ","))
 		r.log.Warn("configuration reloaded; changed options that take effect only at a restart", attrs...)
-		return nil
+		return res, nil
 	}
 	r.log.Info("configuration reloaded", attrs...)
-	return nil
+	return res, nil
 }
 
 // liveAuth is the broker's Authenticator when auth is on: a reload

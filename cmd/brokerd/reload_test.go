@@ -139,6 +139,95 @@ func TestReload(t *testing.T) {
 
 func itoa(n int) string { return strconv.Itoa(n) }
 
+// TestReloadCommand: brokerd reload asks a running node to read its
+// configuration again (POST /v1/admin/reload) and says what it applied,
+// the options that need a restart included; a bad file is refused with its
+// reason and exit status 1, and the running configuration stays; without
+// the admin token nothing is reloaded.
+func TestReloadCommand(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "admin.token")
+	if err := os.WriteFile(tokenFile, []byte("reload-test-admin-token-0123\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "brokerd.yaml")
+	write := func(body string) {
+		t.Helper()
+		if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	policy := func(maxBytes int) string {
+		return "policies:\n  - match: \"small.>\"\n    max-message-bytes: " + itoa(maxBytes) + "\n"
+	}
+	write(policy(10))
+	d := startDaemon(t, t.TempDir(), "--config", file, "--admin-token-file", tokenFile)
+	c := mustDial(t, d.addr)
+	defer c.close()
+	var id uint64
+	pub := func(n int) *event {
+		t.Helper()
+		id++
+		return c.request(t, id, pubCmd(id, "small.x", []byte(`"`+strings.Repeat("x", n-2)+`"`)))
+	}
+	reload := func(env []string, args ...string) result {
+		t.Helper()
+		return runBrokerd(t, 30*time.Second, env, append([]string{"reload", "--url", "http://" + d.addr}, args...)...)
+	}
+	if ev := pub(11); ev.Code != "message_too_large" {
+		t.Fatalf("11 bytes under max-message-bytes 10: %s", ev)
+	}
+
+	write(policy(100))
+	r := reload(nil, "--admin-token-file", tokenFile)
+	if r.code != 0 || !strings.Contains(r.stdout, "configuration reloaded: 1 policies from "+file) || strings.Contains(r.stdout, "restart") {
+		t.Fatalf("reload: status %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if ev := pub(11); ev.Op != "ok" {
+		t.Fatalf("11 bytes after the reload to max-message-bytes 100: %s", ev)
+	}
+
+	// A bad file: refused with its reason; the running configuration stays.
+	write(policy(10) + "  - match: \"a..b\"\n")
+	r = reload([]string{"BROKERD_ADMIN_TOKEN=reload-test-admin-token-0123"})
+	if r.code != 1 || !strings.Contains(r.stderr, "400") || !strings.Contains(r.stderr, `match "a..b"`) || !strings.Contains(r.stderr, "the running one stays") {
+		t.Fatalf("reload of a bad file: status %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if ev := pub(100); ev.Op != "ok" {
+		t.Fatalf("100 bytes after a refused reload: %s", ev)
+	}
+
+	// An option that takes effect only at a restart is named.
+	write(policy(10) + "max-connections: 77\n")
+	r = reload(nil, "--admin-token-file", tokenFile)
+	if r.code != 0 || !strings.Contains(r.stdout, "take effect only at a restart: --max-connections") {
+		t.Fatalf("reload with a restart-only option: status %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if ev := pub(11); ev.Code != "message_too_large" {
+		t.Fatalf("11 bytes after the reload back to max-message-bytes 10: %s", ev)
+	}
+
+	// A wrong token reloads nothing.
+	write(policy(100))
+	r = reload([]string{"BROKERD_ADMIN_TOKEN=not-the-admin-token-at-all"})
+	if r.code != 1 || !strings.Contains(r.stderr, "401") {
+		t.Fatalf("reload with a wrong token: status %d, stderr %q", r.code, r.stderr)
+	}
+	if ev := pub(11); ev.Code != "message_too_large" {
+		t.Fatalf("a reload with a wrong token applied the file: %s", ev)
+	}
+	_, body := httpGet(t, d.url("/metrics"))
+	for _, want := range []string{`brokerd_config_reloads_total{result="ok"} 2`, `brokerd_config_reloads_total{result="error"} 1`} {
+		if !strings.Contains(body, want+"\n") {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if r := reload(nil); r.code != 2 || !strings.Contains(r.stderr, "admin token is required") {
+		t.Errorf("reload without a token: status %d, stderr %q", r.code, r.stderr)
+	}
+	d.stop(15 * time.Second)
+}
+
 // TestEphemeralRestart: an ephemeral topic's history is gone after a
 // restart, in a new epoch, so a resume with the old epoch gets
 // epoch_mismatch; a durable topic resumes where it was.

@@ -28,6 +28,7 @@ func init() {
 		"check":   {"check a stopped node's data directory (file consistency and the store's invariants)", runCheck},
 		"pub":     {"publish values (one argument, or lines of stdin) to a topic", runPub},
 		"sub":     {"subscribe to topics and print messages as JSON lines", runSub},
+		"reload":  {"make a running node read its configuration again (POST /v1/admin/reload), as SIGHUP does", runReload},
 		"health":  {"exit 0 when the local brokerd answers /readyz with 200 (for container health checks)", runHealth},
 		"help":    {"list the subcommands", runHelp},
 	}

@@ -103,7 +103,7 @@ func grepLines(s, sub string) string {
 }
 
 func TestSubcommandHelp(t *testing.T) {
-	for _, name := range []string{"version", "token", "check", "pub", "sub", "health", "backup"} {
+	for _, name := range []string{"version", "token", "check", "pub", "sub", "health", "backup", "reload"} {
 		r := runBrokerd(t, 10*time.Second, nil, name, "--help")
 		if r.code != 0 || !strings.HasPrefix(r.stdout, "Usage: brokerd "+name+" ") {
 			t.Errorf("brokerd %s --help: status %d, stdout %q, stderr %q", name, r.code, r.stdout, r.stderr)

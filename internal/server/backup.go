@@ -1,7 +1,6 @@
 package server
 
 import (
-	"crypto/subtle"
 	"net/http"
 	"strconv"
 	"time"
@@ -22,13 +21,7 @@ func (s *Server) serveBackup(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, subproto.CodeNotFound, "this node has no store to back up", nil)
 		return
 	}
-	if s.cfg.AdminToken == "" {
-		s.writeErr(w, subproto.CodeForbidden, "the admin endpoints are off: start brokerd with --admin-token-file (or BROKERD_ADMIN_TOKEN)", nil)
-		return
-	}
-	tok := bearer(r)
-	if tok == "" || subtle.ConstantTimeCompare([]byte(tok), []byte(s.cfg.AdminToken)) != 1 {
-		s.writeErr(w, subproto.CodeUnauthorized, "the admin token is missing or wrong (Authorization: Bearer <admin token>)", nil)
+	if !s.admin(w, r) {
 		return
 	}
 	if !s.backupBusy.CompareAndSwap(false, true) {

@@ -99,9 +99,22 @@ type Config struct {
 	// size with its length first (store.DB.Backup); GET /v1/admin/backup
 	// streams it. Nil: that endpoint answers 404.
 	Backup func(w io.Writer, size func(int64)) (int64, error)
-	// AdminToken guards the admin endpoints (GET /v1/admin/backup): a
-	// request must carry it as a bearer token. Empty: they answer 403.
+	// Reload reads the node's configuration again and applies what may
+	// change while it runs, as SIGHUP does; POST /v1/admin/reload calls
+	// it. Nil: that endpoint answers 404.
+	Reload func() (ReloadResult, error)
+	// AdminToken guards the admin endpoints (GET /v1/admin/backup, POST
+	// /v1/admin/reload): a request must carry it as a bearer token.
+	// Empty: they answer 403.
 	AdminToken string
+}
+
+// ReloadResult is what a reload applied, as POST /v1/admin/reload answers
+// it.
+type ReloadResult struct {
+	File         string   `json:"file,omitempty"`          // the config file read, if any
+	Policies     int      `json:"policies"`                // the file's policies (the default one not counted)
+	NeedsRestart []string `json:"needs_restart,omitempty"` // changed options that take effect only at a restart
 }
 
 func (c Config) withDefaults() Config {
@@ -235,6 +248,8 @@ func New(cfg Config, b *broker.Server) (*Server, error) {
 	s.mux.HandleFunc("GET /v1/topics", s.serveTopics)
 	s.mux.HandleFunc("GET /v1/admin/backup", s.serveBackup)
 	s.mux.Handle("/v1/admin/backup", methodNotAllowed(http.MethodGet, http.MethodHead))
+	s.mux.HandleFunc("POST /v1/admin/reload", s.serveReload)
+	s.mux.Handle("/v1/admin/reload", methodNotAllowed(http.MethodPost))
 	// Other methods on the API's paths: 405 naming the allowed ones, not
 	// the console's 404.
 	s.mux.Handle("/v1/topics/{topic}", methodNotAllowed(http.MethodPost))
