@@ -74,13 +74,25 @@ describe('the console in a real browser', { skip, timeout: 300000 }, () => {
     }
   }
 
-  /** The boxes of a and b do not overlap. */
+  /**
+   * The boxes of a and b do not overlap. Both are read in one call, from
+   * one layout: two reads could straddle a scroll or a reflow (the status
+   * line's text changes with every attempt) and compare boxes of two
+   * different moments.
+   */
   async function apart(page, a, b) {
-    const x = await page.locator(a).first().boundingBox();
-    const y = await page.locator(b).first().boundingBox();
+    const { x, y, scrollY } = await page.evaluate(([a, b]) => {
+      const box = (sel) => {
+        const e = document.querySelector(sel);
+        const r = e && e.getBoundingClientRect();
+        return r && (r.width || r.height) ? { x: r.x, y: r.y, width: r.width, height: r.height } : null;
+      };
+      return { x: box(a), y: box(b), scrollY: window.scrollY };
+    }, [a, b]);
     assert.ok(x && y, `${a} and ${b} are displayed`);
     const overlap = x.x < y.x + y.width && y.x < x.x + x.width && x.y < y.y + y.height && y.y < x.y + x.height;
-    assert.ok(!overlap, `${a} ${JSON.stringify(x)} overlaps ${b} ${JSON.stringify(y)}`);
+    if (overlap) await page.screenshot({ path: join(artifacts, `overlap-${Date.now()}.png`), fullPage: true });
+    assert.ok(!overlap, `${a} ${JSON.stringify(x)} overlaps ${b} ${JSON.stringify(y)} (scrollY ${scrollY})`);
   }
 
   /**
@@ -90,6 +102,16 @@ describe('the console in a real browser', { skip, timeout: 300000 }, () => {
    * reconnects at once.
    */
   async function offlineThenRetry(page, width) {
+    try {
+      await offline(page, width);
+    } finally {
+      // Started again whatever failed, so that the next tests find it.
+      await broker.start();
+    }
+    await retryNow(page);
+  }
+
+  async function offline(page, width) {
     await page.waitForSelector('#state[data-state="reconnecting"]');
     await page.waitForSelector('#subs li[data-state="paused"]');
     // Two failed attempts at least (each used to add a row of its own).
@@ -105,7 +127,9 @@ describe('the console in a real browser', { skip, timeout: 300000 }, () => {
     await fitsWidth(page, width, ['#state-text', '#retry-btn', '#connect-btn', '#disconnect-btn']);
     for (const b of ['#connect-btn', '#disconnect-btn', '#token']) await apart(page, '#state', b);
     await page.screenshot({ path: join(artifacts, `console-offline-${width}.png`) });
-    await broker.start();
+  }
+
+  async function retryNow(page) {
     // Retry now: connect at once instead of waiting out the backoff.
     const clicked = Date.now();
     for (;;) {
