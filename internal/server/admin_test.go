@@ -3,7 +3,6 @@ package server_test
 import (
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -12,23 +11,11 @@ import (
 	"github.com/brokerd/brokerd/internal/server"
 )
 
-// postReload posts to /v1/admin/reload with token ("" for none); it returns
-// the status and the body.
+// postReload sends method /v1/admin/reload with token ("" for none); it
+// returns the status and the body.
 func postReload(t *testing.T, ts *testServer, method, token string) (int, string) {
 	t.Helper()
-	req, err := http.NewRequest(method, ts.HTTP.URL+"/v1/admin/reload", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := ts.HTTP.Client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
+	resp, body := adminDo(t, ts, method, "/v1/admin/reload", token)
 	return resp.StatusCode, string(body)
 }
 

@@ -16,11 +16,11 @@ import (
 
 const adminToken = "admin-token-for-the-backup-test"
 
-// getBackup asks for a backup with token ("" for none); it returns the
-// status and the body.
-func getBackup(t *testing.T, ts *testServer, token string) (*http.Response, []byte) {
+// adminDo sends method path to ts with the admin token token ("" for
+// none); it returns the response and its body.
+func adminDo(t *testing.T, ts *testServer, method, path, token string) (*http.Response, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, ts.HTTP.URL+"/v1/admin/backup", nil)
+	req, err := http.NewRequest(method, ts.HTTP.URL+path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,14 +29,20 @@ func getBackup(t *testing.T, ts *testServer, token string) (*http.Response, []by
 	}
 	resp, err := ts.HTTP.Client().Do(req)
 	if err != nil {
-		t.Fatalf("GET /v1/admin/backup: %v", err)
+		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatalf("reading the backup: %v", err)
+		t.Fatalf("reading the answer to %s %s: %v", method, path, err)
 	}
 	return resp, body
+}
+
+// getBackup asks for a backup with token ("" for none).
+func getBackup(t *testing.T, ts *testServer, token string) (*http.Response, []byte) {
+	t.Helper()
+	return adminDo(t, ts, http.MethodGet, "/v1/admin/backup", token)
 }
 
 // TestBackupEndpoint: GET /v1/admin/backup streams a copy of the store that
