@@ -63,7 +63,8 @@ type Config struct {
 	// TopicIdle is how long a topic that holds no record and has no
 	// subscriber on this node is kept, counted from its last record or
 	// its creation, before it is deleted (when the Store is a
-	// Reclaimer; default 10 minutes; negative: never). A later publish or
+	// Reclaimer, and ephemeral topics always; default 10 minutes;
+	// negative: never). A later publish or
 	// sub creates it again, with a new epoch.
 	TopicIdle time.Duration
 	// Auth verifies tokens; nil turns auth off: every client may publish

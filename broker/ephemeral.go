@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,9 +29,11 @@ const (
 	DefaultEphemeralMaxMessages = 1000
 	DefaultEphemeralMaxBytes    = 1 << 20
 	DefaultEphemeralMaxAge      = time.Hour
-	// MaxEphemeralTopics bounds the ephemeral topics a server creates
-	// between two starts; beyond, a publish or subscription that would
-	// create one gets ErrTooManyTopics.
+	// MaxEphemeralTopics bounds the ephemeral topics a server holds at
+	// once; beyond, a publish or subscription that would create one gets
+	// ErrTooManyTopics. Those holding no record and no subscriber are
+	// deleted after Config.TopicIdle (see memReclaimer), as durable ones
+	// are.
 	MaxEphemeralTopics = 10000
 	// MaxEphemeralMemory bounds the memory of every ephemeral topic's
 	// records together (data, key and about ephemeralRecordOverhead bytes
@@ -59,10 +62,11 @@ type ephemeralStore struct {
 	hookMu sync.Mutex
 	hook   func([]Committed)
 
-	mu      sync.Mutex
-	topics  map[string]*memLog // guarded by mu
-	cost    int64              // guarded by mu: recordCost of every retained record
-	maxCost int64              // MaxEphemeralMemory, smaller in tests
+	mu        sync.Mutex
+	topics    map[string]*memLog // guarded by mu
+	cost      int64              // guarded by mu: recordCost of every retained record
+	maxCost   int64              // MaxEphemeralMemory, smaller in tests
+	maxTopics int                // MaxEphemeralTopics, smaller in tests
 	// work carries appends to run, in the order their offsets were
 	// assigned: sent while mu is held.
 	work chan memDone
@@ -74,6 +78,8 @@ type ephemeralStore struct {
 type memLog struct {
 	epoch string
 	head  uint64
+	last  int64 // Unix ms of the last record, or of the creation
+
 	recs  []Record // retained, ascending offsets, the last one is head
 	bytes int64
 	cost  int64 // recordCost of recs
@@ -86,7 +92,7 @@ type memDone struct {
 }
 
 func newEphemeralStore(st Store, policy func(string) *Policy, now func() time.Time) *ephemeralStore {
-	e := &ephemeralStore{Store: st, policy: policy, now: now, topics: make(map[string]*memLog), maxCost: MaxEphemeralMemory,
+	e := &ephemeralStore{Store: st, policy: policy, now: now, topics: make(map[string]*memLog), maxCost: MaxEphemeralMemory, maxTopics: MaxEphemeralTopics,
 		work: make(chan memDone, 4096), stop: make(chan struct{})}
 	e.wg.Add(2)
 	go e.run()
@@ -242,10 +248,10 @@ func (e *ephemeralStore) logLocked(topic string, create bool) (*memLog, error) {
 	if l != nil || !create {
 		return l, nil
 	}
-	if len(e.topics) >= MaxEphemeralTopics {
-		return nil, fmt.Errorf("%w: %d ephemeral topics since the start, the limit", ErrTooManyTopics, len(e.topics))
+	if len(e.topics) >= e.maxTopics {
+		return nil, fmt.Errorf("%w: %d ephemeral topics, the limit", ErrTooManyTopics, len(e.topics))
 	}
-	l = &memLog{epoch: uuid.NewString()}
+	l = &memLog{epoch: uuid.NewString(), last: e.now().UnixMilli()}
 	e.topics[topic] = l
 	return l, nil
 }
@@ -285,6 +291,7 @@ func (e *ephemeralStore) AppendAsync(topic string, data []byte, key string, done
 		ms = l.recs[n-1].Time // never decreasing within a topic
 	}
 	l.head++
+	l.last = ms
 	rec := Record{Offset: l.head, Time: ms, Key: key, Data: data}
 	l.recs = append(l.recs, rec)
 	l.bytes += int64(len(data))
@@ -435,6 +442,58 @@ func (e *ephemeralStore) Topics(after string, max int) ([]TopicInfo, error) {
 		out = out[:max]
 	}
 	return out, nil
+}
+
+// reclaimer returns the Reclaimer of the ephemeral topics: the server
+// deletes those idle for Config.TopicIdle as it deletes durable ones, so
+// that MaxEphemeralTopics bounds the topics held at once, not the names
+// ever used.
+func (e *ephemeralStore) reclaimer() Reclaimer { return memReclaimer{e} }
+
+type memReclaimer struct{ e *ephemeralStore }
+
+// IdleTopics returns, in name order, up to max ephemeral topics after the
+// name after that hold no record and whose last record (or creation) is at
+// or before before. The topics are few (MaxEphemeralTopics): one scan
+// under the lock finds them, and the sort happens outside it.
+func (r memReclaimer) IdleTopics(after string, max int, before time.Time) ([]TopicInfo, string, error) {
+	e := r.e
+	cut := before.UnixMilli()
+	var idle []TopicInfo
+	e.mu.Lock()
+	for name, l := range e.topics {
+		if name > after && len(l.recs) == 0 && l.last <= cut {
+			idle = append(idle, l.info(name))
+		}
+	}
+	e.mu.Unlock()
+	slices.SortFunc(idle, func(a, b TopicInfo) int { return strings.Compare(a.Topic, b.Topic) })
+	if max > 0 && len(idle) > max {
+		idle = idle[:max]
+		return idle, idle[max-1].Topic, nil
+	}
+	return idle, "", nil
+}
+
+// DeleteIdle deletes those of topics that still have their epoch, hold no
+// record and had none since before. An append after it creates the topic
+// again in a new epoch; one before it keeps the topic.
+func (r memReclaimer) DeleteIdle(topics []TopicInfo, before time.Time) ([]string, error) {
+	e := r.e
+	cut := before.UnixMilli()
+	var deleted []string
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, info := range topics {
+		l := e.topics[info.Topic]
+		if l == nil || l.epoch != info.Epoch || len(l.recs) != 0 || l.last > cut {
+			continue
+		}
+		delete(e.topics, info.Topic)
+		e.cost -= l.cost
+		deleted = append(deleted, info.Topic)
+	}
+	return deleted, nil
 }
 
 // errEphemeralCluster: an ephemeral policy with a store that is a

@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -168,5 +170,107 @@ func TestEphemeralStoreMemory(t *testing.T) {
 	e.mu.Unlock()
 	if sum != c {
 		t.Fatalf("the total %d is not the sum of the topics %d", c, sum)
+	}
+}
+
+// TestEphemeralStoreReclaim: ephemeral topics holding no record are found
+// idle once their last record (or creation) is old enough, deleted only if
+// nothing was appended since, and a deletion frees a place under the cap;
+// a topic created again gets a new epoch.
+func TestEphemeralStoreReclaim(t *testing.T) {
+	ps, err := NewPolicies(Policy{}, []Policy{{Match: "e.*", Ephemeral: true, Retention: Retention{MaxAge: time.Minute}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var now atomic.Int64
+	now.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	clock := func() time.Time { return time.Unix(0, now.Load()) }
+	e := newEphemeralStore(newMemStore(), ps.For, clock)
+	defer e.close()
+	e.SetCommitHook(func([]Committed) {})
+	e.maxTopics = 3
+	r := e.reclaimer()
+	names := func(list []TopicInfo) []string {
+		var out []string
+		for _, ti := range list {
+			out = append(out, ti.Topic)
+		}
+		return out
+	}
+	ensure := func(topic string) (TopicInfo, error) { return e.Ensure(t.Context(), topic) }
+
+	a, _ := ensure("e.a")
+	if _, err := e.Append(t.Context(), "e.b", []byte("1"), ""); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := ensure("e.c")
+	if _, err := ensure("e.d"); !errors.Is(err, ErrTooManyTopics) {
+		t.Fatalf("a fourth topic over a cap of 3: %v", err)
+	}
+	if idle, _, _ := r.IdleTopics("", 10, clock().Add(-time.Second)); len(idle) != 0 {
+		t.Fatalf("topics idle before they were created: %v", names(idle))
+	}
+	idle, last, _ := r.IdleTopics("", 10, clock())
+	if got := names(idle); !slices.Equal(got, []string{"e.a", "e.c"}) || last != "" {
+		t.Fatalf("idle: %v, last %q; want e.a and e.c (e.b holds a record)", got, last)
+	}
+	var paged []string
+	for after := ""; ; {
+		idle, last, _ := r.IdleTopics(after, 1, clock())
+		paged = append(paged, names(idle)...)
+		if last == "" {
+			break
+		}
+		after = last
+	}
+	if !slices.Equal(paged, []string{"e.a", "e.c"}) {
+		t.Fatalf("idle one at a time: %v", paged)
+	}
+
+	// A record appended after the idle list was made keeps e.a; a stale
+	// epoch deletes nothing.
+	if _, err := e.Append(t.Context(), "e.a", []byte("2"), ""); err != nil {
+		t.Fatal(err)
+	}
+	stale := c
+	stale.Epoch = "another"
+	if del, _ := r.DeleteIdle([]TopicInfo{a, stale}, clock()); len(del) != 0 {
+		t.Fatalf("deleted %v: e.a has a record, e.c another epoch", del)
+	}
+	if del, _ := r.DeleteIdle([]TopicInfo{c}, clock()); !slices.Equal(del, []string{"e.c"}) {
+		t.Fatalf("deleted %v, want e.c", del)
+	}
+	if _, err := ensure("e.d"); err != nil {
+		t.Fatalf("a topic in the place freed: %v", err)
+	}
+
+	// Records past their age go; the topics are idle from their last
+	// record on, and deleted ones come back in a new epoch.
+	now.Add(int64(2 * time.Minute))
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		ia, _, _ := e.Topic("e.a")
+		ib, _, _ := e.Topic("e.b")
+		if ia.Count == 0 && ib.Count == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("records past their age still held: %+v %+v", ia, ib)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	idle, _, _ = r.IdleTopics("", 10, clock().Add(-time.Minute))
+	if got := names(idle); !slices.Equal(got, []string{"e.a", "e.b", "e.d"}) {
+		t.Fatalf("idle after expiry: %v", got)
+	}
+	if del, _ := r.DeleteIdle(idle, clock().Add(-time.Minute)); len(del) != 3 {
+		t.Fatalf("deleted %v", del)
+	}
+	if n := len(e.topics); n != 0 || e.cost != 0 {
+		t.Fatalf("%d topics and %d bytes left", n, e.cost)
+	}
+	again, err := ensure("e.a")
+	if err != nil || again.Epoch == a.Epoch || again.Head != 0 {
+		t.Fatalf("e.a created again: %+v %v (old epoch %s)", again, err, a.Epoch)
 	}
 }

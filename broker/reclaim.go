@@ -32,8 +32,10 @@ func (c Config) reclaimInterval() time.Duration {
 	return min(max(c.TopicIdle/2, 50*time.Millisecond), 5*time.Minute)
 }
 
-// reclaimLoop deletes idle topics every reclaimInterval until Shutdown.
-func (srv *Server) reclaimLoop(r Reclaimer) {
+// reclaimLoop deletes the idle topics of each of rs (the durable store's,
+// the ephemeral topics') every reclaimInterval until Shutdown, one pass
+// at a time.
+func (srv *Server) reclaimLoop(rs []Reclaimer) {
 	defer srv.wg.Done()
 	tick := time.NewTicker(srv.cfg.reclaimInterval())
 	defer tick.Stop()
@@ -43,8 +45,10 @@ func (srv *Server) reclaimLoop(r Reclaimer) {
 			return
 		case <-tick.C:
 		}
-		if _, err := srv.reclaimIdle(r); err != nil && !errors.Is(err, ErrClosed) {
-			srv.log.Warn("deleting idle topics", "err", err)
+		for _, r := range rs {
+			if _, err := srv.reclaimIdle(r); err != nil && !errors.Is(err, ErrClosed) {
+				srv.log.Warn("deleting idle topics", "err", err)
+			}
 		}
 	}
 }

@@ -151,9 +151,16 @@ func New(cfg Config, st Store) (*Server, error) {
 	}
 	srv.wg.Add(1)
 	go srv.heartbeatLoop()
-	if r, ok := st.(Reclaimer); ok && cfg.TopicIdle > 0 {
+	var reclaimers []Reclaimer
+	if r, ok := st.(Reclaimer); ok {
+		reclaimers = append(reclaimers, r)
+	}
+	if srv.eph != nil {
+		reclaimers = append(reclaimers, srv.eph.reclaimer())
+	}
+	if len(reclaimers) > 0 && cfg.TopicIdle > 0 {
 		srv.wg.Add(1)
-		go srv.reclaimLoop(r)
+		go srv.reclaimLoop(reclaimers)
 	}
 	return srv, nil
 }

@@ -2,7 +2,9 @@ package server_test
 
 import (
 	"encoding/json"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/brokerd/brokerd/broker"
 	"github.com/brokerd/brokerd/subproto"
@@ -112,4 +114,64 @@ func TestEphemeralRefusals(t *testing.T) {
 	if err := plain.Broker.SetPolicies(mustPolicies(t, broker.Policy{Match: "cursor.>", Ephemeral: true})); err == nil {
 		t.Error("a server without ephemeral policies took one")
 	}
+}
+
+// TestEphemeralTopicsReclaimed: ephemeral topics that hold no record and
+// have no subscriber are deleted after the idle time, as durable ones
+// are, so a client touching new names cannot use up the ephemeral topics'
+// cap for good; a subscribed one stays with its epoch; one deleted comes
+// back in a new epoch, and a resume with the old one gets epoch_mismatch.
+func TestEphemeralTopicsReclaimed(t *testing.T) {
+	const clients, per = 2, 300
+	ts := startServer(t, withPolicies(t, broker.Policy{Match: "cursor.>", Ephemeral: true,
+		Retention: broker.Retention{MaxAge: 300 * time.Millisecond}}), func(c *serverConfig) {
+		c.Broker.TopicIdle = 200 * time.Millisecond
+	})
+	ephemeralTopics := func() []string {
+		list, err := ts.Broker.Store().Topics("", 10000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, ti := range list {
+			out = append(out, ti.Topic)
+		}
+		return out
+	}
+	epoch := func(topic string) string {
+		t.Helper()
+		info, ok, err := ts.Broker.Store().Topic(topic)
+		if err != nil || !ok {
+			t.Fatalf("Topic(%q) = ok %v, err %v", topic, ok, err)
+		}
+		return info.Epoch
+	}
+	keeper := dial(t, ts)
+	kept := keeper.sub("cursor.kept", nil)
+	c := dial(t, ts)
+	c.pub("cursor.aged", `1`)
+	old := epoch("cursor.aged")
+	touchTopics(t, ts, "cursor.wave", clients, per)
+	eventually(t, 30*time.Second, "the touched and aged topics to go", func() bool {
+		return slices.Equal(ephemeralTopics(), []string{"cursor.kept"})
+	})
+	eventually(t, 30*time.Second, "the deleted topics to be counted", func() bool {
+		return ts.Broker.Stats().TopicsReclaimed.Load() >= clients*per+1
+	})
+	if n := ts.Store.TopicCount(); n != 0 {
+		t.Fatalf("the store holds %d topics", n)
+	}
+
+	dial(t, ts).mustErr(map[string]any{"op": "sub", "topic": "cursor.aged", "from": 2, "epoch": old}, subproto.CodeEpochMismatch)
+	if off := c.pub("cursor.aged", `2`); off != 1 {
+		t.Fatalf("the deleted topic's first publish: offset %d", off)
+	}
+	if epoch("cursor.aged") == old {
+		t.Fatal("the topic came back in its old epoch")
+	}
+	if e := epoch("cursor.kept"); e != kept.str("epoch") {
+		t.Fatalf("the subscribed topic's epoch changed: %s, then %s", kept.str("epoch"), e)
+	}
+	c.pub("cursor.kept", `3`)
+	keeper.waitFor("the message on the subscribed topic", func(evs []event) bool { return len(msgs(evs, "cursor.kept")) == 1 })
 }
