@@ -129,3 +129,15 @@ func (n *Node) TakeCutShort(topic string) error {
 	_, err = n.leases.Update(ctx, leaseKey(p), leaseValue(n.cfg.Node, 0, nil), e.Revision())
 	return err
 }
+
+// PauseRPC makes this node answer no request from other nodes, as while
+// it was stuck, until the returned function subscribes again; its
+// heartbeat goes on.
+func (n *Node) PauseRPC() (resume func()) {
+	_ = n.rpcSub.Unsubscribe()
+	_ = n.nc.Flush()
+	return func() {
+		n.rpcSub, _ = n.nc.Subscribe(n.rpcSubject(n.cfg.Node), n.serve)
+		_ = n.nc.Flush()
+	}
+}

@@ -354,12 +354,14 @@ func (n *Node) serveRead(m *nats.Msg, op byte, topic string, r *reader) {
 		}
 	case opTopics:
 		max := int(r.uvarint())
+		served := n.servedParts()
 		var list []broker.TopicInfo
-		if list, err = n.ownedTopics(topic, max); err == nil {
+		if list, err = n.ownedTopics(topic, max, served); err == nil {
 			b = putUvarint(b, uint64(len(list)))
 			for i := range list {
 				b = putInfo(b, &list[i])
 			}
+			b = putString(b, string(served))
 		}
 	case opOffsetAt:
 		ms := r.varint()
@@ -379,12 +381,14 @@ func (n *Node) serveRead(m *nats.Msg, op byte, topic string, r *reader) {
 		b = putBool(b, ok)
 		b = putConsumer(b, &co)
 	case opConsumers:
+		served := n.servedParts()
 		var list []broker.ConsumerOffset
-		if list, err = n.ownedConsumers(r.string()); err == nil {
+		if list, err = n.ownedConsumers(r.string(), served); err == nil {
 			b = putUvarint(b, uint64(len(list)))
 			for i := range list {
 				b = putConsumer(b, &list[i])
 			}
+			b = putString(b, string(served))
 		}
 	default:
 		err = fmt.Errorf("unknown op %d", op)

@@ -266,14 +266,16 @@ func (n *Node) Consumer(consumer, topic string) (co broker.ConsumerOffset, ok bo
 }
 
 // Topics lists topics across the cluster: every live node answers for the
-// partitions it owns, and the answers are merged in name order. A node
-// that does not answer in time is left out (and logged).
+// partitions it serves, and the answers are merged in name order. The list
+// is complete or an error: a node that does not answer in time, or a
+// partition nobody serves (a take-over under way), fails the listing with
+// ErrUnavailable, never a part passed off as the whole.
 func (n *Node) Topics(after string, max int) ([]broker.TopicInfo, error) {
 	body := putString([]byte{opTopics}, after)
 	body = putUvarint(body, uint64(max))
 	var all []broker.TopicInfo
-	err := n.gather(body, func() error {
-		list, err := n.ownedTopics(after, max)
+	err := n.gather(body, func(served []byte) error {
+		list, err := n.ownedTopics(after, max, served)
 		all = append(all, list...)
 		return err
 	}, func(r *reader) {
@@ -290,13 +292,14 @@ func (n *Node) Topics(after string, max int) ([]broker.TopicInfo, error) {
 	return all[:min(len(all), max)], nil
 }
 
-// Consumers lists a consumer's positions across the cluster.
+// Consumers lists a consumer's positions across the cluster, complete or
+// an error as Topics.
 func (n *Node) Consumers(consumer string) ([]broker.ConsumerOffset, error) {
 	body := putString([]byte{opConsumers}, "")
 	body = putString(body, consumer)
 	var all []broker.ConsumerOffset
-	err := n.gather(body, func() error {
-		list, err := n.ownedConsumers(consumer)
+	err := n.gather(body, func(served []byte) error {
+		list, err := n.ownedConsumers(consumer, served)
 		all = append(all, list...)
 		return err
 	}, func(r *reader) {
@@ -313,14 +316,34 @@ func (n *Node) Consumers(consumer string) ([]broker.ConsumerOffset, error) {
 }
 
 // gather asks every live node, this one through local, and hands each
-// answer to add, one at a time.
-func (n *Node) gather(body []byte, local func() error, add func(r *reader)) error {
+// answer to add, one at a time. Each node answers for the partitions it
+// serves and, after its list, says which they are (a bit set, see
+// servedParts): gather fails with ErrUnavailable unless every live node
+// answered and together they served every partition. An answer without the
+// set comes from a node of an earlier release (a rolling upgrade): the
+// listing is then taken as complete when every live node answered, as
+// those releases did.
+func (n *Node) gather(body []byte, local func(served []byte) error, add func(r *reader)) error {
 	if n.closed.Load() {
 		return broker.ErrClosed
 	}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, node := range n.liveNodes() {
+	nodes, err := n.liveNodesErr()
+	if err != nil {
+		return fmt.Errorf("%w: the live nodes could not be read for a listing: %v", ErrUnavailable, err)
+	}
+	var (
+		mu      sync.Mutex
+		wg      sync.WaitGroup
+		covered = make([]byte, (n.cfg.Partitions+7)/8)
+		unknown bool     // an answer without its partitions
+		missing []string // nodes that did not answer
+	)
+	cover := func(set []byte) {
+		for i := range min(len(set), len(covered)) {
+			covered[i] |= set[i]
+		}
+	}
+	for _, node := range nodes {
 		if node == n.cfg.Node {
 			continue
 		}
@@ -334,24 +357,73 @@ func (n *Node) gather(body []byte, local func() error, add func(r *reader)) erro
 			if err == nil {
 				r, err = answer(m)
 			}
-			if err != nil {
-				n.log.Warn("cluster: node left out of a listing", "node", node, "err", err)
-				return
-			}
 			mu.Lock()
-			add(r)
-			mu.Unlock()
+			defer mu.Unlock()
+			if err == nil {
+				add(r)
+				switch {
+				case r.err != nil:
+					err = r.err
+				case len(r.b) == 0:
+					unknown = true
+				default:
+					set := r.bytes()
+					if err = r.err; err == nil {
+						cover(set)
+					}
+				}
+			}
+			if err != nil {
+				n.log.Warn("cluster: a node did not answer a listing", "node", node, "err", err)
+				missing = append(missing, node)
+			}
 		}()
 	}
+	served := n.servedParts()
 	mu.Lock()
-	err := local()
+	err = local(served)
+	cover(served)
 	mu.Unlock()
 	wg.Wait()
-	return err
+	if err != nil {
+		return err
+	}
+	if len(missing) > 0 {
+		slices.Sort(missing)
+		return fmt.Errorf("%w: %s did not answer the listing", ErrUnavailable, strings.Join(missing, ", "))
+	}
+	if unknown {
+		return nil
+	}
+	var gaps int
+	for p := range n.cfg.Partitions {
+		if covered[p/8]&(1<<(p%8)) == 0 {
+			gaps++
+		}
+	}
+	if gaps > 0 {
+		return fmt.Errorf("%w: %d of %d partitions are served by no node (a take-over under way)", ErrUnavailable, gaps, n.cfg.Partitions)
+	}
+	return nil
 }
 
-// ownedTopics lists local topics of the partitions this node serves.
-func (n *Node) ownedTopics(after string, max int) ([]broker.TopicInfo, error) {
+// servedParts returns the partitions this node serves, as a bit set (bit p
+// of byte p/8).
+func (n *Node) servedParts() []byte {
+	set := make([]byte, (n.cfg.Partitions+7)/8)
+	for p := range n.cfg.Partitions {
+		if _, _, ok := n.where(p); ok {
+			set[p/8] |= 1 << (p % 8)
+		}
+	}
+	return set
+}
+
+// inSet reports whether partition p is in set (see servedParts).
+func inSet(set []byte, p int) bool { return p/8 < len(set) && set[p/8]&(1<<(p%8)) != 0 }
+
+// ownedTopics lists local topics of the partitions in served.
+func (n *Node) ownedTopics(after string, max int, served []byte) ([]broker.TopicInfo, error) {
 	var out []broker.TopicInfo
 	for len(out) < max {
 		list, err := n.local.Topics(after, 1000)
@@ -359,7 +431,7 @@ func (n *Node) ownedTopics(after string, max int) ([]broker.TopicInfo, error) {
 			return nil, err
 		}
 		for _, ti := range list {
-			if _, _, ok := n.where(n.partition(ti.Topic)); ok && len(out) < max {
+			if inSet(served, n.partition(ti.Topic)) && len(out) < max {
 				out = append(out, ti)
 			}
 		}
@@ -371,14 +443,14 @@ func (n *Node) ownedTopics(after string, max int) ([]broker.TopicInfo, error) {
 	return out, nil
 }
 
-func (n *Node) ownedConsumers(consumer string) ([]broker.ConsumerOffset, error) {
+func (n *Node) ownedConsumers(consumer string, served []byte) ([]broker.ConsumerOffset, error) {
 	list, err := n.local.Consumers(consumer)
 	if err != nil {
 		return nil, err
 	}
 	out := list[:0]
 	for _, co := range list {
-		if _, _, ok := n.where(n.partition(co.Topic)); ok {
+		if inSet(served, n.partition(co.Topic)) {
 			out = append(out, co)
 		}
 	}
