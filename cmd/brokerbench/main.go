@@ -22,6 +22,15 @@
 //	         publishes/s, ack latency p50/p99
 //	replay   one subscriber reading --replay-messages from offset 1
 //	idle     --idle idle subscribed connections: broker RSS per connection
+//	mixed    the latency scenario's live stream alone, then beside
+//	         --publishers durable publishers on topics under
+//	         --durable-prefix: live p50/p99 alone and beside, durable acks/s
+//
+// --topic-prefix puts the scenarios' topics under a policy of the broker;
+// with --embedded, --ephemeral makes a pattern's topics ephemeral, e.g.
+// --ephemeral 'cursor.>' --topic-prefix cursor to measure ephemeral topics
+// (NATS core stands for them in the baseline, JetStream for the durable
+// load).
 //
 // Subscribers and publishers are clients/go clients (nats.go for NATS).
 // The idle connections are raw WebSocket sockets written by hand, for both
@@ -47,6 +56,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/brokerd/brokerd/subproto"
 )
 
 type config struct {
@@ -71,7 +82,12 @@ type config struct {
 	NATSSyncAlways  bool
 	CPUProfile      string
 	NoDedup         bool
+	TopicPrefix     string
+	Ephemeral       string
+	DurablePrefix   string
 	Out             io.Writer
+
+	runID string // one run's topics' own segment
 }
 
 func parseFlags(args []string) (*config, error) {
@@ -97,6 +113,9 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&cfg.Baseline, "baseline", "", `run the scenarios against a baseline too: "nats"`)
 	fs.BoolVar(&cfg.NATSSyncAlways, "nats-sync-always", true, "make NATS JetStream fsync before acknowledging, as brokerd does")
 	fs.BoolVar(&cfg.NoDedup, "embedded-no-dedup", false, "diagnostic: turn the embedded store's idempotency keys off, to measure what they cost")
+	fs.StringVar(&cfg.TopicPrefix, "topic-prefix", "bench", "first segments of the scenarios' topics (PREFIX.RUN.SCENARIO...): put them under a policy of the broker, e.g. an ephemeral one")
+	fs.StringVar(&cfg.Ephemeral, "ephemeral", "", `with --embedded: a topic pattern whose topics the embedded broker keeps ephemeral (a policy with storage: ephemeral), e.g. "cursor.>" with --topic-prefix cursor`)
+	fs.StringVar(&cfg.DurablePrefix, "durable-prefix", "bench.durable", "first segments of the durable topics of the mixed scenario's background load: they must stay durable")
 	fs.StringVar(&cfg.CPUProfile, "cpuprofile", "", "write a CPU profile of the brokerd scenarios to this file (with --embedded it covers the broker)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -126,6 +145,17 @@ func parseFlags(args []string) (*config, error) {
 			return nil, fmt.Errorf("unknown scenario %q (have %s)", s, strings.Join(scenarioOrder, ", "))
 		}
 		cfg.Scenarios = append(cfg.Scenarios, s)
+	}
+	if cfg.Ephemeral != "" && !cfg.Embedded {
+		return nil, errors.New("--ephemeral needs --embedded: a running brokerd's own policies decide which topics are ephemeral")
+	}
+	if cfg.Ephemeral != "" && !subproto.ValidPattern(cfg.Ephemeral) {
+		return nil, fmt.Errorf("--ephemeral %q is not a topic pattern", cfg.Ephemeral)
+	}
+	for _, p := range []string{cfg.TopicPrefix, cfg.DurablePrefix} {
+		if !subproto.ValidTopic(p + ".x") {
+			return nil, fmt.Errorf("prefix %q does not make valid topic names", p)
+		}
 	}
 	if cfg.Payload < 48 {
 		return nil, errors.New("--payload must be at least 48 bytes")
@@ -192,6 +222,7 @@ func run(ctx context.Context, cfg *config) ([]*result, error) {
 		fmt.Fprintf(os.Stderr, "brokerbench: warning: the file descriptor limit %d is below the %d connections' needs\n", fdLimit, need+256)
 	}
 	runID := strconv.FormatInt(time.Now().UnixNano()%(1<<40), 36)
+	cfg.runID = runID
 	var results []*result
 	targets := []string{"brokerd"}
 	if cfg.Baseline == "nats" {
@@ -204,7 +235,7 @@ func run(ctx context.Context, cfg *config) ([]*result, error) {
 		case name == "nats":
 			t, err = startNATS(cfg.NATSSyncAlways)
 		case cfg.Embedded:
-			t, err = startEmbedded(cfg.NoDedup)
+			t, err = startEmbedded(cfg.NoDedup, cfg.Ephemeral)
 		default:
 			t = &brokerdTarget{url: cfg.URL, subURLs: cfg.SubURLs, pid: cfg.PID}
 		}
@@ -221,7 +252,7 @@ func run(ctx context.Context, cfg *config) ([]*result, error) {
 			}
 		}
 		for _, s := range cfg.Scenarios {
-			topic := "bench." + runID + "." + s
+			topic := cfg.TopicPrefix + "." + runID + "." + s
 			r, err := scenarios[s](ctx, cfg, t, topic)
 			if err != nil {
 				if prof != nil {

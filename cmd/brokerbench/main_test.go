@@ -57,7 +57,7 @@ func TestSmoke(t *testing.T) {
 	for _, r := range results {
 		for _, f := range r.Figures {
 			switch {
-			case f.Name == "loss" && f.Value != 0 && r.Target == "brokerd":
+			case strings.HasSuffix(f.Name, "loss") && f.Value != 0 && r.Target == "brokerd":
 				t.Errorf("%s %s: brokerd lost %.3f%% of the messages", r.Target, r.Scenario, f.Value*100)
 			case f.Unit == "/s" && f.Value <= 0:
 				t.Errorf("%s %s: %s = %v", r.Target, r.Scenario, f.Name, f.Value)
@@ -120,7 +120,7 @@ func TestSubURLs(t *testing.T) {
 	if _, err := parseFlags([]string{"--embedded", "--sub-urls", "ws://a/ws"}); err == nil {
 		t.Fatal("--sub-urls with --embedded accepted")
 	}
-	emb, err := startEmbedded(false)
+	emb, err := startEmbedded(false, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,4 +148,72 @@ func TestSubURLs(t *testing.T) {
 	if got := []string{tg.subURL(), tg.subURL(), tg.subURL()}; strings.Join(got, ",") != "a,b,a" {
 		t.Fatalf("subscribers connect to %v, want a,b,a", got)
 	}
+}
+
+// TestEphemeralMixed runs fanout and the mixed scenario with the
+// scenarios' topics under an ephemeral policy of the broker: those topics
+// never reach the durable store, the mixed scenario's background load
+// does, and the flags' rules hold.
+func TestEphemeralMixed(t *testing.T) {
+	for _, args := range [][]string{
+		{"--url", "ws://x/ws", "--ephemeral", "cursor.>"},
+		{"--embedded", "--ephemeral", "cursor..x"},
+		{"--embedded", "--topic-prefix", "a b"},
+		{"--embedded", "--durable-prefix", "x.>"},
+	} {
+		if _, err := parseFlags(args); err == nil {
+			t.Errorf("%q accepted", args)
+		}
+	}
+	emb, err := startEmbedded(false, "cursor.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer emb.Close()
+	var out bytes.Buffer
+	cfg, err := parseFlags([]string{"--url", emb.url, "--topic-prefix", "cursor", "--scenarios", "fanout,mixed",
+		"--duration", "300ms", "--drain", "10s", "--subscribers", "4", "--rate", "100", "--publishers", "3", "--window", "8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Out = &out
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	results, err := run(ctx, cfg)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	if len(results) != 2 || !strings.Contains(out.String(), "live p99 beside durable") {
+		t.Fatalf("results %+v\n%s", results, out.String())
+	}
+	durable, err := emb.st.Topics("", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var loaded int
+	for _, ti := range durable {
+		switch {
+		case strings.HasPrefix(ti.Topic, "cursor."):
+			t.Errorf("the ephemeral topic %s reached the store", ti.Topic)
+		case strings.HasPrefix(ti.Topic, "bench.durable."+cfg.runID+"."):
+			loaded++
+		}
+	}
+	if loaded != 3 {
+		t.Errorf("%d durable topics of the background load in the store, want 3: %+v", loaded, durable)
+	}
+	all, err := emb.b.Store().Topics("", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var live int
+	for _, ti := range all {
+		if strings.HasPrefix(ti.Topic, "cursor."+cfg.runID+".") && ti.Head > 0 {
+			live++
+		}
+	}
+	if live != 3 { // fanout, mixed.alone, mixed.beside
+		t.Errorf("%d ephemeral topics with messages, want 3: %+v", live, all)
+	}
+	t.Log("\n" + out.String())
 }

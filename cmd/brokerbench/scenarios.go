@@ -41,9 +41,10 @@ var scenarios = map[string]scenario{
 	"publish": runPublish,
 	"replay":  runReplay,
 	"idle":    runIdle,
+	"mixed":   runMixed,
 }
 
-var scenarioOrder = []string{"fanout", "latency", "topics", "publish", "replay", "idle"}
+var scenarioOrder = []string{"fanout", "latency", "topics", "publish", "replay", "idle", "mixed"}
 
 // openMany opens n connections with a bounded number of dials at once.
 func openMany(ctx context.Context, n int, open func(i int) (io.Closer, error)) ([]io.Closer, error) {
@@ -196,11 +197,37 @@ func runFanout(ctx context.Context, cfg *config, t target, topic string) (*resul
 // runLatency: N subscribers, one publisher at a fixed rate; the payload
 // carries its send time.
 func runLatency(ctx context.Context, cfg *config, t target, topic string) (*result, error) {
+	m, err := measureLatency(ctx, cfg, t, topic)
+	if err != nil {
+		return nil, err
+	}
+	r := &result{Params: map[string]any{"subscribers": cfg.Subscribers, "rate": cfg.Rate, "payload": cfg.Payload, "duration_s": cfg.Duration.Seconds()}}
+	r.add("deliveries/s", float64(m.got)/m.elapsed.Seconds(), "/s", true)
+	r.add("p50", float64(m.h.quantile(0.50)), "us", false)
+	r.add("p90", float64(m.h.quantile(0.90)), "us", false)
+	r.add("p99", float64(m.h.quantile(0.99)), "us", false)
+	r.add("max", float64(m.h.max), "us", false)
+	r.add("loss", m.loss(), "ratio", false)
+	return r, nil
+}
+
+// latency is what measureLatency measured.
+type latency struct {
+	h         hist // publish → delivery, every delivery
+	got, want int64
+	elapsed   time.Duration // from the first publish to the last delivery
+}
+
+func (l *latency) loss() float64 { return 1 - float64(l.got)/float64(max(l.want, 1)) }
+
+// measureLatency opens --subscribers subscribers of topic and publishes
+// to it at --rate for --duration, each payload carrying its send time,
+// then waits for the deliveries.
+func measureLatency(ctx context.Context, cfg *config, t target, topic string) (*latency, error) {
 	n := cfg.Subscribers
 	type subHist struct {
 		mu sync.Mutex
 		h  hist
-		c  counter
 	}
 	hs := make([]subHist, n)
 	subs, err := openMany(ctx, n, func(i int) (io.Closer, error) {
@@ -263,19 +290,48 @@ func runLatency(ctx context.Context, cfg *config, t target, topic string) (*resu
 			got, last = g, time.Now()
 		}
 	}
-	var all hist
+	l := &latency{got: got, want: want, elapsed: last.Sub(start)}
 	for i := range hs {
 		hs[i].mu.Lock()
-		all.merge(&hs[i].h)
+		l.h.merge(&hs[i].h)
 		hs[i].mu.Unlock()
 	}
-	r := &result{Params: map[string]any{"subscribers": n, "rate": cfg.Rate, "payload": cfg.Payload, "duration_s": cfg.Duration.Seconds()}}
-	r.add("deliveries/s", float64(got)/last.Sub(start).Seconds(), "/s", true)
-	r.add("p50", float64(all.quantile(0.50)), "us", false)
-	r.add("p90", float64(all.quantile(0.90)), "us", false)
-	r.add("p99", float64(all.quantile(0.99)), "us", false)
-	r.add("max", float64(all.max), "us", false)
-	r.add("loss", 1-float64(got)/float64(max(want, 1)), "ratio", false)
+	return l, nil
+}
+
+// runMixed: the latency scenario's live stream (on this scenario's
+// topics: put them under an ephemeral policy) alone, then again while
+// --publishers pipelined publishers load durable topics (under
+// --durable-prefix) as fast as their windows allow. It reports the live
+// latency alone and beside the durable load, and the durable acks/s: with
+// ephemeral live topics the two latencies stay alike, because the live
+// traffic does not wait behind the durable topics' fsyncs.
+func runMixed(ctx context.Context, cfg *config, t target, topic string) (*result, error) {
+	alone, err := measureLatency(ctx, cfg, t, topic+".alone")
+	if err != nil {
+		return nil, fmt.Errorf("live stream alone: %w", err)
+	}
+	load, err := startDurableLoad(ctx, cfg, t, cfg.DurablePrefix+"."+cfg.runID)
+	if err != nil {
+		return nil, err
+	}
+	beside, err := measureLatency(ctx, cfg, t, topic+".beside")
+	res, lerr := load.stop()
+	if err != nil {
+		return nil, fmt.Errorf("live stream beside the durable load: %w", err)
+	}
+	if lerr != nil {
+		return nil, fmt.Errorf("durable load: %w", lerr)
+	}
+	r := &result{Params: map[string]any{"subscribers": cfg.Subscribers, "rate": cfg.Rate, "durable_publishers": cfg.Publishers,
+		"window": cfg.Window, "payload": cfg.Payload, "duration_s": cfg.Duration.Seconds()}}
+	r.add("live p50 alone", float64(alone.h.quantile(0.50)), "us", false)
+	r.add("live p99 alone", float64(alone.h.quantile(0.99)), "us", false)
+	r.add("live p50 beside durable", float64(beside.h.quantile(0.50)), "us", false)
+	r.add("live p99 beside durable", float64(beside.h.quantile(0.99)), "us", false)
+	r.add("live loss", max(alone.loss(), beside.loss()), "ratio", false)
+	r.add("durable acked publishes/s", res.rate, "/s", true)
+	r.add("durable ack p99", float64(res.h.quantile(0.99)), "us", false)
 	return r, nil
 }
 
@@ -339,76 +395,122 @@ func runTopics(ctx context.Context, cfg *config, t target, prefix string) (*resu
 // runPublish: M publishers, each pipelined on its own connection and
 // topic, durable acknowledgements.
 func runPublish(ctx context.Context, cfg *config, t target, prefix string) (*result, error) {
+	load, err := startDurableLoad(ctx, cfg, t, prefix)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-time.After(cfg.Duration):
+	case <-ctx.Done():
+	}
+	res, err := load.stop()
+	if err != nil {
+		return nil, err
+	}
+	r := &result{Params: map[string]any{"publishers": cfg.Publishers, "window": cfg.Window, "payload": cfg.Payload, "duration_s": cfg.Duration.Seconds()}}
+	r.add("acked publishes/s", res.rate, "/s", true)
+	r.add("ack p50", float64(res.h.quantile(0.50)), "us", false)
+	r.add("ack p99", float64(res.h.quantile(0.99)), "us", false)
+	return r, nil
+}
+
+// durableLoad is --publishers publishers, each pipelined on its own
+// connection and topic under a prefix, durable acknowledgements, until
+// stop.
+type durableLoad struct {
+	pubs  []publisher
+	hs    []pubHist
+	st    pubStats
+	start time.Time
+	quit  chan struct{}
+	wg    sync.WaitGroup
+	errc  chan error
+}
+
+type pubHist struct {
+	mu sync.Mutex
+	h  hist
+}
+
+// loadResult is what a durable load measured.
+type loadResult struct {
+	rate float64 // acknowledged publishes/s
+	h    hist    // publish → ack
+}
+
+func startDurableLoad(ctx context.Context, cfg *config, t target, prefix string) (*durableLoad, error) {
 	if err := t.Prepare(ctx, prefix+".>"); err != nil {
 		return nil, err
 	}
 	m := cfg.Publishers
-	pubs := make([]publisher, m)
+	l := &durableLoad{pubs: make([]publisher, m), hs: make([]pubHist, m), quit: make(chan struct{}), errc: make(chan error, m)}
 	_, err := openMany(ctx, m, func(i int) (io.Closer, error) {
 		p, err := t.Publisher(ctx, cfg.Window, true)
-		pubs[i] = p
+		l.pubs[i] = p
 		return p, err
 	})
 	if err != nil {
 		return nil, err
 	}
-	type pubHist struct {
-		mu sync.Mutex
-		h  hist
-	}
-	hs := make([]pubHist, m)
 	data := payload(cfg.Payload, time.Now())
-	var st pubStats
-	start := time.Now()
-	deadline := start.Add(cfg.Duration)
-	var wg sync.WaitGroup
-	errc := make(chan error, m)
+	l.start = time.Now()
 	for w := range m {
-		wg.Add(1)
+		l.wg.Add(1)
 		go func() {
-			defer wg.Done()
+			defer l.wg.Done()
 			topic := prefix + "." + strconv.Itoa(w)
-			h := &hs[w]
-			for time.Now().Before(deadline) {
+			h := &l.hs[w]
+			for {
+				select {
+				case <-l.quit:
+					return
+				default:
+				}
 				sent := time.Now()
-				err := pubs[w].Publish(ctx, topic, data, func(err error) {
+				err := l.pubs[w].Publish(ctx, topic, data, func(err error) {
 					d := time.Since(sent)
 					if err == nil {
 						h.mu.Lock()
 						h.h.add(d)
 						h.mu.Unlock()
 					}
-					st.done(err)
+					l.st.done(err)
 				})
 				if err != nil {
-					errc <- err
+					l.errc <- err
 					return
 				}
-				st.sent.Add(1)
+				l.st.sent.Add(1)
 			}
 		}()
 	}
-	wg.Wait()
-	close(errc)
-	if err := <-errc; err != nil {
+	return l, nil
+}
+
+// stop stops publishing, waits for every answer and closes the
+// publishers.
+func (l *durableLoad) stop() (*loadResult, error) {
+	close(l.quit)
+	l.wg.Wait()
+	close(l.errc)
+	defer func() {
+		for _, p := range l.pubs {
+			_ = p.Close()
+		}
+	}()
+	if err := <-l.errc; err != nil {
 		return nil, err
 	}
-	if err := st.settled(60 * time.Second); err != nil {
+	if err := l.st.settled(60 * time.Second); err != nil {
 		return nil, err
 	}
-	elapsed := time.Since(start)
-	for _, p := range pubs {
-		_ = p.Close()
+	res := &loadResult{rate: float64(l.st.acked.Load()) / time.Since(l.start).Seconds()}
+	for i := range l.hs {
+		l.hs[i].mu.Lock()
+		res.h.merge(&l.hs[i].h)
+		l.hs[i].mu.Unlock()
 	}
-	var all hist
-	for i := range hs {
-		all.merge(&hs[i].h)
-	}
-	r := &result{Params: map[string]any{"publishers": m, "window": cfg.Window, "payload": cfg.Payload, "duration_s": cfg.Duration.Seconds()}}
-	r.add("acked publishes/s", float64(st.acked.Load())/elapsed.Seconds(), "/s", true)
-	r.add("ack p50", float64(all.quantile(0.50)), "us", false)
-	r.add("ack p99", float64(all.quantile(0.99)), "us", false)
-	return r, nil
+	return res, nil
 }
 
 // runReplay fills a topic (untimed, pipelined), then times one subscriber

@@ -44,8 +44,17 @@ type brokerdTarget struct {
 // per-connection command rate (the single fan-out publisher sends more
 // than its default of 10,000 commands/s), the per-IP rate of new
 // connections (every connection comes from 127.0.0.1) and the cap on
-// open connections.
-func startEmbedded(noDedup bool) (*brokerdTarget, error) {
+// open connections. With ephemeral set, the topics matching that pattern
+// are ephemeral (a policy with the ephemeral defaults).
+func startEmbedded(noDedup bool, ephemeral string) (*brokerdTarget, error) {
+	var policies *broker.Policies
+	if ephemeral != "" {
+		ps, err := broker.NewPolicies(broker.Policy{}, []broker.Policy{{Match: ephemeral, Name: "ephemeral", Ephemeral: true}})
+		if err != nil {
+			return nil, err
+		}
+		policies = ps
+	}
 	dir, err := os.MkdirTemp("", "brokerbench-*")
 	if err != nil {
 		return nil, err
@@ -58,7 +67,7 @@ func startEmbedded(noDedup bool) (*brokerdTarget, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := broker.New(broker.Config{Node: "bench", Logger: quiet, CommandRate: -1}, st)
+	b, err := broker.New(broker.Config{Node: "bench", Logger: quiet, CommandRate: -1, Policies: policies}, st)
 	if err != nil {
 		st.Close()
 		return nil, err
