@@ -62,11 +62,15 @@ type ephemeralStore struct {
 	hookMu sync.Mutex
 	hook   func([]Committed)
 
-	mu        sync.Mutex
-	topics    map[string]*memLog // guarded by mu
-	cost      int64              // guarded by mu: recordCost of every retained record
-	maxCost   int64              // MaxEphemeralMemory, smaller in tests
-	maxTopics int                // MaxEphemeralTopics, smaller in tests
+	mu     sync.Mutex
+	topics map[string]*memLog // guarded by mu
+	// perMatch counts the topics of each ephemeral policy, by its Match
+	// (which no reload changes while ephemeral policies exist): guarded
+	// by mu.
+	perMatch  map[string]int
+	cost      int64 // guarded by mu: recordCost of every retained record
+	maxCost   int64 // MaxEphemeralMemory, smaller in tests
+	maxTopics int   // MaxEphemeralTopics, smaller in tests
 	// work carries appends to run, in the order their offsets were
 	// assigned: sent while mu is held.
 	work chan memDone
@@ -92,7 +96,7 @@ type memDone struct {
 }
 
 func newEphemeralStore(st Store, policy func(string) *Policy, now func() time.Time) *ephemeralStore {
-	e := &ephemeralStore{Store: st, policy: policy, now: now, topics: make(map[string]*memLog), maxCost: MaxEphemeralMemory, maxTopics: MaxEphemeralTopics,
+	e := &ephemeralStore{Store: st, policy: policy, now: now, topics: make(map[string]*memLog), perMatch: make(map[string]int), maxCost: MaxEphemeralMemory, maxTopics: MaxEphemeralTopics,
 		work: make(chan memDone, 4096), stop: make(chan struct{})}
 	e.wg.Add(2)
 	go e.run()
@@ -251,8 +255,13 @@ func (e *ephemeralStore) logLocked(topic string, create bool) (*memLog, error) {
 	if len(e.topics) >= e.maxTopics {
 		return nil, fmt.Errorf("%w: %d ephemeral topics, the limit", ErrTooManyTopics, len(e.topics))
 	}
+	p := e.policy(topic)
+	if n := e.perMatch[p.Match]; p.MaxTopics > 0 && n >= p.MaxTopics {
+		return nil, fmt.Errorf("%w: %d topics of policy %q, its limit", ErrTooManyTopics, n, p.Name)
+	}
 	l = &memLog{epoch: uuid.NewString(), last: e.now().UnixMilli()}
 	e.topics[topic] = l
+	e.perMatch[p.Match]++
 	return l, nil
 }
 
@@ -490,6 +499,11 @@ func (r memReclaimer) DeleteIdle(topics []TopicInfo, before time.Time) ([]string
 			continue
 		}
 		delete(e.topics, info.Topic)
+		if m := e.policy(info.Topic).Match; e.perMatch[m] > 1 {
+			e.perMatch[m]--
+		} else {
+			delete(e.perMatch, m)
+		}
 		e.cost -= l.cost
 		deleted = append(deleted, info.Topic)
 	}

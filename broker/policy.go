@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -56,6 +57,71 @@ type Policy struct {
 	// ephemeralStore): Retention bounds it, with the DefaultEphemeral
 	// values for what it leaves out (not the default policy's).
 	Ephemeral bool
+	// MaxTopics bounds the topics of this policy held at once (0: no
+	// bound beyond the store's): a pub or sub that would create one more
+	// gets ErrTooManyTopics and creates nothing. Durable topics are
+	// counted by the store (a TopicBounder; in a cluster, each owner's),
+	// ephemeral ones in memory.
+	MaxTopics int
+}
+
+// TopicClass names the class of a topic and the most topics of that class
+// a store may hold (0 or less: no bound).
+type TopicClass func(topic string) (class string, max int)
+
+// TopicBounder is implemented by a Store that bounds the topics of classes
+// of names: the server makes each policy with MaxTopics a class.
+// SetTopicClasses replaces the classes (nil: none) and counts the topics
+// each holds, once per call.
+type TopicBounder interface {
+	SetTopicClasses(fn TopicClass) error
+}
+
+// topicClass is ps's TopicClass for durable topics: a policy with
+// MaxTopics is a class, named by the policy.
+func (ps *Policies) topicClass(topic string) (string, int) {
+	p := ps.For(topic)
+	if p.Ephemeral || p.MaxTopics <= 0 {
+		return "", 0
+	}
+	return "policy " + strconv.Quote(p.Name), p.MaxTopics
+}
+
+// boundsTopics reports whether a durable policy has MaxTopics.
+func (ps *Policies) boundsTopics() bool {
+	for _, p := range append(ps.list, ps.def) {
+		if !p.Ephemeral && p.MaxTopics > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// boundTopics hands ps's topic bounds to the durable store. A store that
+// cannot bound topics refuses policies with MaxTopics.
+func (srv *Server) boundTopics(ps *Policies) error {
+	st := srv.store
+	if srv.eph != nil {
+		st = srv.eph.Store
+	}
+	b, ok := st.(TopicBounder)
+	switch {
+	case !ps.boundsTopics() && (!ok || !srv.bounded.Load()):
+		return nil
+	case !ok:
+		return errors.New("broker: policies with max-topics need a store that bounds topics")
+	case !ps.boundsTopics():
+		if err := b.SetTopicClasses(nil); err != nil {
+			return err
+		}
+		srv.bounded.Store(false)
+		return nil
+	}
+	if err := b.SetTopicClasses(ps.topicClass); err != nil {
+		return err
+	}
+	srv.bounded.Store(true)
+	return nil
 }
 
 // Policies is an immutable set of policies: For finds a topic's.
@@ -130,6 +196,8 @@ func (p *Policy) check() error {
 		return fmt.Errorf("publish-rate must not be negative (0 turns it off), got %v", p.PublishRate)
 	case p.PublishBurst < 0:
 		return fmt.Errorf("publish-burst must be positive, got %d", p.PublishBurst)
+	case p.MaxTopics < 0:
+		return fmt.Errorf("max-topics must not be negative (0 turns it off), got %d", p.MaxTopics)
 	}
 	if p.PublishRate > 0 && p.PublishBurst == 0 {
 		p.PublishBurst = max(1, int(p.PublishRate))
@@ -197,7 +265,12 @@ func (srv *Server) SetPolicies(ps *Policies) error {
 	if ps == nil {
 		return errors.New("broker: nil policies")
 	}
+	srv.reloadMu.Lock()
+	defer srv.reloadMu.Unlock()
 	if err := srv.CheckPolicies(ps); err != nil {
+		return err
+	}
+	if err := srv.boundTopics(ps); err != nil {
 		return err
 	}
 	srv.policies.Store(ps)

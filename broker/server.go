@@ -62,6 +62,8 @@ type Server struct {
 
 	policies atomic.Pointer[Policies]
 	eph      *ephemeralStore // nil without ephemeral policies; then store is it
+	reloadMu sync.Mutex      // SetPolicies, one at a time
+	bounded  atomic.Bool     // the durable store was given topic classes
 
 	draining atomic.Bool
 	stop     chan struct{}
@@ -138,6 +140,12 @@ func New(cfg Config, st Store) (*Server, error) {
 		}
 		srv.eph = newEphemeralStore(st, srv.Policy, cfg.Now)
 		srv.store = srv.eph
+	}
+	if err := srv.boundTopics(ps); err != nil {
+		if srv.eph != nil {
+			srv.eph.close()
+		}
+		return nil, err
 	}
 	srv.storage.init()
 	srv.presence.init()

@@ -439,3 +439,41 @@ func TestTooManyTopicsTravels(t *testing.T) {
 		t.Fatalf("the owner holds %d topics, want 2", n)
 	}
 }
+
+// TestTopicClassesTravel: a policy's max-topics (the broker hands it to
+// the node as topic classes) bounds the topics each owner holds, and the
+// owner's refusal travels back to the node the publish came through.
+func TestTopicClassesTravel(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t)
+	nodes := startCluster(t, url, "classes", 2)
+	a, b := nodes[0], nodes[1]
+	rooms := func(topic string) (string, int) {
+		if strings.HasPrefix(topic, "room.") {
+			return "rooms", 1
+		}
+		return "", 0
+	}
+	if err := b.Node.SetTopicClasses(rooms); err != nil {
+		t.Fatal(err)
+	}
+	first := topicOwnedBy(t, b, "room.")
+	if _, err := a.Node.Append(t.Context(), first, []byte(`1`), ""); err != nil {
+		t.Fatal(err)
+	}
+	second := ""
+	for i := 0; second == ""; i++ {
+		if topic := fmt.Sprintf("room.x%d", i); b.Node.Partition(topic) == b.Node.Partition(first) {
+			second = topic
+		}
+	}
+	if _, err := a.Node.Append(t.Context(), second, []byte(`1`), ""); !errors.Is(err, broker.ErrTooManyTopics) {
+		t.Fatalf("a second room forwarded to its owner: %v, want ErrTooManyTopics", err)
+	}
+	if _, ok, _ := b.Store.Topic(second); ok {
+		t.Fatal("the refused topic was created")
+	}
+	if _, err := a.Node.Append(t.Context(), topicOwnedBy(t, b, "other."), []byte(`1`), ""); err != nil {
+		t.Fatalf("another class: %v", err)
+	}
+}

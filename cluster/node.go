@@ -469,6 +469,12 @@ func (n *Node) holds(p int, term uint64) bool {
 	return st.mine && st.term == term && core.Holds(ct(st.sent), ct(time.Now()), core.Duration(n.cfg.LeaseTTL))
 }
 
+// SetTopicClasses bounds the topics of classes of names (a policy's
+// max-topics) in this node's store: each owner bounds the topics of the
+// partitions it serves, as --max-topics does, and its refusal travels back
+// to a forwarding node. Copies a follower stores are not bounded.
+func (n *Node) SetTopicClasses(fn broker.TopicClass) error { return n.local.SetTopicClasses(fn) }
+
 // SetCommitHook installs the broker's hook. It sees the records of the
 // partitions this node owns as they are committed, and the live records of
 // other owners for the topics and patterns of Interest.

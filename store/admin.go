@@ -192,6 +192,7 @@ func (db *DB) DeleteTopic(topic string) error {
 	}, func() {
 		db.keys.drop(topic)
 		db.topicN.Add(-1)
+		db.classes.Load().drop(topic)
 	})
 	if err != nil {
 		return fmt.Errorf("store: delete %q: %w", topic, err)

@@ -97,14 +97,19 @@ func (db *DB) topicOrCreate(b *batch, topic string) (*topicTx, error) {
 	if err != nil || t != nil {
 		return t, err
 	}
-	if err := db.admitTopic(b); err != nil {
+	class, err := db.admitTopic(b, topic)
+	if err != nil {
 		return nil, err
 	}
 	epoch, err := newEpochString()
 	if err != nil {
 		return nil, err
 	}
-	return b.create(topic, epoch)
+	t, err = b.create(topic, epoch)
+	if err == nil && class != "" {
+		b.countCreated(class)
+	}
+	return t, err
 }
 
 func (db *DB) checkAppend(topic, key string, size int) error {

@@ -191,6 +191,10 @@ type batch struct {
 	recs    []pending  // appended records, in append order
 	dead    [][]byte   // records retention removes, deleted just before commit
 	created int        // topics created (see topics.go)
+	// topics created per class of the classes admitted against (see
+	// SetTopicClasses)
+	classes   *topicClasses
+	createdIn map[string]int64
 }
 
 // pending is a record appended in the open transaction.
@@ -445,6 +449,7 @@ func (db *DB) runGrouped(b *batch) (carry *op) {
 	}
 	db.nextID = max(db.nextID, seq)
 	db.topicN.Add(int64(b.created))
+	b.classes.add(b.createdIn)
 	if db.opts.OnCommit != nil {
 		db.opts.OnCommit(b.writes(), time.Since(began))
 	}
@@ -514,6 +519,7 @@ func (db *DB) runLogged(b *batch) (carry *op) {
 		db.logged(b, end)
 	}
 	db.topicN.Add(int64(b.created))
+	b.classes.add(b.createdIn)
 	b.puts = nil
 	if db.opts.OnCommit != nil {
 		db.opts.OnCommit(b.writes(), time.Since(began))

@@ -54,11 +54,12 @@ type DB struct {
 	beforeApply func() // tests: runs on the applier before each transaction
 	beforeLog   func() // tests: runs on the committer as a log batch begins
 
-	queue  chan *op     // operations waiting for the committer
-	keys   *keyIndex    // idempotency keys; the committer's alone (see keyIndex)
-	topicN atomic.Int64 // topics with a log (see topics.go)
-	notify chan *batch  // finished batches, in commit order
-	hook   atomic.Pointer[func([]broker.Committed)]
+	queue   chan *op                     // operations waiting for the committer
+	keys    *keyIndex                    // idempotency keys; the committer's alone (see keyIndex)
+	topicN  atomic.Int64                 // topics with a log (see topics.go)
+	classes atomic.Pointer[topicClasses] // SetTopicClasses, nil without
+	notify  chan *batch                  // finished batches, in commit order
+	hook    atomic.Pointer[func([]broker.Committed)]
 
 	// mu guards closed. Senders to queue and readers of bolt hold it
 	// shared, so once Close holds it exclusively and sets closed, nothing

@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -29,13 +30,106 @@ func (db *DB) countTopics() error {
 // TopicCount returns the number of topics that have a log.
 func (db *DB) TopicCount() int64 { return db.topicN.Load() }
 
-// admitTopic refuses to create a topic beyond Options.MaxTopics, counting
-// those the open transaction created.
-func (db *DB) admitTopic(b *batch) error {
+// admitTopic refuses to create topic beyond Options.MaxTopics, or beyond
+// its class's bound (SetTopicClasses), counting those the open transaction
+// created. It returns the topic's class when it has a bound: the caller
+// counts the topic in it once created (batch.countCreated).
+func (db *DB) admitTopic(b *batch, topic string) (class string, err error) {
 	if max := db.opts.MaxTopics; max > 0 && db.topicN.Load()+int64(b.created) >= int64(max) {
-		return fmt.Errorf("%w: the store holds %d topics, the limit is %d", broker.ErrTooManyTopics, db.topicN.Load()+int64(b.created), max)
+		return "", fmt.Errorf("%w: the store holds %d topics, the limit is %d", broker.ErrTooManyTopics, db.topicN.Load()+int64(b.created), max)
 	}
-	return nil
+	cl := db.classes.Load()
+	if cl == nil {
+		return "", nil
+	}
+	class, max := cl.fn(topic)
+	if max <= 0 {
+		return "", nil
+	}
+	if b.classes != cl {
+		b.classes, b.createdIn = cl, nil // classes set since the batch began: none of it counted yet
+	}
+	if n := cl.count(class) + b.createdIn[class]; n >= int64(max) {
+		return "", fmt.Errorf("%w: the store holds %d topics of %s, its limit is %d", broker.ErrTooManyTopics, n, class, max)
+	}
+	return class, nil
+}
+
+// countCreated counts a topic the open transaction created in class.
+func (b *batch) countCreated(class string) {
+	if b.createdIn == nil {
+		b.createdIn = make(map[string]int64)
+	}
+	b.createdIn[class]++
+}
+
+// topicClasses is the classes set by SetTopicClasses and the topics each
+// bounded class holds. A nil *topicClasses holds nothing.
+type topicClasses struct {
+	fn     broker.TopicClass
+	mu     sync.Mutex
+	counts map[string]int64
+}
+
+func (cl *topicClasses) count(class string) int64 {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	return cl.counts[class]
+}
+
+// add counts topics created in their classes once their transaction
+// committed.
+func (cl *topicClasses) add(created map[string]int64) {
+	if cl == nil || len(created) == 0 {
+		return
+	}
+	cl.mu.Lock()
+	for class, n := range created {
+		cl.counts[class] += n
+	}
+	cl.mu.Unlock()
+}
+
+// drop uncounts a deleted topic.
+func (cl *topicClasses) drop(topic string) {
+	if cl == nil {
+		return
+	}
+	class, max := cl.fn(topic)
+	if max <= 0 {
+		return
+	}
+	cl.mu.Lock()
+	if cl.counts[class] > 0 {
+		cl.counts[class]--
+	}
+	cl.mu.Unlock()
+}
+
+// SetTopicClasses bounds the topics of classes of names as MaxTopics bounds
+// them all: an append or Ensure that would create a topic of a class that
+// holds its bound already fails with broker.ErrTooManyTopics and creates
+// nothing (AppendAt is not bounded). Topics above a bound that was lowered
+// are kept. fn replaces the previous classes; nil removes them. It counts
+// the topics of each bounded class in one pass over the topics' names, in
+// the committer's order with the appends around it, so call it once per
+// change of fn, not per topic. fn is called on the committer: it must be
+// fast and must not call the store.
+func (db *DB) SetTopicClasses(fn broker.TopicClass) error {
+	if fn == nil {
+		return db.writeTx(func(*bbolt.Tx) error { return nil }, func() { db.classes.Store(nil) })
+	}
+	cl := &topicClasses{fn: fn, counts: make(map[string]int64)}
+	return db.writeTx(func(tx *bbolt.Tx) error {
+		clear(cl.counts)
+		c := tx.Bucket(metaName).Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			if class, max := fn(string(k)); max > 0 {
+				cl.counts[class]++
+			}
+		}
+		return nil
+	}, func() { db.classes.Store(cl) })
 }
 
 // IdleTopics inspects up to max topics after the name after ("" for the
@@ -133,8 +227,10 @@ func (db *DB) DeleteIdle(topics []broker.TopicInfo, before time.Time) (deleted [
 		}
 		return nil
 	}, func() {
+		cl := db.classes.Load()
 		for _, topic := range deleted {
 			db.keys.drop(topic)
+			cl.drop(topic)
 		}
 		db.topicN.Add(-int64(len(deleted)))
 	})

@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -160,4 +161,89 @@ func deleteIdle(t *testing.T, db *DB, before time.Time, pairs ...string) []strin
 		t.Fatal(err)
 	}
 	return got
+}
+
+// TestTopicClasses: a class's bound refuses new topics of the class only,
+// concurrent creations included; a deletion frees a place; new classes
+// recount the topics the store holds; AppendAt is not bounded; nil removes
+// the bounds.
+func TestTopicClasses(t *testing.T) {
+	db, dir := openTest(t, testOptions())
+	mustAppend(t, db, "room.old", "1", "") // held before the classes are set
+	classes := func(max int) broker.TopicClass {
+		return func(topic string) (string, int) {
+			if strings.HasPrefix(topic, "room.") {
+				return "rooms", max
+			}
+			return "", 0
+		}
+	}
+	if err := db.SetTopicClasses(classes(4)); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ok, refused := 0, 0
+	for i := range 20 {
+		wg.Add(1)
+		db.AppendAsync(fmt.Sprintf("room.%02d", i), []byte("1"), "", func(_ broker.Appended, err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				ok++
+			case errors.Is(err, broker.ErrTooManyTopics):
+				refused++
+			default:
+				t.Errorf("append: %v", err)
+			}
+			wg.Done()
+		})
+	}
+	wg.Wait()
+	if ok != 3 || refused != 17 {
+		t.Fatalf("%d stored, %d refused; want 3 (4 with room.old), 17", ok, refused)
+	}
+	if _, err := db.Ensure(t.Context(), "room.z"); !errors.Is(err, broker.ErrTooManyTopics) || !strings.Contains(err.Error(), "rooms") {
+		t.Fatalf("Ensure beyond the class's bound: %v", err)
+	}
+	for i := range 10 { // other names are not bounded
+		mustAppend(t, db, fmt.Sprintf("other.%d", i), "1", "")
+	}
+	mustAppend(t, db, "room.old", "2", "") // existing topics are not refused
+	if err := db.AppendAt("room.copy", "epoch-1", []broker.Record{{Offset: 1, Time: 1, Data: []byte("1")}}); err != nil {
+		t.Fatalf("a follower's copy is not bounded: %v", err)
+	}
+
+	// A deletion frees a place; a larger bound recounts what is held.
+	if err := db.DeleteTopic("room.old"); err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, db, "room.new", "1", "")
+	if _, err := db.Append(t.Context(), "room.z", []byte("1"), ""); !errors.Is(err, broker.ErrTooManyTopics) {
+		t.Fatalf("after a delete and a create: %v", err)
+	}
+	if err := db.SetTopicClasses(classes(7)); err != nil { // holds 5 with room.copy
+		t.Fatal(err)
+	}
+	mustAppend(t, db, "room.y", "1", "")
+	mustAppend(t, db, "room.z", "1", "")
+	if _, err := db.Append(t.Context(), "room.x", []byte("1"), ""); !errors.Is(err, broker.ErrTooManyTopics) {
+		t.Fatalf("beyond the raised bound: %v", err)
+	}
+	if err := db.SetTopicClasses(nil); err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, db, "room.x", "1", "")
+
+	// The classes are the caller's: a reopened store has none until set,
+	// and setting them counts the topics on disk.
+	db = reopen(t, db, dir, testOptions())
+	mustAppend(t, db, "room.w", "1", "")
+	if err := db.SetTopicClasses(classes(9)); err != nil { // holds 9
+		t.Fatal(err)
+	}
+	if _, err := db.Ensure(t.Context(), "room.v"); !errors.Is(err, broker.ErrTooManyTopics) {
+		t.Fatalf("after reopen, beyond the bound: %v", err)
+	}
 }

@@ -21,13 +21,14 @@ import (
 //	  - match: "chat.room.*"
 //	    retention: {max-age: 24h, max-messages: 1000}
 //	    max-message-bytes: 4096
+//	    max-topics: 10000
 //	    publish-rate: 20
 //	    pattern-replay: false
 //	  - match: "cursor.>"
 //	    presence: false
 
 var (
-	policyKeys    = []string{"match", "name", "storage", "retention", "max-message-bytes", "publish-rate", "publish-burst", "pattern-replay", "presence"}
+	policyKeys    = []string{"match", "name", "storage", "retention", "max-message-bytes", "max-topics", "publish-rate", "publish-burst", "pattern-replay", "presence"}
 	retentionKeys = []string{"max-age", "max-bytes", "max-messages"}
 )
 
@@ -103,6 +104,7 @@ func parsePolicy(item any) (broker.Policy, error) {
 		return fmt.Errorf("%q: durable or ephemeral is expected", s)
 	})
 	field("max-message-bytes", func(v any) error { return asPositive(v, &p.MaxMessageBytes) })
+	field("max-topics", func(v any) error { return asPositive(v, &p.MaxTopics) })
 	field("publish-rate", func(v any) error {
 		f, ok := asFloat(v)
 		if !ok || f < 0 || math.IsInf(f, 0) || math.IsNaN(f) {

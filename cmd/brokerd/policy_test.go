@@ -25,6 +25,7 @@ policies:
     storage: durable
     retention: {max-age: 24h, max-messages: 1000, max-bytes: 1048576}
     max-message-bytes: 4096
+    max-topics: 5000
     publish-rate: 20
     publish-burst: 40
     pattern-replay: false
@@ -54,7 +55,7 @@ func TestConfigPolicies(t *testing.T) {
 	rooms := ps.For("chat.room.1")
 	want := broker.Policy{Name: "rooms", Match: "chat.room.*",
 		Retention:       broker.Retention{MaxAge: 24 * time.Hour, MaxBytes: 1 << 20, MaxMessages: 1000},
-		MaxMessageBytes: 4096, PublishRate: 20, PublishBurst: 40, NoPatternReplay: true}
+		MaxMessageBytes: 4096, MaxTopics: 5000, PublishRate: 20, PublishBurst: 40, NoPatternReplay: true}
 	if *rooms != want {
 		t.Errorf("chat.room.1: %+v, want %+v", *rooms, want)
 	}
@@ -118,6 +119,7 @@ func TestConfigPolicyErrors(t *testing.T) {
 		"policies: [{match: a, retention: {max-msgs: 1}}]\n":         `retention: unknown field\(s\) max-msgs`,
 		"policies: [{match: a, retention: 5}]\n":                     `retention: a mapping`,
 		"policies: [{match: a, max-message-bytes: -1}]\n":            `max-message-bytes: -1`,
+		"policies: [{match: a, max-topics: 0}]\n":                    `policies\[0\] \(match "a"\): max-topics: 0: a positive whole number`,
 		"policies: [{match: a, max-message-bytes: 2000000}]\n":       `policies\[0\] \(match "a"\): max-message-bytes 2000000 is larger than --max-message-bytes`,
 		"policies: [{match: a, publish-rate: fast}]\n":               `publish-rate: fast`,
 		"policies: [{match: a, publish-burst: 0}]\n":                 `publish-burst: 0`,

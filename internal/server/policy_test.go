@@ -2,8 +2,11 @@ package server_test
 
 import (
 	"encoding/json"
+	"fmt"
+	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/brokerd/brokerd/broker"
 	"github.com/brokerd/brokerd/subproto"
@@ -135,4 +138,56 @@ func TestPolicyPatternReplay(t *testing.T) {
 	if string(raw) != "2" {
 		t.Fatalf("p.live.x data %s", raw)
 	}
+}
+
+// TestPolicyMaxTopics: a policy's max-topics refuses a pub or sub (and an
+// HTTP publish) that would create one more of its topics with
+// too_many_topics and creates nothing, while its existing topics and other
+// policies' go on; a reload raising it takes effect at once; ephemeral
+// policies are bounded too, and their idle topics, once deleted, free
+// their places.
+func TestPolicyMaxTopics(t *testing.T) {
+	rooms := broker.Policy{Match: "room.*", MaxTopics: 2}
+	cursors := broker.Policy{Match: "cursor.*", Ephemeral: true, MaxTopics: 2}
+	ts := startServer(t, withPolicies(t, rooms, cursors), func(c *serverConfig) {
+		c.Broker.TopicIdle = 200 * time.Millisecond
+	})
+	c := dial(t, ts)
+	c.pub("room.1", `1`)
+	c.sub("room.2", nil)
+	c.mustErr(map[string]any{"op": "pub", "topic": "room.3", "data": 1}, subproto.CodeTooManyTopics)
+	e := c.mustErr(map[string]any{"op": "sub", "topic": "room.3"}, subproto.CodeTooManyTopics)
+	if code, m := ts.post("/v1/topics/room.3", `1`, nil); code != http.StatusInsufficientStorage {
+		t.Fatalf("HTTP publish past the policy's max-topics: %d %v", code, m)
+	}
+	if _, ok, _ := ts.Store.Topic("room.3"); ok {
+		t.Fatal("a refused topic was created")
+	}
+	t.Logf("refusal: %s", e)
+	c.pub("room.1", `2`)
+	for i := range 5 {
+		c.pub(fmt.Sprintf("other.%d", i), `1`)
+	}
+
+	rooms.MaxTopics = 3
+	if err := ts.Broker.SetPolicies(mustPolicies(t, rooms, cursors)); err != nil {
+		t.Fatal(err)
+	}
+	c.pub("room.3", `1`)
+	c.mustErr(map[string]any{"op": "sub", "topic": "room.4"}, subproto.CodeTooManyTopics)
+
+	// Ephemeral: cursor.1 is touched and left, cursor.2 stays subscribed.
+	c.sub("cursor.1", nil)
+	c.mustOK(map[string]any{"op": "unsub", "topic": "cursor.1"})
+	c.sub("cursor.2", nil)
+	c.mustErr(map[string]any{"op": "pub", "topic": "cursor.3", "data": 1}, subproto.CodeTooManyTopics)
+	if n := ts.Store.TopicCount(); n != 3+5 {
+		t.Fatalf("the store holds %d topics, want 8 (no cursor)", n)
+	}
+	p := dial(t, ts)
+	eventually(t, 30*time.Second, "cursor.1 deleted as idle, freeing its place", func() bool {
+		ev := p.do(map[string]any{"op": "pub", "topic": "cursor.3", "data": 1})
+		return ev.Op == "ok"
+	})
+	c.mustErr(map[string]any{"op": "sub", "topic": "cursor.4"}, subproto.CodeTooManyTopics)
 }
