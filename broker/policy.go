@@ -87,40 +87,55 @@ func (ps *Policies) topicClass(topic string) (string, int) {
 	return "policy " + strconv.Quote(p.Name), p.MaxTopics
 }
 
-// boundsTopics reports whether a durable policy has MaxTopics.
-func (ps *Policies) boundsTopics() bool {
+// classes describes which class each topic falls in under ps (every
+// pattern, and which policies bound their topics), not the bounds: two
+// Policies with the same description put every topic in the same class.
+// "" when no durable policy bounds its topics.
+func (ps *Policies) classes() string {
+	var b strings.Builder
+	bounded := false
 	for _, p := range append(ps.list, ps.def) {
-		if !p.Ephemeral && p.MaxTopics > 0 {
-			return true
-		}
+		cls := !p.Ephemeral && p.MaxTopics > 0
+		bounded = bounded || cls
+		fmt.Fprintf(&b, "%q %q %t\n", p.Match, p.Name, cls)
 	}
-	return false
+	if !bounded {
+		return ""
+	}
+	return b.String()
 }
 
-// boundTopics hands ps's topic bounds to the durable store. A store that
-// cannot bound topics refuses policies with MaxTopics.
+// boundTopics hands ps's topic bounds to the durable store. When the
+// topics fall in the same classes as under the policies before (only
+// bounds changed), the store's counts stay good and are not taken again.
+// A store that cannot bound topics refuses policies with MaxTopics.
+// reloadMu is held, or the server is being made.
 func (srv *Server) boundTopics(ps *Policies) error {
 	st := srv.store
 	if srv.eph != nil {
 		st = srv.eph.Store
 	}
 	b, ok := st.(TopicBounder)
+	classes := ps.classes()
 	switch {
-	case !ps.boundsTopics() && (!ok || !srv.bounded.Load()):
+	case classes == srv.classes:
+		srv.classPolicies.Store(ps) // the bounds the store reads
 		return nil
-	case !ok:
+	case classes != "" && !ok:
 		return errors.New("broker: policies with max-topics need a store that bounds topics")
-	case !ps.boundsTopics():
+	case classes == "":
 		if err := b.SetTopicClasses(nil); err != nil {
 			return err
 		}
-		srv.bounded.Store(false)
-		return nil
+	default:
+		cp := &srv.classPolicies
+		cp.Store(ps)
+		err := b.SetTopicClasses(func(topic string) (string, int) { return cp.Load().topicClass(topic) })
+		if err != nil {
+			return err
+		}
 	}
-	if err := b.SetTopicClasses(ps.topicClass); err != nil {
-		return err
-	}
-	srv.bounded.Store(true)
+	srv.classes = classes
 	return nil
 }
 

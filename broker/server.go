@@ -63,7 +63,11 @@ type Server struct {
 	policies atomic.Pointer[Policies]
 	eph      *ephemeralStore // nil without ephemeral policies; then store is it
 	reloadMu sync.Mutex      // SetPolicies, one at a time
-	bounded  atomic.Bool     // the durable store was given topic classes
+	// The topic classes (Policy.MaxTopics) the durable store was given:
+	// their description (Policies.classes; "" for none, guarded by
+	// reloadMu) and the policies whose bounds the store reads.
+	classes       string
+	classPolicies atomic.Pointer[Policies]
 
 	draining atomic.Bool
 	stop     chan struct{}

@@ -191,3 +191,30 @@ func TestPolicyMaxTopics(t *testing.T) {
 	})
 	c.mustErr(map[string]any{"op": "sub", "topic": "cursor.4"}, subproto.CodeTooManyTopics)
 }
+
+// TestPolicyMaxTopicsReload: policies that put topics in new classes
+// count the topics each already holds; removing a bound lifts it.
+func TestPolicyMaxTopicsReload(t *testing.T) {
+	rooms := broker.Policy{Match: "room.*", MaxTopics: 1}
+	ts := startServer(t, withPolicies(t, rooms))
+	c := dial(t, ts)
+	c.pub("room.1", `1`)
+	for i := range 5 {
+		c.pub(fmt.Sprintf("other.%d", i), `1`)
+	}
+	others := broker.Policy{Match: "other.*", MaxTopics: 5}
+	if err := ts.Broker.SetPolicies(mustPolicies(t, rooms, others)); err != nil {
+		t.Fatal(err)
+	}
+	c.mustErr(map[string]any{"op": "pub", "topic": "other.new", "data": 1}, subproto.CodeTooManyTopics)
+	c.mustErr(map[string]any{"op": "pub", "topic": "room.2", "data": 1}, subproto.CodeTooManyTopics)
+	if err := ts.Broker.SetPolicies(mustPolicies(t, broker.Policy{Match: "room.*"}, others)); err != nil {
+		t.Fatal(err)
+	}
+	c.pub("room.2", `1`)
+	c.mustErr(map[string]any{"op": "sub", "topic": "other.new"}, subproto.CodeTooManyTopics)
+	if err := ts.Broker.SetPolicies(mustPolicies(t)); err != nil {
+		t.Fatal(err)
+	}
+	c.pub("other.new", `1`)
+}
