@@ -65,3 +65,34 @@ func BenchmarkRetentionPass(b *testing.B) {
 	// The process's CPU time (every goroutine's, the collector's too).
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N)/float64(n), "cpu-ns/topic")
 }
+
+// BenchmarkTopicClassesCount: what SetTopicClasses costs (the publishes
+// wait meanwhile): one pass over BROKERD_BENCH_TOPICS topic names (default
+// 100,000), each classified by ten policies as the broker does.
+func BenchmarkTopicClassesCount(b *testing.B) {
+	n := 100_000
+	if s := os.Getenv("BROKERD_BENCH_TOPICS"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	db, _ := openTest(b, testOptions())
+	fillTopics(b, db, n)
+	var list []broker.Policy
+	for i := range 10 {
+		list = append(list, broker.Policy{Match: "p" + strconv.Itoa(i) + ".*.x", MaxTopics: 1000})
+	}
+	ps, err := broker.NewPolicies(broker.Policy{MaxTopics: 1 << 30}, list)
+	if err != nil {
+		b.Fatal(err)
+	}
+	class := func(topic string) (string, int) {
+		p := ps.For(topic)
+		return p.Name, p.MaxTopics
+	}
+	start := time.Now()
+	for b.Loop() {
+		if err := db.SetTopicClasses(class); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(time.Since(start).Nanoseconds())/float64(b.N)/float64(n), "ns/topic")
+}
