@@ -129,9 +129,10 @@ func (srv *Server) boundTopics(ps *Policies) error {
 		}
 	default:
 		cp := &srv.classPolicies
-		cp.Store(ps)
+		prev := cp.Swap(ps)
 		err := b.SetTopicClasses(func(topic string) (string, int) { return cp.Load().topicClass(topic) })
 		if err != nil {
+			cp.Store(prev) // the store keeps the classes it had, and their bounds
 			return err
 		}
 	}
