@@ -498,18 +498,72 @@ func (r memReclaimer) DeleteIdle(topics []TopicInfo, before time.Time) ([]string
 		if l == nil || l.epoch != info.Epoch || len(l.recs) != 0 || l.last > cut {
 			continue
 		}
-		delete(e.topics, info.Topic)
-		if m := e.policy(info.Topic).Match; e.perMatch[m] > 1 {
-			e.perMatch[m]--
-		} else {
-			delete(e.perMatch, m)
-		}
-		e.cost -= l.cost
+		e.forgetLocked(info.Topic, l)
 		deleted = append(deleted, info.Topic)
 	}
 	return deleted, nil
 }
 
 // errEphemeralCluster: an ephemeral policy with a store that is a
-// cluster.
-var errEphemeralCluster = errors.New("broker: ephemeral topics are not supported in a cluster")
+// cluster and cannot keep them.
+var errEphemeralCluster = errors.New("broker: ephemeral topics need a cluster store that keeps them (EphemeralHost)")
+
+// EphemeralHost is implemented by a Store that keeps ephemeral topics
+// itself, where the broker's own layer over it cannot: a cluster, whose
+// node owning a topic must keep it. The server calls HostEphemeral once,
+// before SetCommitHook, when its policies have an ephemeral one; policy
+// returns a topic's current policy.
+type EphemeralHost interface {
+	HostEphemeral(policy func(topic string) *Policy, now func() time.Time) error
+}
+
+// EphemeralStore is a Store that keeps the topics of ephemeral policies in
+// memory, as the broker does on a single node (see Policy.Ephemeral), and
+// hands every other topic to a durable Store. An EphemeralHost builds its
+// own on the store of the topics it owns.
+type EphemeralStore interface {
+	Store
+	// Ephemeral reports whether topic is ephemeral under its policy.
+	Ephemeral(topic string) bool
+	// DropTopics forgets the ephemeral topics for which drop returns
+	// true: created again, they start in a new epoch.
+	DropTopics(drop func(topic string) bool)
+	// Reclaimer deletes idle ephemeral topics (see Reclaimer).
+	Reclaimer() Reclaimer
+	// Close stops its goroutines.
+	Close()
+}
+
+// NewEphemeralStore returns an EphemeralStore over durable.
+func NewEphemeralStore(durable Store, policy func(topic string) *Policy, now func() time.Time) EphemeralStore {
+	return exported{newEphemeralStore(durable, policy, now)}
+}
+
+type exported struct{ *ephemeralStore }
+
+func (x exported) Ephemeral(topic string) bool { _, ok := x.ephemeral(topic); return ok }
+func (x exported) Reclaimer() Reclaimer        { return x.reclaimer() }
+func (x exported) Close()                      { x.close() }
+
+// DropTopics forgets the ephemeral topics drop selects.
+func (e *ephemeralStore) DropTopics(drop func(topic string) bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for name, l := range e.topics {
+		if !drop(name) {
+			continue
+		}
+		e.forgetLocked(name, l)
+	}
+}
+
+// forgetLocked deletes topic, whose log is l.
+func (e *ephemeralStore) forgetLocked(topic string, l *memLog) {
+	delete(e.topics, topic)
+	if m := e.policy(topic).Match; e.perMatch[m] > 1 {
+		e.perMatch[m]--
+	} else {
+		delete(e.perMatch, m)
+	}
+	e.cost -= l.cost
+}

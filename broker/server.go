@@ -139,11 +139,18 @@ func New(cfg Config, st Store) (*Server, error) {
 	if ps.HasEphemeral() {
 		_, claims := st.(Claims)
 		_, interested := st.(Interested)
-		if claims || interested {
+		host, hosts := st.(EphemeralHost)
+		switch {
+		case hosts:
+			if err := host.HostEphemeral(srv.Policy, cfg.Now); err != nil {
+				return nil, err
+			}
+		case claims || interested:
 			return nil, errEphemeralCluster
+		default:
+			srv.eph = newEphemeralStore(st, srv.Policy, cfg.Now)
+			srv.store = srv.eph
 		}
-		srv.eph = newEphemeralStore(st, srv.Policy, cfg.Now)
-		srv.store = srv.eph
 	}
 	if err := srv.boundTopics(ps); err != nil {
 		if srv.eph != nil {

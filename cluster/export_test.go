@@ -1,6 +1,10 @@
 package cluster
 
-import "github.com/brokerd/brokerd/broker"
+import (
+	"context"
+
+	"github.com/brokerd/brokerd/broker"
+)
 
 // SimulateLiveOutage makes this node miss the live records of topic, as
 // while it was cut off from NATS, until the returned function restores
@@ -140,4 +144,14 @@ func (n *Node) PauseRPC() (resume func()) {
 		n.rpcSub, _ = n.nc.Subscribe(n.rpcSubject(n.cfg.Node), n.serve)
 		_ = n.nc.Flush()
 	}
+}
+
+// AppendInTerm appends data to topic through the store this node would
+// use as its owner in term (see data).
+func (n *Node) AppendInTerm(topic string, term uint64, data []byte) (broker.Appended, error) {
+	st, _, err := n.data(n.partition(topic), term, topic)
+	if err != nil {
+		return broker.Appended{}, err
+	}
+	return st.Append(context.Background(), topic, data, "")
 }

@@ -162,6 +162,12 @@ func restartNode(t testing.TB, url, clusterName string, old *testNode, replicas 
 
 func startNodeOn(t testing.TB, url, clusterName, name string, replicas int, st *store.DB) *testNode {
 	t.Helper()
+	return startNodeWith(t, url, clusterName, name, replicas, st, nil)
+}
+
+// startNodeWith is startNodeOn with the broker configured by bcfg too.
+func startNodeWith(t testing.TB, url, clusterName, name string, replicas int, st *store.DB, bcfg func(*broker.Config)) *testNode {
+	t.Helper()
 	nc, err := nats.Connect(url, nats.NoEcho(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
@@ -171,7 +177,11 @@ func startNodeOn(t testing.TB, url, clusterName, name string, replicas int, st *
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := broker.New(broker.Config{Node: name, Logger: quiet}, node)
+	cfg := broker.Config{Node: name, Logger: quiet}
+	if bcfg != nil {
+		bcfg(&cfg)
+	}
+	b, err := broker.New(cfg, node)
 	if err != nil {
 		t.Fatal(err)
 	}

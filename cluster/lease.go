@@ -186,7 +186,8 @@ func (n *Node) pass() {
 		if t, ok := replTerms[p]; ok {
 			in.ReplTerm = t
 		}
-		if l.Owner != n.cfg.Node {
+		other := l.Owner != n.cfg.Node
+		if other {
 			if st.mine {
 				n.log.Warn("cluster: lease lost", "partition", p, "to", l.Owner)
 			}
@@ -195,6 +196,9 @@ func (n *Node) pass() {
 			n.fence[p] = max(n.fence[p], l.Term)
 		}
 		n.mu.Unlock()
+		if other {
+			n.dropEphemeral(p, l.Term)
+		}
 		in.Under = n.owned() < share
 		out := safe.Pass(in)
 		if out.DropUnacked {

@@ -238,7 +238,14 @@ func (n *Node) onLocalCommit(batch []broker.Committed) {
 		return
 	}
 	if n.cfg.replicated() {
-		n.replicate(keep)
+		durable, eph := n.splitEphemeral(keep)
+		if len(eph) > 0 { // no copies to wait for
+			n.deliver(eph)
+			n.publishLive(eph)
+		}
+		if len(durable) > 0 {
+			n.replicate(durable)
+		}
 		return
 	}
 	n.deliver(keep)

@@ -47,6 +47,7 @@ type Node struct {
 	cfg     Config
 	log     *slog.Logger
 	local   *store.DB
+	eph     atomic.Pointer[ephemeral] // HostEphemeral; nil without ephemeral policies
 	nc      *nats.Conn
 	ownConn bool
 	// ctl is the control connection, this node's own: the lease and node
@@ -359,6 +360,9 @@ func (n *Node) shut() {
 	n.imu.Unlock()
 	n.liveStop.Do(func() { close(n.liveQuit) })
 	n.liveWG.Wait()
+	if e := n.eph.Load(); e != nil {
+		e.st.Close()
+	}
 	n.failReplWaits()
 	n.pmu.Lock()
 	calls := n.pending

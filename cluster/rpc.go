@@ -168,9 +168,10 @@ func (n *Node) request(ctx context.Context, topic string, body []byte, local fun
 		}
 		owner, _, isLocal := n.where(p)
 		if isLocal {
-			return local()
-		}
-		if owner != "" && owner != n.cfg.Node {
+			if err := local(); !errors.Is(err, errRetry) {
+				return err
+			}
+		} else if owner != "" && owner != n.cfg.Node {
 			rctx, cancel := context.WithDeadline(ctx, deadline)
 			m, err := n.nc.RequestMsgWithContext(rctx, &nats.Msg{Subject: n.rpcSubject(owner), Data: body})
 			cancel()
@@ -334,7 +335,11 @@ func (n *Node) serveRead(m *nats.Msg, op byte, topic string, r *reader) {
 			b = putInfo(b, &ti)
 		}
 	case opTopic:
-		ti, ok, e := n.local.Topic(topic)
+		var st broker.Store
+		if st, _, err = n.ownedData(topic); err != nil {
+			break
+		}
+		ti, ok, e := st.Topic(topic)
 		ti = n.capInfo(ti)
 		err = e
 		b = putBool(b, ok)
@@ -345,7 +350,11 @@ func (n *Node) serveRead(m *nats.Msg, op byte, topic string, r *reader) {
 			break
 		}
 		var recs []broker.Record
-		if recs, err = n.local.Read(topic, from, max, min(maxBytes, n.pageBytes())); err == nil {
+		var st broker.Store
+		if st, _, err = n.ownedData(topic); err != nil {
+			break
+		}
+		if recs, err = st.Read(topic, from, max, min(maxBytes, n.pageBytes())); err == nil {
 			recs = n.capRecs(topic, recs)
 			b = putUvarint(b, uint64(len(recs)))
 			for i := range recs {

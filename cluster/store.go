@@ -65,16 +65,22 @@ func (n *Node) appendTry(topic string, data []byte, key string, done func(broker
 // ErrUnavailable: its offset belongs to a history the new owner does not
 // have.
 func (n *Node) appendLocal(p int, term uint64, topic string, data []byte, key string, done func(broker.Appended, error)) {
-	if n.cfg.replicated() {
+	st, eph, err := n.data(p, term, topic)
+	if err != nil {
+		go done(broker.Appended{}, err)
+		return
+	}
+	repl := n.cfg.replicated() && !eph // an ephemeral topic has no copies
+	if repl {
 		n.markBeforeAppend(topic)
 	}
 	n.inflight.Add(1)
-	n.local.AppendAsync(topic, data, key, func(a broker.Appended, err error) {
+	st.AppendAsync(topic, data, key, func(a broker.Appended, err error) {
 		n.inflight.Add(-1)
 		if err == nil && !n.holds(p, term) {
 			err = fmt.Errorf("%w: the lease of partition %d was lost during the append", ErrUnavailable, p)
 		}
-		if err == nil && n.cfg.replicated() {
+		if err == nil && repl {
 			n.awaitRepl(a, done)
 			return
 		}
@@ -114,8 +120,12 @@ func (n *Node) Ensure(ctx context.Context, topic string) (ti broker.TopicInfo, e
 // ensureLocal creates topic on this node, its owner, and an empty one on
 // the followers too.
 func (n *Node) ensureLocal(ctx context.Context, topic string) (broker.TopicInfo, error) {
-	ti, err := n.local.Ensure(ctx, topic)
-	if err == nil && ti.Head == 0 && n.cfg.replicated() {
+	st, eph, err := n.ownedData(topic)
+	if err != nil {
+		return broker.TopicInfo{}, err
+	}
+	ti, err := st.Ensure(ctx, topic)
+	if err == nil && ti.Head == 0 && n.cfg.replicated() && !eph {
 		n.ensureFollowers(ti)
 	}
 	return ti, err
@@ -129,7 +139,11 @@ func (n *Node) Read(topic string, from uint64, max, maxBytes int) (recs []broker
 	body = putUvarint(body, uint64(max))
 	body = putUvarint(body, uint64(maxBytes))
 	err = n.request(context.Background(), topic, body, func() error {
-		recs, err = n.local.Read(topic, from, max, maxBytes)
+		st, _, err := n.ownedData(topic)
+		if err != nil {
+			return err
+		}
+		recs, err = st.Read(topic, from, max, maxBytes)
 		recs = n.capRecs(topic, recs)
 		return err
 	}, func(r *reader) error {
@@ -154,7 +168,11 @@ func (n *Node) Read(topic string, from uint64, max, maxBytes int) (recs []broker
 func (n *Node) Topic(topic string) (ti broker.TopicInfo, ok bool, err error) {
 	body := putString([]byte{opTopic}, topic)
 	err = n.request(context.Background(), topic, body, func() error {
-		ti, ok, err = n.local.Topic(topic)
+		st, _, err := n.ownedData(topic)
+		if err != nil {
+			return err
+		}
+		ti, ok, err = st.Topic(topic)
 		ti = n.capInfo(ti)
 		return err
 	}, func(r *reader) error {
@@ -184,7 +202,11 @@ func (n *Node) OffsetAt(topic string, ms int64) (off uint64, earliestTime int64,
 // offsetAtLocal is OffsetAt on the owner: records not yet copied as
 // configured are not visible (as in Read).
 func (n *Node) offsetAtLocal(topic string, ms int64) (uint64, int64, error) {
-	off, et, err := n.local.OffsetAt(topic, ms)
+	st, _, err := n.ownedData(topic)
+	if err != nil {
+		return 0, 0, err
+	}
+	off, et, err := st.OffsetAt(topic, ms)
 	if c, ok := n.replCap(topic); ok && off > c+1 {
 		off = c + 1
 	}
@@ -424,9 +446,14 @@ func inSet(set []byte, p int) bool { return p/8 < len(set) && set[p/8]&(1<<(p%8)
 
 // ownedTopics lists local topics of the partitions in served.
 func (n *Node) ownedTopics(after string, max int, served []byte) ([]broker.TopicInfo, error) {
+	var all broker.Store = n.local
+	if e := n.eph.Load(); e != nil {
+		all = e.st // the ephemeral topics too, of the current terms
+		n.refreshEphemeral(served)
+	}
 	var out []broker.TopicInfo
 	for len(out) < max {
-		list, err := n.local.Topics(after, 1000)
+		list, err := all.Topics(after, 1000)
 		if err != nil {
 			return nil, err
 		}

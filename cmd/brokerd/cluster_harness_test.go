@@ -138,7 +138,9 @@ type testCluster struct {
 	// replicas, when set, is the nodes' --replicas instead of
 	// -cluster.replicas.
 	replicas string
-	js       jetstream.JetStream
+	// args are more flags for every node (e.g. --config).
+	args []string
+	js   jetstream.JetStream
 
 	mu  sync.Mutex
 	all []*daemon // every process started, in order, for the failure report
@@ -196,10 +198,10 @@ func (c *testCluster) start(n *clusterNode) {
 	if n.proxy != nil {
 		url = n.proxy.url()
 	}
-	d := startDaemon(c.t, n.dataDir,
+	d := startDaemon(c.t, n.dataDir, append([]string{
 		"--nats", url, "--cluster", c.name, "--node", n.name,
 		"--replicas", cmp.Or(c.replicas, strconv.Itoa(*clusterReplicasOf)), "--partitions", strconv.Itoa(clusterPartitions),
-		"--lease-ttl", clusterLeaseTTL.String(), "--log-level", "debug")
+		"--lease-ttl", clusterLeaseTTL.String(), "--log-level", "debug"}, c.args...)...)
 	c.mu.Lock()
 	c.all = append(c.all, d)
 	c.mu.Unlock()

@@ -218,9 +218,6 @@ func (c *config) policies() (*broker.Policies, error) {
 		if p.MaxMessageBytes > c.MaxMessageBytes {
 			errs = append(errs, fmt.Errorf("policies[%d] (match %q): max-message-bytes %d is larger than %s %d", i, p.Match, p.MaxMessageBytes, c.optName("max-message-bytes"), c.MaxMessageBytes))
 		}
-		if p.Ephemeral && c.NATS != "" {
-			errs = append(errs, fmt.Errorf("policies[%d] (match %q): storage: ephemeral topics are not supported in a cluster (%s is set): make the policy durable or run a single node", i, p.Match, c.optName("nats")))
-		}
 	}
 	if _, err := broker.NewPolicies(def, c.policyList); err != nil {
 		errs = append(errs, err)

@@ -291,10 +291,4 @@ func TestEphemeralRestart(t *testing.T) {
 		t.Fatalf("resuming the durable topic after a restart: %s", ev)
 	}
 	d.stop(15 * time.Second)
-
-	// In a cluster: refused at start, naming the policy.
-	r := runBrokerd(t, 10*time.Second, nil, "--addr", "127.0.0.1:0", "--data", t.TempDir(), "--config", file, "--nats", "nats://127.0.0.1:1")
-	if r.code != 2 || !strings.Contains(r.stderr, `policies[0] (match "cursor.>"): storage: ephemeral topics are not supported in a cluster`) {
-		t.Fatalf("ephemeral with --nats: exit %d, stderr:\n%s", r.code, r.stderr)
-	}
 }

@@ -1,0 +1,141 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/brokerd/brokerd/broker"
+)
+
+// Ephemeral topics in a cluster (a policy with storage: ephemeral). The
+// node that owns a topic's partition keeps its log in memory, in the
+// broker's ephemeral layer over its local store, and is its only copy:
+// publishes are acknowledged without a disk write and without waiting for
+// a follower, and followers hold nothing. Other nodes reach the log through
+// the owner as for any topic, and get its records live as for any topic.
+//
+// A log belongs to the term in which its owner served it. Before it serves
+// an ephemeral topic in a later term, a node drops what it kept of the
+// partition's ephemeral topics: another node may have served them since,
+// and a log from before would go back in time. So a take-over, or an owner
+// coming back, starts a new epoch for them, and a client resuming with the
+// old epoch gets epoch_mismatch, never a gap passed off as none.
+
+// ephemeral is the state of a node that hosts ephemeral topics.
+type ephemeral struct {
+	st   broker.EphemeralStore
+	mu   sync.Mutex
+	term []uint64 // per partition: the term its ephemeral logs belong to
+}
+
+// HostEphemeral makes this node keep the ephemeral topics of the
+// partitions it owns (see broker.EphemeralHost). The broker calls it once,
+// before SetCommitHook.
+func (n *Node) HostEphemeral(policy func(topic string) *broker.Policy, now func() time.Time) error {
+	e := &ephemeral{st: broker.NewEphemeralStore(n.local, policy, now), term: make([]uint64, n.cfg.Partitions)}
+	if !n.eph.CompareAndSwap(nil, e) {
+		e.st.Close()
+		return errors.New("cluster: HostEphemeral called twice")
+	}
+	e.st.SetCommitHook(n.onLocalCommit)
+	return nil
+}
+
+// isEphemeral reports whether topic is ephemeral under its policy.
+func (n *Node) isEphemeral(topic string) bool {
+	e := n.eph.Load()
+	return e != nil && e.st.Ephemeral(topic)
+}
+
+// data returns the store that keeps topic on this node, the owner of its
+// partition p in term: the ephemeral layer for an ephemeral topic (eph
+// set; see above), the local store for the others.
+func (n *Node) data(p int, term uint64, topic string) (st broker.Store, eph bool, err error) {
+	e := n.eph.Load()
+	if e == nil || !e.st.Ephemeral(topic) {
+		return n.local, false, nil
+	}
+	if err := n.enterTerm(e, p, term); err != nil {
+		return nil, true, err
+	}
+	return e.st, true, nil
+}
+
+// enterTerm makes p's ephemeral logs those of term: it drops those of an
+// earlier term, and refuses a caller that looked up the owner before a
+// later term began here.
+func (n *Node) enterTerm(e *ephemeral, p int, term uint64) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	switch t := e.term[p]; {
+	case term < t:
+		return fmt.Errorf("%w: partition %d is served in a later term", ErrUnavailable, p)
+	case term > t:
+		e.st.DropTopics(func(topic string) bool { return n.partition(topic) == p })
+		e.term[p] = term
+	}
+	return nil
+}
+
+// refreshEphemeral brings the ephemeral logs of the partitions in served
+// (see servedParts) to their current terms, so that a listing shows none
+// from an earlier one.
+func (n *Node) refreshEphemeral(served []byte) {
+	e := n.eph.Load()
+	if e == nil {
+		return
+	}
+	for p := range n.cfg.Partitions {
+		if !inSet(served, p) {
+			continue
+		}
+		if _, term, local := n.where(p); local {
+			_ = n.enterTerm(e, p, term)
+		}
+	}
+}
+
+// dropEphemeral forgets the ephemeral topics of partition p, which
+// another node owns in term: they would be kept for nothing, and count
+// against the node's bounds. Once per term: lease passes call it every
+// time they see the lease.
+func (n *Node) dropEphemeral(p int, term uint64) {
+	e := n.eph.Load()
+	if e == nil {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.term[p] < term {
+		e.st.DropTopics(func(topic string) bool { return n.partition(topic) == p })
+		e.term[p] = term
+	}
+}
+
+// ownedData is data for a topic of a partition this node serves now;
+// errRetry when it does not.
+func (n *Node) ownedData(topic string) (broker.Store, bool, error) {
+	p := n.partition(topic)
+	_, term, local := n.where(p)
+	if !local {
+		return nil, false, errRetry
+	}
+	return n.data(p, term, topic)
+}
+
+// splitEphemeral moves the ephemeral topics' records of batch to eph.
+func (n *Node) splitEphemeral(batch []broker.Committed) (durable, eph []broker.Committed) {
+	if n.eph.Load() == nil {
+		return batch, nil
+	}
+	for i := range batch {
+		if n.isEphemeral(batch[i].Topic) {
+			eph = append(eph, batch[i])
+		} else {
+			durable = append(durable, batch[i])
+		}
+	}
+	return durable, eph
+}

@@ -1,0 +1,150 @@
+package cluster_test
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/brokerd/brokerd/broker"
+	"github.com/brokerd/brokerd/store"
+)
+
+// startEphemeralCluster starts k nodes keeping replicas copies of durable
+// topics, with the topics under cursor.> ephemeral.
+func startEphemeralCluster(t *testing.T, url, name string, k, replicas int) []*testNode {
+	t.Helper()
+	ps, err := broker.NewPolicies(broker.Policy{}, []broker.Policy{{Match: "cursor.>", Ephemeral: true, Retention: broker.Retention{MaxMessages: 100}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := make([]*testNode, k)
+	for i := range nodes {
+		node := fmt.Sprintf("n%d", i+1)
+		st, err := store.Open(t.TempDir(), &store.Options{Logger: quiet, RetentionInterval: -1, NoSync: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := st.Check(); err != nil {
+				t.Errorf("%s: store check: %v", node, err)
+			}
+			_ = st.Close()
+		})
+		nodes[i] = startNodeWith(t, url, name, node, replicas, st, func(c *broker.Config) { c.Policies = ps })
+	}
+	waitSpread(t, nodes)
+	return nodes
+}
+
+// TestEphemeralTopicsInCluster: an ephemeral topic is kept in memory by
+// its owner alone (no store holds it, no follower is waited for), is
+// reached from every node with one sequence of offsets, and a failover
+// starts it in a new epoch: a resume with the old one gets epoch_mismatch,
+// as does the subscription that was live on it; durable topics beside it
+// are still copied.
+func TestEphemeralTopicsInCluster(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t)
+	nodes := startEphemeralCluster(t, url, "eph", 3, 2)
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	topic := topicOwnedBy(t, b, "cursor.")
+	ca := connect(t, a)
+	for i := uint64(1); i <= 5; i++ {
+		ok := mustOK(t, ca.pub(topic, fmt.Sprint(i), ""))
+		if num(ok["offset"]) != i {
+			t.Fatalf("publish %d through a non-owner: %v", i, ok)
+		}
+	}
+	for _, tn := range nodes {
+		if _, ok, _ := tn.Store.Topic(topic); ok {
+			t.Fatalf("the ephemeral topic reached %s's store", tn.name)
+		}
+	}
+	cc := connect(t, c)
+	ok := mustOK(t, cc.do(map[string]any{"op": "sub", "topic": topic, "from": 1}))
+	epoch, _ := ok["epoch"].(string)
+	if epoch == "" || num(ok["head"]) != 5 {
+		t.Fatalf("sub on a third node: %v, want an epoch and head 5", ok)
+	}
+	cc.wait("the 5 messages", func(evs []map[string]any) bool { return len(msgs(evs, topic)) == 5 })
+	mustOK(t, ca.pub(topic, `6`, ""))
+	cc.wait("the live message", func(evs []map[string]any) bool { return len(msgs(evs, topic)) == 6 })
+	list, err := c.Node.Topics("cursor.", 100)
+	if err != nil || len(list) != 1 || list[0].Topic != topic || list[0].Head != 6 || list[0].Epoch != epoch {
+		t.Fatalf("listing: %+v %v", list, err)
+	}
+
+	// A durable topic of the same owner is still copied.
+	durable := topicOwnedBy(t, b, "orders.")
+	mustOK(t, ca.pub(durable, `1`, ""))
+	waitFor(t, "the durable topic's copy", func() bool {
+		_, okA, _ := a.Store.Topic(durable)
+		_, okC, _ := c.Store.Topic(durable)
+		return okA || okC
+	})
+
+	// The owner dies, once both partitions name a follower (which holds
+	// the durable topic's history, and nothing of the ephemeral one): the
+	// new owner starts the ephemeral topic in a new epoch.
+	waitListed(t, nodes, b, topic)
+	waitListed(t, nodes, b, durable)
+	b.kill()
+	var next map[string]any
+	waitFor(t, "a publish after the failover", func() bool {
+		next = ca.pub(topic, `7`, "")
+		return next["op"] == "ok"
+	})
+	if num(next["offset"]) != 1 {
+		t.Fatalf("after the failover: %v, want offset 1", next)
+	}
+	if ti, ok, err := a.Node.Topic(topic); err != nil || !ok || ti.Epoch == epoch || ti.Head != 1 {
+		t.Fatalf("after the failover: %+v %v %v, want head 1 in a new epoch (old %s)", ti, ok, err, epoch)
+	}
+	cc.wait("the live subscription ended with epoch_mismatch", func(evs []map[string]any) bool {
+		for _, ev := range evs {
+			if ev["op"] == "unsubbed" && ev["topic"] == topic && ev["code"] == "epoch_mismatch" {
+				return true
+			}
+		}
+		return false
+	})
+	e := connect(t, c).do(map[string]any{"op": "sub", "topic": topic, "from": 7, "epoch": epoch})
+	if e["op"] != "err" || e["code"] != "epoch_mismatch" {
+		t.Fatalf("resume with the old epoch: %v", e)
+	}
+	if _, err := a.Node.Append(t.Context(), durable, []byte(`2`), ""); err != nil {
+		t.Fatalf("the durable topic after the failover: %v", err)
+	}
+}
+
+// TestEphemeralLogBelongsToItsTerm: a node serving an ephemeral topic in a
+// later term than its log's (another node may have served it meanwhile)
+// starts it again in a new epoch, and refuses an append looked up in the
+// earlier term; durable topics are not touched.
+func TestEphemeralLogBelongsToItsTerm(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t)
+	a := startEphemeralCluster(t, url, "term", 1, 1)[0]
+	first, err := a.Node.AppendInTerm("cursor.x", 100, []byte(`1`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := a.Node.AppendInTerm("cursor.x", 100, []byte(`2`))
+	if err != nil || second.Epoch != first.Epoch || second.Offset != 2 {
+		t.Fatalf("same term: %+v %v after %+v", second, err, first)
+	}
+	durable, err := a.Node.AppendInTerm("orders.x", 100, []byte(`1`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	later, err := a.Node.AppendInTerm("cursor.x", 101, []byte(`3`))
+	if err != nil || later.Epoch == first.Epoch || later.Offset != 1 {
+		t.Fatalf("a later term: %+v %v, want offset 1 in a new epoch (old %s)", later, err, first.Epoch)
+	}
+	if _, err := a.Node.AppendInTerm("cursor.x", 100, []byte(`4`)); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("an append of the earlier term: %v, want unavailable", err)
+	}
+	if d, err := a.Node.AppendInTerm("orders.x", 101, []byte(`2`)); err != nil || d.Epoch != durable.Epoch || d.Offset != 2 {
+		t.Fatalf("the durable topic: %+v %v", d, err)
+	}
+}
