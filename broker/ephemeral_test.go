@@ -78,19 +78,26 @@ func TestEphemeralStoreOrder(t *testing.T) {
 	}
 }
 
-// TestEphemeralStoreAge: records past the policy's max age are dropped
-// by the sweep; the head stays.
-func TestEphemeralStoreAge(t *testing.T) {
+// agingStore returns an ephemeral store whose e.* topics keep records for
+// a minute, on a clock the test moves.
+func agingStore(t *testing.T) (e *ephemeralStore, now *atomic.Int64) {
+	t.Helper()
 	ps, err := NewPolicies(Policy{}, []Policy{{Match: "e.*", Ephemeral: true, Retention: Retention{MaxAge: time.Minute}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var now atomic.Int64
+	now = new(atomic.Int64)
 	now.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
-	clock := func() time.Time { return time.Unix(0, now.Load()) }
-	e := newEphemeralStore(newMemStore(), ps.For, clock)
-	defer e.close()
+	e = newEphemeralStore(newMemStore(), ps.For, func() time.Time { return time.Unix(0, now.Load()) })
+	t.Cleanup(e.close)
 	e.SetCommitHook(func([]Committed) {})
+	return e, now
+}
+
+// TestEphemeralStoreAge: records past the policy's max age are dropped
+// by the sweep; the head stays.
+func TestEphemeralStoreAge(t *testing.T) {
+	e, now := agingStore(t)
 	for range 3 {
 		if _, err := e.Append(t.Context(), "e.a", []byte("1"), ""); err != nil {
 			t.Fatal(err)
@@ -178,16 +185,8 @@ func TestEphemeralStoreMemory(t *testing.T) {
 // nothing was appended since, and a deletion frees a place under the cap;
 // a topic created again gets a new epoch.
 func TestEphemeralStoreReclaim(t *testing.T) {
-	ps, err := NewPolicies(Policy{}, []Policy{{Match: "e.*", Ephemeral: true, Retention: Retention{MaxAge: time.Minute}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var now atomic.Int64
-	now.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
-	clock := func() time.Time { return time.Unix(0, now.Load()) }
-	e := newEphemeralStore(newMemStore(), ps.For, clock)
-	defer e.close()
-	e.SetCommitHook(func([]Committed) {})
+	e, now := agingStore(t)
+	clock := e.now
 	e.maxTopics = 3
 	r := e.reclaimer()
 	names := func(list []TopicInfo) []string {

@@ -24,26 +24,7 @@ func TestMaxTopics(t *testing.T) {
 	}
 
 	// 20 new topics queued at once: 3 fit.
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	ok, refused := 0, 0
-	for i := range 20 {
-		wg.Add(1)
-		db.AppendAsync(fmt.Sprintf("n%02d", i), []byte("1"), "", func(_ broker.Appended, err error) {
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err == nil:
-				ok++
-			case errors.Is(err, broker.ErrTooManyTopics):
-				refused++
-			default:
-				t.Errorf("append: %v", err)
-			}
-			wg.Done()
-		})
-	}
-	wg.Wait()
+	ok, refused := appendNewTopics(t, db, "n", 20)
 	if ok != 3 || refused != 17 || db.TopicCount() != 5 {
 		t.Fatalf("%d stored, %d refused, %d topics; want 3, 17, 5", ok, refused, db.TopicCount())
 	}
@@ -71,6 +52,33 @@ func TestMaxTopics(t *testing.T) {
 	if _, err := db.Append(t.Context(), "y", []byte("1"), ""); !errors.Is(err, broker.ErrTooManyTopics) {
 		t.Fatalf("after reopen, beyond the limit: %v", err)
 	}
+}
+
+// appendNewTopics queues one append to each of n new topics named prefix
+// and a number, all at once, and counts those stored and those refused
+// with ErrTooManyTopics.
+func appendNewTopics(t *testing.T, db *DB, prefix string, n int) (ok, refused int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for i := range n {
+		wg.Add(1)
+		db.AppendAsync(fmt.Sprintf("%s%02d", prefix, i), []byte("1"), "", func(_ broker.Appended, err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				ok++
+			case errors.Is(err, broker.ErrTooManyTopics):
+				refused++
+			default:
+				t.Errorf("append: %v", err)
+			}
+			wg.Done()
+		})
+	}
+	wg.Wait()
+	return ok, refused
 }
 
 // TestDeleteIdle: a topic that holds nothing is listed and deleted once it
@@ -181,26 +189,7 @@ func TestTopicClasses(t *testing.T) {
 	if err := db.SetTopicClasses(classes(4)); err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	ok, refused := 0, 0
-	for i := range 20 {
-		wg.Add(1)
-		db.AppendAsync(fmt.Sprintf("room.%02d", i), []byte("1"), "", func(_ broker.Appended, err error) {
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err == nil:
-				ok++
-			case errors.Is(err, broker.ErrTooManyTopics):
-				refused++
-			default:
-				t.Errorf("append: %v", err)
-			}
-			wg.Done()
-		})
-	}
-	wg.Wait()
+	ok, refused := appendNewTopics(t, db, "room.", 20)
 	if ok != 3 || refused != 17 {
 		t.Fatalf("%d stored, %d refused; want 3 (4 with room.old), 17", ok, refused)
 	}

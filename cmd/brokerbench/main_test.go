@@ -134,13 +134,7 @@ func TestSubURLs(t *testing.T) {
 	if len(cfg.SubURLs) != 2 {
 		t.Fatalf("sub URLs %q", cfg.SubURLs)
 	}
-	cfg.Out = &out
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	results, err := run(ctx, cfg)
-	if err != nil {
-		t.Fatalf("run: %v\n%s", err, out.String())
-	}
+	results := runQuick(t, cfg, &out)
 	if len(results) != 1 || !strings.Contains(out.String(), `"latency"`) {
 		t.Fatalf("results %+v\n%s", results, out.String())
 	}
@@ -148,6 +142,19 @@ func TestSubURLs(t *testing.T) {
 	if got := []string{tg.subURL(), tg.subURL(), tg.subURL()}; strings.Join(got, ",") != "a,b,a" {
 		t.Fatalf("subscribers connect to %v, want a,b,a", got)
 	}
+}
+
+// runQuick runs cfg's scenarios for at most a minute, printing to out.
+func runQuick(t *testing.T, cfg *config, out *bytes.Buffer) []*result {
+	t.Helper()
+	cfg.Out = out
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	results, err := run(ctx, cfg)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	return results
 }
 
 // TestEphemeralMixed runs fanout and the mixed scenario with the
@@ -176,13 +183,7 @@ func TestEphemeralMixed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Out = &out
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	results, err := run(ctx, cfg)
-	if err != nil {
-		t.Fatalf("run: %v\n%s", err, out.String())
-	}
+	results := runQuick(t, cfg, &out)
 	if len(results) != 2 || !strings.Contains(out.String(), "live p99 beside durable") {
 		t.Fatalf("results %+v\n%s", results, out.String())
 	}
