@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/brokerd/brokerd/broker"
-	"github.com/brokerd/brokerd/store"
 )
 
 // startEphemeralCluster starts k nodes keeping replicas copies of durable
@@ -20,17 +19,7 @@ func startEphemeralCluster(t *testing.T, url, name string, k, replicas int) []*t
 	nodes := make([]*testNode, k)
 	for i := range nodes {
 		node := fmt.Sprintf("n%d", i+1)
-		st, err := store.Open(t.TempDir(), &store.Options{Logger: quiet, RetentionInterval: -1, NoSync: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			if err := st.Check(); err != nil {
-				t.Errorf("%s: store check: %v", node, err)
-			}
-			_ = st.Close()
-		})
-		nodes[i] = startNodeWith(t, url, name, node, replicas, st, func(c *broker.Config) { c.Policies = ps })
+		nodes[i] = startNodeWith(t, url, name, node, replicas, openNodeStore(t, node), func(c *broker.Config) { c.Policies = ps })
 	}
 	waitSpread(t, nodes)
 	return nodes

@@ -135,6 +135,13 @@ func startNode(t testing.TB, url, clusterName, name string) *testNode {
 // startNodeR starts a node keeping replicas copies of each record.
 func startNodeR(t testing.TB, url, clusterName, name string, replicas int) *testNode {
 	t.Helper()
+	return startNodeOn(t, url, clusterName, name, replicas, openNodeStore(t, name))
+}
+
+// openNodeStore opens a store for node name, checked and closed when the
+// test ends.
+func openNodeStore(t testing.TB, name string) *store.DB {
+	t.Helper()
 	st, err := store.Open(t.TempDir(), &store.Options{Logger: quiet, RetentionInterval: -1, NoSync: true})
 	if err != nil {
 		t.Fatal(err)
@@ -146,7 +153,7 @@ func startNodeR(t testing.TB, url, clusterName, name string, replicas int) *test
 		}
 		_ = st.Close()
 	})
-	return startNodeOn(t, url, clusterName, name, replicas, st)
+	return st
 }
 
 // restartNode starts a killed node again on its store, as a process
