@@ -139,3 +139,117 @@ func (n *Node) splitEphemeral(batch []broker.Committed) (durable, eph []broker.C
 	}
 	return durable, eph
 }
+
+// Idle ephemeral topics. The broker deletes idle topics through a
+// Reclaimer; in a cluster only ephemeral ones are (a durable topic's
+// copies would need a replicated delete). The owner of a topic deletes it
+// once it holds no record, has had none for the idle time, and no node has
+// a subscription to it: the broker's pass sees this node's subscriptions,
+// and DeleteIdle asks the other nodes, every live one of which must
+// answer, or nothing is deleted. A subscription another node sets up in
+// the moment between that question and the deletion ends with
+// epoch_mismatch at the topic's next record, as after a failover: never a
+// gap passed off as none.
+
+// maxInterestQuery bounds the topics one DeleteIdle asks about, and so the
+// request's size: a page of the broker's pass (1,024 topics).
+const maxInterestQuery = 1024
+
+// IdleTopics lists the idle ephemeral topics of the partitions this node
+// serves (see broker.Reclaimer); none without ephemeral policies.
+func (n *Node) IdleTopics(after string, max int, before time.Time) ([]broker.TopicInfo, string, error) {
+	e := n.eph.Load()
+	if e == nil {
+		return nil, "", nil
+	}
+	idle, last, err := e.st.Reclaimer().IdleTopics(after, max, before)
+	if err != nil {
+		return nil, "", err
+	}
+	served := n.servedParts()
+	out := idle[:0]
+	for _, ti := range idle {
+		if inSet(served, n.partition(ti.Topic)) {
+			out = append(out, ti)
+		}
+	}
+	return out, last, nil
+}
+
+// DeleteIdle deletes those of topics (from IdleTopics) that are still
+// idle and to which no live node has a subscription, and returns their
+// names (see broker.Reclaimer).
+func (n *Node) DeleteIdle(topics []broker.TopicInfo, before time.Time) ([]string, error) {
+	e := n.eph.Load()
+	if e == nil || len(topics) == 0 {
+		return nil, nil
+	}
+	topics = topics[:min(len(topics), maxInterestQuery)]
+	names := make([]string, len(topics))
+	for i := range topics {
+		names[i] = topics[i].Topic
+	}
+	wanted := map[string]bool{}
+	body := putNames(putString([]byte{opInterest}, ""), names)
+	err := n.gather(body, func([]byte) error {
+		for _, t := range n.interestedIn(names) {
+			wanted[t] = true
+		}
+		return nil
+	}, func(r *reader) {
+		list, err := readNames(r)
+		if err != nil {
+			r.err = err
+			return
+		}
+		for _, t := range list {
+			wanted[t] = true
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cluster: idle ephemeral topics kept: %w", err)
+	}
+	idle := make([]broker.TopicInfo, 0, len(topics))
+	for _, ti := range topics {
+		if !wanted[ti.Topic] {
+			idle = append(idle, ti)
+		}
+	}
+	return e.st.Reclaimer().DeleteIdle(idle, before)
+}
+
+// interestedIn returns those of names this node has a topic subscription
+// to (its broker's clients').
+func (n *Node) interestedIn(names []string) []string {
+	n.imu.Lock()
+	defer n.imu.Unlock()
+	var out []string
+	for _, t := range names {
+		if n.interest[t] != nil {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// putNames appends a count and the names.
+func putNames(b []byte, names []string) []byte {
+	b = putUvarint(b, uint64(len(names)))
+	for _, s := range names {
+		b = putString(b, s)
+	}
+	return b
+}
+
+// readNames reads what putNames wrote, at most maxInterestQuery names.
+func readNames(r *reader) ([]string, error) {
+	k := r.uvarint()
+	if r.err == nil && k > maxInterestQuery {
+		return nil, fmt.Errorf("cluster: %d names, more than %d", k, maxInterestQuery)
+	}
+	names := make([]string, 0, k)
+	for i := uint64(0); i < k && r.err == nil; i++ {
+		names = append(names, r.string())
+	}
+	return names, r.err
+}

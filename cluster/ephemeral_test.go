@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/brokerd/brokerd/broker"
 )
@@ -12,14 +13,24 @@ import (
 // topics, with the topics under cursor.> ephemeral.
 func startEphemeralCluster(t *testing.T, url, name string, k, replicas int) []*testNode {
 	t.Helper()
-	ps, err := broker.NewPolicies(broker.Policy{}, []broker.Policy{{Match: "cursor.>", Ephemeral: true, Retention: broker.Retention{MaxMessages: 100}}})
+	return startEphemeralClusterIdle(t, url, name, k, replicas, 0)
+}
+
+// startEphemeralClusterIdle is startEphemeralCluster with the brokers'
+// TopicIdle, and ephemeral records kept for a second.
+func startEphemeralClusterIdle(t *testing.T, url, name string, k, replicas int, idle time.Duration) []*testNode {
+	t.Helper()
+	ps, err := broker.NewPolicies(broker.Policy{}, []broker.Policy{{Match: "cursor.>", Ephemeral: true,
+		Retention: broker.Retention{MaxMessages: 100, MaxAge: time.Second}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	nodes := make([]*testNode, k)
 	for i := range nodes {
 		node := fmt.Sprintf("n%d", i+1)
-		nodes[i] = startNodeWith(t, url, name, node, replicas, openNodeStore(t, node), func(c *broker.Config) { c.Policies = ps })
+		nodes[i] = startNodeWith(t, url, name, node, replicas, openNodeStore(t, node), func(c *broker.Config) {
+			c.Policies, c.TopicIdle = ps, idle
+		})
 	}
 	waitSpread(t, nodes)
 	return nodes
@@ -135,5 +146,48 @@ func TestEphemeralLogBelongsToItsTerm(t *testing.T) {
 	}
 	if d, err := a.Node.AppendInTerm("orders.x", 101, []byte(`2`)); err != nil || d.Epoch != durable.Epoch || d.Offset != 2 {
 		t.Fatalf("the durable topic: %+v %v", d, err)
+	}
+}
+
+// TestEphemeralIdleTopicsInCluster: the owner of idle ephemeral topics
+// deletes them, unless a node has a subscription to one: a topic merely
+// touched from another node goes, one whose records aged out goes, one
+// another node subscribes to stays with its epoch; a deleted topic comes
+// back in a new epoch. Durable topics stay.
+func TestEphemeralIdleTopicsInCluster(t *testing.T) {
+	t.Parallel()
+	url := startNATS(t)
+	nodes := startEphemeralClusterIdle(t, url, "idle", 3, 1, 300*time.Millisecond)
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	touched := topicOwnedBy(t, b, "cursor.touched.")
+	aged := topicOwnedBy(t, b, "cursor.aged.")
+	kept := topicOwnedBy(t, b, "cursor.kept.")
+	durable := topicOwnedBy(t, b, "orders.")
+	ca := connect(t, a)
+	mustOK(t, ca.do(map[string]any{"op": "sub", "topic": touched}))
+	mustOK(t, ca.do(map[string]any{"op": "unsub", "topic": touched}))
+	mustOK(t, ca.pub(aged, `1`, ""))
+	mustOK(t, ca.pub(durable, `1`, ""))
+	cc := connect(t, c)
+	ok := mustOK(t, cc.do(map[string]any{"op": "sub", "topic": kept}))
+	epoch := ok["epoch"]
+	agedInfo, _, _ := b.Node.Topic(aged)
+
+	waitFor(t, "the touched and aged topics deleted by their owner", func() bool {
+		_, okT, _ := b.Node.Topic(touched)
+		_, okA, _ := b.Node.Topic(aged)
+		return !okT && !okA
+	})
+	if ti, ok, err := a.Node.Topic(kept); err != nil || !ok || ti.Epoch != epoch {
+		t.Fatalf("the subscribed topic: %+v %v %v, want epoch %v", ti, ok, err, epoch)
+	}
+	if ti, ok, _ := a.Node.Topic(durable); !ok || ti.Head != 1 {
+		t.Fatalf("the durable topic: %+v %v", ti, ok)
+	}
+	mustOK(t, ca.pub(kept, `2`, ""))
+	cc.wait("the message on the kept topic", func(evs []map[string]any) bool { return len(msgs(evs, kept)) == 1 })
+	mustOK(t, ca.pub(aged, `2`, ""))
+	if ti, ok, _ := a.Node.Topic(aged); !ok || ti.Epoch == agedInfo.Epoch || ti.Head != 1 {
+		t.Fatalf("the aged topic published again: %+v, want head 1 in a new epoch (old %s)", ti, agedInfo.Epoch)
 	}
 }

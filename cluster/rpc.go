@@ -28,6 +28,7 @@ const (
 	opConsumers
 	opAgree    // the requester's copy of topic is to be checked against the owner's (checkCopies)
 	opOffsetAt // the first offset of topic at or after a time (Store.OffsetAt)
+	opInterest // which of the topics listed this node has subscriptions to (DeleteIdle)
 )
 
 const (
@@ -300,7 +301,7 @@ func (n *Node) serveWrite(m *nats.Msg, op byte, topic string, r *reader) {
 
 func (n *Node) serveRead(m *nats.Msg, op byte, topic string, r *reader) {
 	var owned bool
-	if op != opTopics && op != opConsumers {
+	if op != opTopics && op != opConsumers && op != opInterest {
 		_, _, owned = n.where(n.partition(topic))
 		if !owned {
 			respondErr(m, errRetry)
@@ -389,6 +390,13 @@ func (n *Node) serveRead(m *nats.Msg, op byte, topic string, r *reader) {
 		err = e
 		b = putBool(b, ok)
 		b = putConsumer(b, &co)
+	case opInterest:
+		served := n.servedParts()
+		var names []string
+		if names, err = readNames(r); err == nil {
+			b = putNames(b, n.interestedIn(names))
+			b = putString(b, string(served))
+		}
 	case opConsumers:
 		served := n.servedParts()
 		var list []broker.ConsumerOffset

@@ -130,7 +130,7 @@ func parseConfig(args []string, getenv func(string) string) (*config, error) {
 	fs.IntVar(&c.MaxSubscriptions, "max-subscriptions", 512, "subscriptions per connection")
 	fs.IntVar(&c.MaxPatternTopics, "max-pattern-topics", 10000, "topics one pattern subscription may replay (with since or positions; more: err too_many_topics)")
 	fs.IntVar(&c.MaxTopics, "max-topics", 1_000_000, "topics the store may hold: a pub or sub that would create one more gets err too_many_topics (HTTP 507); 0 turns the limit off. In a cluster each node's store is bounded")
-	fs.DurationVar(&c.TopicIdle, "topic-idle", 10*time.Minute, "a topic holding no message and no subscriber on this node is deleted after this long since its creation or last message (a later pub or sub creates it again, with a new epoch); 0 keeps them. Not in a cluster")
+	fs.DurationVar(&c.TopicIdle, "topic-idle", 10*time.Minute, "a topic holding no message and no subscriber on this node is deleted after this long since its creation or last message (a later pub or sub creates it again, with a new epoch); 0 keeps them. In a cluster, ephemeral topics only, once no node has a subscription to them")
 	fs.IntVar(&c.MaxCommands, "max-commands-per-frame", 1000, "commands one frame may carry")
 	fs.IntVar(&c.QueueMessages, "queue-messages", 1024, "outbound queue length per connection, in messages")
 	fs.IntVar(&c.QueueBytes, "queue-bytes", 4<<20, "outbound queue size per connection, in bytes")
