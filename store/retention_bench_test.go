@@ -3,7 +3,9 @@ package store
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -95,4 +97,62 @@ func BenchmarkTopicClassesCount(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(time.Since(start).Nanoseconds())/float64(b.N)/float64(n), "ns/topic")
+}
+
+// BenchmarkOpenIdleTopics measures what opening a store of
+// BROKERD_BENCH_TOPICS idle topics (default 100,000, one record each,
+// written an hour before) holds: the Go heap per topic after a collection,
+// and the growth of the process's resident memory, which also counts the
+// pages of the mapped file that Open read.
+func BenchmarkOpenIdleTopics(b *testing.B) {
+	n := 100_000
+	if s := os.Getenv("BROKERD_BENCH_TOPICS"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	opts := testOptions()
+	hourAgo := time.Now().Add(-time.Hour)
+	opts.Now = func() time.Time { return hourAgo }
+	db, dir := openTest(b, opts)
+	fillTopics(b, db, n)
+	if err := db.Close(); err != nil {
+		b.Fatal(err)
+	}
+	var heap, rss float64
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		rss0 := vmRSS(b)
+		db, err := Open(dir, testOptions())
+		if err != nil {
+			b.Fatal(err)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		heap = float64(int64(after.HeapInuse) - int64(before.HeapInuse))
+		rss = float64(vmRSS(b) - rss0)
+		runtime.KeepAlive(db)
+		if err := db.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(heap/float64(n), "heap-B/topic")
+	b.ReportMetric(rss/float64(n), "rss-B/topic")
+}
+
+// vmRSS returns this process's resident memory in bytes.
+func vmRSS(tb testing.TB) int64 {
+	tb.Helper()
+	raw, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		tb.Skip("no /proc/self/status:", err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	tb.Skip("no VmRSS")
+	return 0
 }
