@@ -32,6 +32,9 @@ type Grant struct {
 	// rest) the holder may publish to and subscribe to.
 	Publish   []string
 	Subscribe []string
+	// MaxTopics bounds the topics the holder's user may create through
+	// a server (the max_topics claim); 0: the server's MaxTopicsPerUser.
+	MaxTopics int
 }
 
 // CanPublish reports whether the grant allows publishing to topic.

@@ -36,6 +36,11 @@ type Config struct {
 	// after its since (default 10,000). Live-only patterns are not bound
 	// by it.
 	MaxPatternTopics int
+	// MaxTopicsPerUser bounds the topics one user (a token's subject)
+	// creates through this server (see topicQuota); a token's MaxTopics
+	// overrides it. 0: no bound but the store's. Without auth, or for a
+	// token without a subject, it does not apply.
+	MaxTopicsPerUser int
 	// ReplayPage bounds the records one log read fetches (default 256).
 	ReplayPage int
 	// PresenceMuteAbove is the number of members above which a topic's

@@ -280,6 +280,7 @@ func (e *ephemeralStore) AppendAsync(topic string, data []byte, key string, done
 		return
 	default:
 	}
+	_, existed := e.topics[topic]
 	l, err := e.logLocked(topic, true)
 	if err != nil {
 		go done(Appended{}, err)
@@ -310,7 +311,7 @@ func (e *ephemeralStore) AppendAsync(topic string, data []byte, key string, done
 	e.fitLocked()
 	// The hook may keep the records: give it its own slice header.
 	e.work <- memDone{c: Committed{Topic: topic, Epoch: l.epoch, Records: []Record{rec}},
-		a: Appended{Topic: topic, Epoch: l.epoch, Offset: rec.Offset, Time: ms}, done: done}
+		a: Appended{Topic: topic, Epoch: l.epoch, Offset: rec.Offset, Time: ms, Created: !existed}, done: done}
 }
 
 func (e *ephemeralStore) Append(ctx context.Context, topic string, data []byte, key string) (Appended, error) {

@@ -133,10 +133,20 @@ func (s *Session) handlePub(cmd *subproto.Command) {
 		return
 	}
 	id, topic := cmd.ID, cmd.Topic
+	made, err := s.srv.admitTopic(s.grant, topic)
+	if err != nil {
+		s.pendingBytes.release(mine)
+		s.srv.pending.release(all)
+		e := storeError(id, err)
+		s.srv.stats.countErr(e.Code)
+		s.replyPending(subproto.AppendErr(nil, e, s.srv.retryCtx(e, nil)))
+		return
+	}
 	received := time.Now()
 	// The data aliases the transport's read buffer: the store needs its own copy.
 	data := bytes.Clone(cmd.Data)
 	s.srv.store.AppendAsync(topic, data, cmd.Key, func(a Appended, err error) {
+		made(err == nil && a.Created)
 		s.pendingBytes.release(mine)
 		s.srv.pending.release(all)
 		if f := s.srv.cfg.OnPublish; f != nil && err == nil {
@@ -163,8 +173,15 @@ func (s *Session) handlePub(cmd *subproto.Command) {
 }
 
 // Publish appends data to topic and returns once it is durable. It is the
-// entry point for publishers that are not sessions (the HTTP API).
+// entry point for publishers that are not sessions (the HTTP API), with
+// auth off.
 func (srv *Server) Publish(ctx context.Context, topic string, data []byte, key string) (Appended, error) {
+	return srv.PublishAs(ctx, nil, topic, data, key)
+}
+
+// PublishAs is Publish for the holder of g (nil with auth off): a new
+// topic counts against its user's bound (see topicQuota).
+func (srv *Server) PublishAs(ctx context.Context, g *Grant, topic string, data []byte, key string) (Appended, error) {
 	if len(data) > srv.maxMessageBytes(srv.Policy(topic)) {
 		return Appended{}, ErrTooLarge
 	}
@@ -172,8 +189,17 @@ func (srv *Server) Publish(ctx context.Context, topic string, data []byte, key s
 	if !ok {
 		return Appended{}, ctx.Err()
 	}
+	made, err := srv.admitTopic(g, topic)
+	if err != nil {
+		srv.pending.release(n)
+		return Appended{}, err
+	}
 	received := time.Now()
 	a, err := srv.store.Append(ctx, topic, data, key)
+	// An append given up by ctx may still create the topic: counted
+	// then only if a later operation finds it made (it exists, so it is
+	// let through).
+	made(err == nil && a.Created)
 	srv.pending.release(n)
 	if ctx.Err() == nil {
 		srv.wrote(err)
@@ -252,8 +278,14 @@ func (s *Session) subOnce(cmd *subproto.Command, retries int) {
 			return
 		}
 		// Create the log now, so the client learns the epoch its
-		// offsets belong to before the first message.
-		info, err = s.srv.store.Ensure(context.Background(), topic)
+		// offsets belong to before the first message. It counts as the
+		// user's topic (one created by another at the same moment may
+		// be counted too).
+		made, qerr := s.srv.admitTopic(s.grant, topic)
+		if err = qerr; err == nil {
+			info, err = s.srv.store.Ensure(context.Background(), topic)
+			made(err == nil)
+		}
 	}
 	if err != nil {
 		s.replyErr(storeError(id, err), nil)

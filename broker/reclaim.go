@@ -118,6 +118,7 @@ func (srv *Server) reclaim(r Reclaimer, idle []TopicInfo, before time.Time) (int
 		srv.reclaimGen.Add(1)
 	}()
 	deleted, err := r.DeleteIdle(marked, before)
+	srv.quota.forget(deleted)
 	return len(deleted), err
 }
 

@@ -61,6 +61,7 @@ type Server struct {
 	bus      PresenceBus // nil on one node
 
 	policies atomic.Pointer[Policies]
+	quota    topicQuota      // topics each user created (Config.MaxTopicsPerUser)
 	eph      *ephemeralStore // nil without ephemeral policies; then store is it
 	reloadMu sync.Mutex      // SetPolicies, one at a time
 	// The topic classes (Policy.MaxTopics) the durable store was given:

@@ -31,6 +31,9 @@ type Appended struct {
 	Offset uint64 // the record's offset; for a duplicate, the first record's offset
 	Time   int64  // the record's timestamp (ms)
 	Dup    bool   // the key was seen within the dedup window: nothing was stored
+	// Created: this append created the topic's log (a new epoch). Stores
+	// that cannot tell leave it false.
+	Created bool
 }
 
 // Committed is a run of records of one topic that has just become durable,

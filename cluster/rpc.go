@@ -277,6 +277,7 @@ func (n *Node) serveWrite(m *nats.Msg, op byte, topic string, r *reader) {
 			b = putUvarint(b, a.Offset)
 			b = putVarint(b, a.Time)
 			b = putBool(b, a.Dup)
+			b = putBool(b, a.Created) // added last: an earlier release ends before it
 			_ = m.Respond(b)
 		})
 	case opCommit:

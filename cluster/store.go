@@ -52,6 +52,9 @@ func (n *Node) appendTry(topic string, data []byte, key string, done func(broker
 			return
 		}
 		a := broker.Appended{Topic: topic, Epoch: r.string(), Offset: r.uvarint(), Time: r.varint(), Dup: r.bool()}
+		if r.err == nil && len(r.b) > 0 {
+			a.Created = r.bool() // absent from a node of an earlier release
+		}
 		if r.err != nil {
 			done(broker.Appended{}, r.err)
 			return

@@ -82,7 +82,7 @@ func (db *DB) Ensure(ctx context.Context, topic string) (broker.TopicInfo, error
 
 // applyEnsure creates the topic when missing.
 func (db *DB) applyEnsure(b *batch, o *op) error {
-	t, err := db.topicOrCreate(b, o.topic)
+	t, _, err := db.topicOrCreate(b, o.topic)
 	if err != nil {
 		return err
 	}
@@ -92,24 +92,26 @@ func (db *DB) applyEnsure(b *batch, o *op) error {
 
 // topicOrCreate returns the topic in the open transaction, creating it with
 // a new epoch when missing.
-func (db *DB) topicOrCreate(b *batch, topic string) (*topicTx, error) {
-	t, err := b.topic(topic)
+func (db *DB) topicOrCreate(b *batch, topic string) (t *topicTx, created bool, err error) {
+	t, err = b.topic(topic)
 	if err != nil || t != nil {
-		return t, err
+		return t, false, err
 	}
 	class, err := db.admitTopic(b, topic)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	epoch, err := newEpochString()
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	t, err = b.create(topic, epoch)
-	if err == nil && class != "" {
+	if t, err = b.create(topic, epoch); err != nil {
+		return nil, false, err
+	}
+	if class != "" {
 		b.countCreated(class)
 	}
-	return t, err
+	return t, true, nil
 }
 
 func (db *DB) checkAppend(topic, key string, size int) error {
@@ -137,7 +139,7 @@ func (db *DB) dedupOn() bool { return db.opts.DedupWindow > 0 }
 
 // applyAppend stores one record, or finds its key within the dedup window.
 func (db *DB) applyAppend(b *batch, o *op) error {
-	t, err := db.topicOrCreate(b, o.topic)
+	t, created, err := db.topicOrCreate(b, o.topic)
 	if err != nil {
 		return err
 	}
@@ -159,7 +161,7 @@ func (db *DB) applyAppend(b *batch, o *op) error {
 	if keyed {
 		db.rememberKey(o.topic, strings.Clone(o.key), off, ms)
 	}
-	o.app = broker.Appended{Topic: o.topic, Epoch: t.m.epoch, Offset: off, Time: ms}
+	o.app = broker.Appended{Topic: o.topic, Epoch: t.m.epoch, Offset: off, Time: ms, Created: created}
 	b.recs = append(b.recs, pending{t: t, rec: broker.Record{Offset: off, Time: ms, Key: o.key, Data: at}})
 	return nil
 }

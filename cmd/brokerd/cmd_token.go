@@ -35,6 +35,7 @@ func runToken(args []string, stdout, stderr io.Writer) int {
 	var secret, secretFile, keyFile, sub, alg string
 	var pub, subs listFlag
 	var ttl time.Duration
+	var maxTopics int
 	fs.StringVar(&secret, "jwt-secret", "", "HMAC secret (at least 32 bytes), as given to the broker")
 	fs.StringVar(&secretFile, "jwt-secret-file", "", "file holding the HMAC secret (surrounding whitespace trimmed), as given to the broker")
 	fs.StringVar(&keyFile, "private-key", "", "PEM private key (PKCS#8, PKCS#1 RSA or SEC 1 EC) whose public key the broker has in --jwt-public-key")
@@ -43,12 +44,13 @@ func runToken(args []string, stdout, stderr io.Writer) int {
 	fs.Var(&pub, "publish", "topic patterns the token may publish to ('*' one segment, '>' the rest); comma-separated or repeated")
 	fs.Var(&subs, "subscribe", "topic patterns the token may subscribe to; comma-separated or repeated")
 	fs.DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid (its exp claim)")
+	fs.IntVar(&maxTopics, "max-topics", 0, "the most topics the token's user may create through a broker (its max_topics claim); 0: the broker's --max-topics-per-user")
 	if code, done := parseFlags(fs, args, 0, 0, stdout, stderr); done {
 		return code
 	}
 	envOr(fs, "jwt-secret", envName("jwt-secret"), &secret)
 	envOr(fs, "jwt-secret-file", envName("jwt-secret-file"), &secretFile)
-	tok, err := mintToken(secret, secretFile, keyFile, alg, sub, pub, subs, ttl, time.Now())
+	tok, err := mintToken(secret, secretFile, keyFile, alg, sub, pub, subs, maxTopics, ttl, time.Now())
 	if err != nil {
 		fmt.Fprintln(stderr, "brokerd token:", err)
 		return 2
@@ -58,7 +60,7 @@ func runToken(args []string, stdout, stderr io.Writer) int {
 }
 
 // mintToken signs the claims and verifies the result as the broker would.
-func mintToken(secret, secretFile, keyFile, alg, sub string, pub, subs []string, ttl time.Duration, now time.Time) (string, error) {
+func mintToken(secret, secretFile, keyFile, alg, sub string, pub, subs []string, maxTopics int, ttl time.Duration, now time.Time) (string, error) {
 	if sub == "" {
 		return "", errors.New("--sub is required: the user the token is for")
 	}
@@ -67,6 +69,9 @@ func mintToken(secret, secretFile, keyFile, alg, sub string, pub, subs []string,
 	}
 	if ttl <= 0 {
 		return "", fmt.Errorf("--ttl must be positive, got %v", ttl)
+	}
+	if maxTopics < 0 {
+		return "", fmt.Errorf("--max-topics must not be negative, got %d", maxTopics)
 	}
 	if len(pub) == 0 && len(subs) == 0 {
 		return "", errors.New("give --publish and/or --subscribe patterns: a token without either may do nothing")
@@ -132,6 +137,7 @@ func mintToken(secret, secretFile, keyFile, alg, sub string, pub, subs []string,
 		},
 		Publish:   pub,
 		Subscribe: subs,
+		MaxTopics: int64(maxTopics),
 	}
 	tok, err := jwt.NewWithClaims(method, claims).SignedString(signKey)
 	if err != nil {

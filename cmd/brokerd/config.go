@@ -39,6 +39,7 @@ type config struct {
 	MaxSubscriptions int
 	MaxPatternTopics int
 	MaxTopics        int
+	MaxTopicsPerUser int
 	TopicIdle        time.Duration
 	MaxCommands      int
 	QueueMessages    int
@@ -129,6 +130,7 @@ func parseConfig(args []string, getenv func(string) string) (*config, error) {
 	fs.IntVar(&c.MaxMessageBytes, "max-message-bytes", 1<<20, "largest published data in bytes (larger: err message_too_large)")
 	fs.IntVar(&c.MaxSubscriptions, "max-subscriptions", 512, "subscriptions per connection")
 	fs.IntVar(&c.MaxPatternTopics, "max-pattern-topics", 10000, "topics one pattern subscription may replay (with since or positions; more: err too_many_topics)")
+	fs.IntVar(&c.MaxTopicsPerUser, "max-topics-per-user", 0, "with auth on: the most topics one user (a token's sub) may create through this node, counted since its start and freed as idle topics are deleted; past it a pub or sub that would create one gets err too_many_topics (HTTP 507). A token's max_topics claim overrides it. 0: no bound but --max-topics")
 	fs.IntVar(&c.MaxTopics, "max-topics", 1_000_000, "topics the store may hold: a pub or sub that would create one more gets err too_many_topics (HTTP 507); 0 turns the limit off. In a cluster each node's store is bounded")
 	fs.DurationVar(&c.TopicIdle, "topic-idle", 10*time.Minute, "a topic holding no message and no subscriber on this node is deleted after this long since its creation or last message (a later pub or sub creates it again, with a new epoch); 0 keeps them. In a cluster, ephemeral topics only, once no node has a subscription to them")
 	fs.IntVar(&c.MaxCommands, "max-commands-per-frame", 1000, "commands one frame may carry")
@@ -326,8 +328,8 @@ func (c *config) validate() error {
 	if c.PendingBytes <= 0 {
 		errs = append(errs, fmt.Errorf("%s must be positive, got %d", c.optName("pending-bytes"), c.PendingBytes))
 	}
-	if c.MaxTopics < 0 || c.TopicIdle < 0 {
-		errs = append(errs, fmt.Errorf("%s and %s must not be negative (0 turns them off)", c.optName("max-topics"), c.optName("topic-idle")))
+	if c.MaxTopics < 0 || c.TopicIdle < 0 || c.MaxTopicsPerUser < 0 {
+		errs = append(errs, fmt.Errorf("%s, %s and %s must not be negative (0 turns them off)", c.optName("max-topics"), c.optName("max-topics-per-user"), c.optName("topic-idle")))
 	}
 	if c.RetentionBytes <= 0 || c.RetentionMsgs <= 0 {
 		errs = append(errs, errors.New("--retention-max-bytes and --retention-max-messages must be positive"))
@@ -366,6 +368,7 @@ func (c *config) brokerConfig(log *slog.Logger, a broker.Authenticator, m *metri
 		Heartbeat:           c.Heartbeat,
 		MaxSubscriptions:    c.MaxSubscriptions,
 		MaxPatternTopics:    c.MaxPatternTopics,
+		MaxTopicsPerUser:    c.MaxTopicsPerUser,
 		TopicIdle:           idleOrOff(c.TopicIdle),
 		MaxCommandsPerFrame: c.MaxCommands,
 		MaxMessageBytes:     c.MaxMessageBytes,

@@ -15,7 +15,7 @@ import (
 // secretFile, as brokerd token does.
 func tokenFor(t *testing.T, secretFile string) string {
 	t.Helper()
-	tok, err := mintToken("", secretFile, "", "", "u", []string{">"}, []string{">"}, time.Hour, time.Now())
+	tok, err := mintToken("", secretFile, "", "", "u", []string{">"}, []string{">"}, 0, time.Hour, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -32,6 +33,10 @@ type Claims struct {
 	jwt.RegisteredClaims
 	Publish   []string `json:"publish,omitempty"`
 	Subscribe []string `json:"subscribe,omitempty"`
+	// MaxTopics bounds the topics the token's user may create through a
+	// server (broker.Grant.MaxTopics); 0 or absent: the server's
+	// --max-topics-per-user.
+	MaxTopics int64 `json:"max_topics,omitempty"`
 }
 
 // Verifier verifies tokens with one key and its pinned algorithms.
@@ -166,10 +171,14 @@ func (v *Verifier) Verify(token string) (*broker.Grant, error) {
 			}
 		}
 	}
+	if c.MaxTopics < 0 || c.MaxTopics > math.MaxInt32 {
+		return nil, fmt.Errorf("%w: max_topics %d: a whole number from 0 to %d is expected", broker.ErrTokenInvalid, c.MaxTopics, math.MaxInt32)
+	}
 	return &broker.Grant{
 		Subject:   c.Subject,
 		Expires:   c.ExpiresAt.Time,
 		Publish:   c.Publish,
 		Subscribe: c.Subscribe,
+		MaxTopics: int(c.MaxTopics),
 	}, nil
 }

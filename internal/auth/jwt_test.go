@@ -149,11 +149,19 @@ func TestVerifyRefusesOddClaims(t *testing.T) {
 		{"nbf as a string", jwt.MapClaims{"sub": "a", "exp": exp, "nbf": "0"}, broker.ErrTokenInvalid},
 		{"long sub", jwt.MapClaims{"sub": strings.Repeat("u", 2000), "exp": exp}, broker.ErrSubjectTooLong},
 		{"sub at the limit", jwt.MapClaims{"sub": strings.Repeat("u", broker.MaxSubjectBytes), "exp": exp}, nil},
+		{"max_topics", jwt.MapClaims{"sub": "a", "exp": exp, "max_topics": 100}, nil},
+		{"negative max_topics", jwt.MapClaims{"sub": "a", "exp": exp, "max_topics": -1}, broker.ErrTokenInvalid},
+		{"fractional max_topics", jwt.MapClaims{"sub": "a", "exp": exp, "max_topics": 1.5}, broker.ErrTokenInvalid},
+		{"max_topics as a string", jwt.MapClaims{"sub": "a", "exp": exp, "max_topics": "100"}, broker.ErrTokenInvalid},
+		{"huge max_topics", jwt.MapClaims{"sub": "a", "exp": exp, "max_topics": int64(1) << 40}, broker.ErrTokenInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := v.Verify(sign(t, jwt.SigningMethodHS256, secret, tc.claims))
+			g, err := v.Verify(sign(t, jwt.SigningMethodHS256, secret, tc.claims))
 			if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
 				t.Fatalf("Verify: %v, want %v", err, tc.want)
+			}
+			if n, ok := tc.claims["max_topics"].(int); ok && err == nil && g.MaxTopics != n {
+				t.Fatalf("MaxTopics %d, want %d", g.MaxTopics, n)
 			}
 		})
 	}

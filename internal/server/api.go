@@ -127,20 +127,20 @@ func (s *Server) topicParam(w http.ResponseWriter, r *http.Request) (string, boo
 // topicRequest authenticates a request on /v1/topics/{topic}, checks the
 // topic name and that the grant allows the action (what names it in the
 // refusal). On failure it has answered.
-func (s *Server) topicRequest(w http.ResponseWriter, r *http.Request, allows func(*broker.Grant, string) bool, what string) (string, bool) {
+func (s *Server) topicRequest(w http.ResponseWriter, r *http.Request, allows func(*broker.Grant, string) bool, what string) (string, *broker.Grant, bool) {
 	g, ok := s.grant(w, r)
 	if !ok {
-		return "", false
+		return "", nil, false
 	}
 	topic, ok := s.topicParam(w, r)
 	if !ok {
-		return "", false
+		return "", nil, false
 	}
 	if g != nil && !allows(g, topic) {
 		s.writeErr(w, subproto.CodeForbidden, "the token does not allow you to "+what+" "+topic, nil)
-		return "", false
+		return "", nil, false
 	}
-	return topic, true
+	return topic, g, true
 }
 
 // limitParam reads the limit query parameter: default defaultPageLimit,
@@ -166,7 +166,7 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, subproto.CodeForbidden, "origin not allowed: "+r.Header.Get("Origin"), nil)
 		return
 	}
-	topic, ok := s.topicRequest(w, r, (*broker.Grant).CanPublish, "publish to")
+	topic, g, ok := s.topicRequest(w, r, (*broker.Grant).CanPublish, "publish to")
 	if !ok {
 		return
 	}
@@ -191,7 +191,7 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, subproto.CodeBadRequest, perr, nil)
 		return
 	}
-	a, err := s.broker.Publish(r.Context(), topic, data, key)
+	a, err := s.broker.PublishAs(r.Context(), g, topic, data, key)
 	if err != nil {
 		code, msg := publishErr(err)
 		s.writeErr(w, code, msg, nil)
@@ -301,7 +301,7 @@ func historyStart(q url.Values) (req broker.StartRequest, msg string) {
 // servePresence: GET /v1/topics/{topic}/presence, the members of the
 // topic's presence on every node (at most 1,000) and their count.
 func (s *Server) servePresence(w http.ResponseWriter, r *http.Request) {
-	topic, ok := s.topicRequest(w, r, (*broker.Grant).CanSubscribe, "read")
+	topic, _, ok := s.topicRequest(w, r, (*broker.Grant).CanSubscribe, "read")
 	if !ok {
 		return
 	}
@@ -324,7 +324,7 @@ func (s *Server) servePresence(w http.ResponseWriter, r *http.Request) {
 // serveMessages: GET /v1/topics/{topic}/messages?from=N&limit=M, or
 // ?last=N, or ?since=T.
 func (s *Server) serveMessages(w http.ResponseWriter, r *http.Request) {
-	topic, ok := s.topicRequest(w, r, (*broker.Grant).CanSubscribe, "read")
+	topic, _, ok := s.topicRequest(w, r, (*broker.Grant).CanSubscribe, "read")
 	if !ok {
 		return
 	}

@@ -167,3 +167,81 @@ func TestHostileTopicCap(t *testing.T) {
 		t.Fatalf("%d storage errors", n)
 	}
 }
+
+// Row 5, per user: with auth on, one user may create at most its token's
+// max_topics, or the server's MaxTopicsPerUser, topics. Pipelined
+// publishes to new topics stop exactly at the bound; topics that exist
+// (another user's) stay usable; a sub or an HTTP publish that would
+// create one more is refused too; other users are not affected; an idle
+// topic deleted gives its place back.
+func TestHostileTopicsPerUser(t *testing.T) {
+	all := []string{">"}
+	ts := startServer(t, func(c *serverConfig) {
+		c.Broker.Auth = staticAuth{
+			"alice": {Subject: "alice", Publish: all, Subscribe: all, MaxTopics: 5},
+			"bob":   {Subject: "bob", Publish: all, Subscribe: all},
+			"carol": {Subject: "carol", Publish: all, Subscribe: all},
+		}
+		c.Broker.MaxTopicsPerUser = 3
+		c.Broker.TopicIdle = 200 * time.Millisecond
+		c.Store.NoSync = true
+	})
+	bob := dial(t, ts, withToken("bob"))
+	bob.pub("shared.1", `1`)
+
+	alice := dial(t, ts, withToken("alice"))
+	var b strings.Builder
+	for i := 1; i <= 20; i++ {
+		fmt.Fprintf(&b, `{"op":"pub","id":%d,"topic":"a.%d","data":1}`+"\n", 1000+i, i)
+	}
+	alice.send(strings.TrimSuffix(b.String(), "\n"))
+	replies := alice.waitFor("20 replies", func(evs []event) bool {
+		n := 0
+		for _, e := range evs {
+			if e.Op == "ok" || e.Op == "err" {
+				n++
+			}
+		}
+		return n == 20
+	})
+	ok, refused := 0, 0
+	for _, e := range replies {
+		switch {
+		case e.Op == "ok":
+			ok++
+		case e.Op == "err" && e.str("code") == string(subproto.CodeTooManyTopics):
+			refused++
+		case e.Op == "err":
+			t.Fatalf("a pipelined publish: %s", e)
+		}
+	}
+	if ok != 5 || refused != 15 || ts.Broker.TopicsCreatedBy("alice") != 5 {
+		t.Fatalf("20 pipelined publishes to new topics: %d stored, %d refused, %d counted; want 5, 15, 5", ok, refused, ts.Broker.TopicsCreatedBy("alice"))
+	}
+	alice.pub("shared.1", `2`) // bob's topic
+	alice.pub("a.1", `2`)      // her own
+	alice.mustErr(map[string]any{"op": "sub", "topic": "a.sub"}, subproto.CodeTooManyTopics)
+	if code, m := ts.post("/v1/topics/a.http", `1`, http.Header{"Authorization": {"Bearer alice"}}); code != http.StatusInsufficientStorage {
+		t.Fatalf("an HTTP publish past the bound: %d %v", code, m)
+	}
+	if code, m := ts.post("/v1/topics/shared.1", `3`, http.Header{"Authorization": {"Bearer alice"}}); code != http.StatusOK {
+		t.Fatalf("an HTTP publish to an existing topic at the bound: %d %v", code, m)
+	}
+
+	// The server's bound for bob (3), carol untouched by either.
+	bob.pub("b.2", `1`)
+	bob.pub("b.3", `1`)
+	bob.mustErr(map[string]any{"op": "pub", "topic": "b.4", "data": 1}, subproto.CodeTooManyTopics)
+	carol := dial(t, ts, withToken("carol"))
+	for i := 1; i <= 3; i++ {
+		topic := fmt.Sprintf("c.%d", i)
+		carol.sub(topic, nil)
+		carol.mustOK(map[string]any{"op": "unsub", "topic": topic})
+	}
+	carol.mustErr(map[string]any{"op": "sub", "topic": "c.4"}, subproto.CodeTooManyTopics)
+	// Her three topics hold nothing: deleted as idle, they free her places.
+	eventually(t, 30*time.Second, "carol's idle topics deleted, freeing her places", func() bool {
+		return ts.Broker.TopicsCreatedBy("carol") == 0
+	})
+	carol.sub("c.4", nil)
+}
