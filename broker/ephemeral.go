@@ -531,6 +531,9 @@ type EphemeralStore interface {
 	DropTopics(drop func(topic string) bool)
 	// Reclaimer deletes idle ephemeral topics (see Reclaimer).
 	Reclaimer() Reclaimer
+	// Use returns the ephemeral topics held and the memory their
+	// records take (see MaxEphemeralTopics, MaxEphemeralMemory).
+	Use() (topics int, bytes int64)
 	// Close stops its goroutines.
 	Close()
 }
@@ -545,6 +548,25 @@ type exported struct{ *ephemeralStore }
 func (x exported) Ephemeral(topic string) bool { _, ok := x.ephemeral(topic); return ok }
 func (x exported) Reclaimer() Reclaimer        { return x.reclaimer() }
 func (x exported) Close()                      { x.close() }
+func (x exported) Use() (int, int64)           { return x.use() }
+
+func (e *ephemeralStore) use() (int, int64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.topics), e.cost
+}
+
+// EphemeralUse returns the ephemeral topics this server (or, in a
+// cluster, its node) holds and the memory of their records.
+func (srv *Server) EphemeralUse() (topics int, bytes int64) {
+	if srv.eph != nil {
+		return srv.eph.use()
+	}
+	if h, ok := srv.store.(interface{ EphemeralUse() (int, int64) }); ok {
+		return h.EphemeralUse()
+	}
+	return 0, 0
+}
 
 // DropTopics forgets the ephemeral topics drop selects.
 func (e *ephemeralStore) DropTopics(drop func(topic string) bool) {

@@ -43,6 +43,15 @@ func (n *Node) HostEphemeral(policy func(topic string) *broker.Policy, now func(
 	return nil
 }
 
+// EphemeralUse returns the ephemeral topics this node keeps and the
+// memory of their records.
+func (n *Node) EphemeralUse() (topics int, bytes int64) {
+	if e := n.eph.Load(); e != nil {
+		return e.st.Use()
+	}
+	return 0, 0
+}
+
 // isEphemeral reports whether topic is ephemeral under its policy.
 func (n *Node) isEphemeral(topic string) bool {
 	e := n.eph.Load()

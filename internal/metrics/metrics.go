@@ -140,6 +140,8 @@ func (m *Metrics) Register(src Sources) {
 	if src.Topics != nil {
 		gauge("topics", "Topics the store holds (bounded by --max-topics).", func() float64 { return float64(src.Topics()) })
 	}
+	gauge("ephemeral_topics", "Ephemeral topics this node holds (at most 10,000).", func() float64 { n, _ := src.Broker.EphemeralUse(); return float64(n) })
+	gauge("ephemeral_bytes", "Memory of the ephemeral topics' records on this node (at most 256 MiB).", func() float64 { _, b := src.Broker.EphemeralUse(); return float64(b) })
 	gauge("presence_members", "Presence members connected to this node.", func() float64 { return float64(st.PresenceMembers.Load()) })
 	counter("presence_events_total", "Presence join and leave events queued to members of this node.", func() float64 { return float64(st.PresenceEvents.Load()) })
 	counter("presence_lists_total", "Presence lists served (presence commands and GET /v1/topics/{topic}/presence).", func() float64 { return float64(st.PresenceLists.Load()) })

@@ -21,7 +21,11 @@ func TestScrape(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	b, err := broker.New(broker.Config{Logger: log, OnPublish: m.ObservePublish}, st)
+	ps, err := broker.NewPolicies(broker.Policy{}, []broker.Policy{{Match: "e.*", Ephemeral: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := broker.New(broker.Config{Logger: log, OnPublish: m.ObservePublish, Policies: ps}, st)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,6 +39,9 @@ func TestScrape(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if _, err := b.Publish(t.Context(), "e.x", []byte(`"ephemeral"`), ""); err != nil {
+		t.Fatal(err)
+	}
 	b.Stats().CountError("forbidden")
 
 	srv := httptest.NewServer(m.Handler())
@@ -47,7 +54,9 @@ func TestScrape(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	text := string(body)
 	for _, want := range []string{
-		"brokerd_published_total 3",
+		"brokerd_published_total 4",
+		"brokerd_ephemeral_topics 1",
+		"brokerd_ephemeral_bytes 91",
 		"brokerd_connections 0",
 		`brokerd_errors_total{code="forbidden"} 1`,
 		`brokerd_errors_total{code="bad_request"} 0`,
