@@ -189,6 +189,7 @@ var helpFlags = map[string]string{
 	"max-subscriptions":      "512",
 	"max-pattern-topics":     "10000",
 	"max-topics":             "1000000",
+	"max-topics-per-user":    "0",
 	"topic-idle":             "10m0s",
 	"max-commands-per-frame": "1000",
 	"queue-messages":         "1024",
