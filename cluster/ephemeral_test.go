@@ -191,3 +191,29 @@ func TestEphemeralIdleTopicsInCluster(t *testing.T) {
 		t.Fatalf("the aged topic published again: %+v, want head 1 in a new epoch (old %s)", ti, agedInfo.Epoch)
 	}
 }
+
+// TestEphemeralTopicsAcrossNATSRestart: NATS stopped and started again on
+// its store moves no partition (the owners renew their leases in the same
+// terms), so an ephemeral topic goes on in its epoch with the next offset.
+func TestEphemeralTopicsAcrossNATSRestart(t *testing.T) {
+	t.Parallel()
+	ns := startRestartableNATS(t)
+	nodes := startEphemeralCluster(t, ns.url(), "ephnats", 2, 1)
+	a, b := nodes[0], nodes[1]
+	topic := topicOwnedBy(t, b, "cursor.")
+	first, err := a.Node.Append(t.Context(), topic, []byte(`1`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.stop()
+	time.Sleep(leaseTTL / 2)
+	ns.start()
+	var next broker.Appended
+	waitFor(t, "a publish after NATS is back", func() bool {
+		next, err = a.Node.Append(t.Context(), topic, []byte(`2`), "")
+		return err == nil
+	})
+	if next.Epoch != first.Epoch || next.Offset != 2 {
+		t.Fatalf("after NATS restarted: %+v, want offset 2 in epoch %s", next, first.Epoch)
+	}
+}
